@@ -1,0 +1,146 @@
+# loupe — one Makefile, no CMake.
+#
+#   make            build libloupe.a, libloupe.so and the loupe binary
+#   make demo       install missing Debian packages, build, run the demo
+#   make test       install missing Debian packages, build, run every cmocka suite
+#                   (plus a short fuzz smoke run when clang is installed)
+#   make asan       tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make tsan       tests under ThreadSanitizer
+#   make fuzz       libFuzzer targets (clang) in build/fuzz/
+#   make install PREFIX=/usr/local
+#
+# Options: PORTABLE=1 for a generic x86-64 build instead of -march=native.
+
+SHELL    := /bin/bash
+PREFIX   ?= /usr/local
+PORTABLE ?= 0
+BUILD    ?= build
+SAN      ?=
+CC       ?= cc
+CLANG    ?= clang
+
+ifeq ($(PORTABLE),1)
+ARCH_FLAGS := -march=x86-64 -mtune=generic
+else
+ARCH_FLAGS := -march=native
+endif
+
+PKGS      := openblas libpng cjson
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CMOCKA_LIBS = $(shell pkg-config --libs cmocka 2>/dev/null || echo -lcmocka)
+
+OPT      := -O2
+ifneq ($(SAN),)
+OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=$(SAN) -fno-sanitize-recover=all
+endif
+
+CPPFLAGS += -Iinclude -Icore -D_GNU_SOURCE
+CFLAGS   += -std=c11 $(OPT) $(ARCH_FLAGS) -Wall -Wextra -Werror -fPIC -pthread $(PKG_CFLAGS)
+LDFLAGS  += -pthread $(if $(SAN),-fsanitize=$(SAN))
+LDLIBS   += $(PKG_LIBS) -lm
+
+LIB_SRC  := $(sort $(wildcard core/*.c vision/*.c fusion/*.c language/*.c datasets/*.c))
+CLI_SRC  := $(sort $(wildcard cli/*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TEST_SUPPORT := $(sort $(wildcard tests/support/*.c))
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+SUP_OBJ  := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
+TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+
+LIB_A    := $(BUILD)/libloupe.a
+LIB_SO   := $(BUILD)/libloupe.so
+LOUPE    := $(BUILD)/loupe
+
+.PHONY: all deps demo test check asan tsan fuzz fuzz-smoke install uninstall clean
+.DEFAULT_GOAL := all
+
+all: $(LIB_A) $(LIB_SO) $(LOUPE)
+
+# The Debian packages are checked (and installed when root) before anything is compiled.
+deps:
+	@sh tools/deps.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/demo.sh $(LOUPE)
+
+test: deps
+	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+# Build and run every suite; a failing suite fails the target after all have run.
+check: all $(TESTS)
+	@fail=0; for t in $(TESTS); do \
+	  echo "== $$t"; $$t || { echo "FAILED: $$t"; fail=1; }; \
+	done; \
+	if [ $$fail -ne 0 ]; then echo "some test suites FAILED"; exit 1; fi; \
+	echo "all $(words $(TESTS)) test suites passed"
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=address,undefined check
+
+tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread check
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB_A): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIB_SO): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libloupe.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(LOUPE): $(CLI_OBJ) $(LIB_A)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB_A) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(SUP_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(SUP_OBJ) $(LIB_A) $(CMOCKA_LIBS) $(LDLIBS)
+
+# ---- fuzzing (clang + libFuzzer); the library is rebuilt with coverage ----
+FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Icore -D_GNU_SOURCE $(PKG_CFLAGS)
+fuzz: $(FUZZERS)
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
+
+# A few seconds per target over the committed seed corpus; skipped without clang.
+fuzz-smoke:
+	@if command -v $(CLANG) >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory fuzz && \
+	  for f in $(FUZZERS); do \
+	    n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	    echo "== fuzz smoke $$n (5 s)"; \
+	    $$f -max_total_time=5 -print_final_stats=1 build/fuzz/corpus-$$n tests/fuzz/seeds/$${n#fuzz_} 2>&1 | grep -E "stat::number_of_executed_units|ERROR|SUMMARY" ; \
+	    test $${PIPESTATUS:-0} -eq 0 || exit 1; \
+	  done; \
+	else echo "clang not installed: fuzz smoke run skipped (apt-get install clang)"; fi
+
+# ---- install ----
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/loupe.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libloupe.so.0
+	ln -sf libloupe.so.0 $(DESTDIR)$(PREFIX)/lib/libloupe.so
+	install -m 755 $(LOUPE) $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define LOUPE_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/loupe.h | paste -sd.)|' \
+	    -e 's|@PRIVATE_LIBS@|$(PKG_LIBS) -lm -pthread|' tools/loupe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/loupe.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/loupe.h $(DESTDIR)$(PREFIX)/lib/libloupe.a \
+	      $(DESTDIR)$(PREFIX)/lib/libloupe.so $(DESTDIR)$(PREFIX)/lib/libloupe.so.0 \
+	      $(DESTDIR)$(PREFIX)/bin/loupe $(DESTDIR)$(PREFIX)/lib/pkgconfig/loupe.pc
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SUP_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
