@@ -25,7 +25,7 @@ else
 ARCH_FLAGS := -march=native
 endif
 
-PKGS      := openblas libpng cjson
+PKGS      := openblas libpng libcjson
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS = $(shell pkg-config --libs cmocka 2>/dev/null || echo -lcmocka)
@@ -45,12 +45,16 @@ CLI_SRC  := $(sort $(wildcard cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_SUPPORT := $(sort $(wildcard tests/support/*.c))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+# Developer tools built with the library (tools/llamacpp/ holds programs that
+# link a hand-built llama.cpp instead; they are never built here).
+TOOL_SRC := $(sort $(wildcard tools/*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 SUP_OBJ  := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+TOOLS    := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
 
 LIB_A    := $(BUILD)/libloupe.a
 LIB_SO   := $(BUILD)/libloupe.so
@@ -59,7 +63,7 @@ LOUPE    := $(BUILD)/loupe
 .PHONY: all deps demo test check asan tsan fuzz fuzz-smoke install uninstall clean
 .DEFAULT_GOAL := all
 
-all: $(LIB_A) $(LIB_SO) $(LOUPE)
+all: $(LIB_A) $(LIB_SO) $(LOUPE) $(TOOLS)
 
 # The Debian packages are checked (and installed when root) before anything is compiled.
 deps:
@@ -105,8 +109,12 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(SUP_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(SUP_OBJ) $(LIB_A) $(CMOCKA_LIBS) $(LDLIBS)
 
+$(BUILD)/tools/%: $(BUILD)/obj/tools/%.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB_A) $(LDLIBS)
+
 # ---- fuzzing (clang + libFuzzer); the library is rebuilt with coverage ----
-FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Icore -D_GNU_SOURCE $(PKG_CFLAGS)
+FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude -Icore -D_GNU_SOURCE $(PKG_CFLAGS)
 fuzz: $(FUZZERS)
 build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
 	@mkdir -p $(dir $@)

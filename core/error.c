@@ -40,13 +40,26 @@ loupe_status lp_fail(lp_error *err, loupe_status status, const char *fmt, ...) {
 
 loupe_status lp_error_prefix(lp_error *err, const char *fmt, ...) {
     if (!err) return LOUPE_OK;
-    char prefix[LP_ERROR_MSG_MAX], old[LP_ERROR_MSG_MAX];
+    /* Build "prefix: old" in place: format the prefix, then append the old
+     * text, truncating at the buffer's end (never overflowing it). */
+    char old[LP_ERROR_MSG_MAX];
+    memcpy(old, err->msg, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(err->msg, sizeof err->msg, fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    if (n < 0) n = 0;
+    size_t used = (size_t)n < sizeof err->msg ? (size_t)n : sizeof err->msg - 1;
+    size_t room = sizeof err->msg - used;
+    if (room > 2) {
+        memcpy(err->msg + used, ": ", 2);
+        used += 2;
+        room -= 2;
+        size_t len = strnlen(old, sizeof old - 1);
+        if (len > room - 1) len = room - 1;
+        memcpy(err->msg + used, old, len);
+        err->msg[used + len] = '\0';
+    }
     return err->status;
 }
 

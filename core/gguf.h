@@ -42,6 +42,8 @@ const char *lp_gguf_vtype_name(lp_gguf_vtype t); /* "u32", "str", "arr", ... */
 
 #define LP_GGUF_DEFAULT_ALIGNMENT 32
 #define LP_GGUF_MAX_DIMS 4
+/* Arrays of arrays nest at most this deep (ggml itself reads no nesting at all). */
+#define LP_GGUF_MAX_DEPTH 8
 
 /* A metadata value. Strings are NUL-terminated copies (len excludes the NUL;
  * embedded NULs are kept). Arrays hold either `n` values of a scalar type
@@ -136,8 +138,12 @@ void lp_gguf_print(const lp_gguf *g, FILE *out);
 
 /* ---- writer ----
  * Build in memory, then write. Tensor data is borrowed: it must stay valid
- * until lp_gguf_writer_write returns. Setting an existing key replaces it.
- * Keys and tensors are written in insertion order. */
+ * until lp_gguf_writer_write returns. Setting an existing key replaces its
+ * value in place. Keys and tensors are written in insertion order, tensors
+ * back to back with each padded to the alignment (the layout ggml writes).
+ * The set/add calls return LOUPE_ERR_INVALID_ARG for unusable input (empty
+ * key, unknown type, rows that are not whole blocks, duplicate or >63-byte
+ * tensor name) and LOUPE_ERR_LIMIT for sizes that overflow or nest too deep. */
 typedef struct lp_gguf_writer lp_gguf_writer;
 
 lp_gguf_writer *lp_gguf_writer_new(void);

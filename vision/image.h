@@ -55,6 +55,9 @@ int lp_draw_text(lp_image *img, int x, int y, const char *text, lp_rgb color, in
 /* A label: text on a filled box, text colour chosen (black or white) for
  * contrast with bg. Placed with its bottom-left at (x, y), moved inside. */
 void lp_draw_label(lp_image *img, int x, int y, const char *text, lp_rgb bg, int scale);
+/* The label text colour for a background: black or white, whichever has
+ * the higher WCAG contrast ratio against bg. */
+lp_rgb lp_label_text_color(lp_rgb bg);
 /* Width/height in pixels that lp_draw_text would use. */
 int lp_text_width(const char *text, int scale);
 int lp_text_height(int scale);

@@ -1,0 +1,60 @@
+/* tests/fuzz/fuzz_gguf.c — libFuzzer target for the GGUF reader.
+ * Opens the input as a GGUF buffer; when it parses, walks every value and
+ * tensor byte (so ASan checks the bounds the reader promised) and prints it. */
+#include "gguf.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static volatile uint64_t sink;
+
+static void walk(const lp_gguf_value *v) {
+    switch (v->type) {
+    case LP_GGUF_STRING:
+        for (uint64_t i = 0; i <= v->v.str.len; i++) sink += (uint8_t)v->v.str.s[i]; /* includes the NUL */
+        break;
+    case LP_GGUF_ARRAY:
+        for (uint64_t i = 0; i < v->v.arr.n; i++) {
+            if (v->v.arr.elem == LP_GGUF_STRING) sink += v->v.arr.strs[i].len + (uint8_t)v->v.arr.strs[i].s[v->v.arr.strs[i].len];
+            else if (v->v.arr.elem == LP_GGUF_ARRAY) walk(&v->v.arr.items[i]);
+        }
+        if (v->v.arr.data && v->v.arr.n) sink += ((const uint8_t *)v->v.arr.data)[0];
+        break;
+    default:
+        sink += v->v.u64;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static FILE *devnull;
+    if (!devnull) devnull = fopen("/dev/null", "w");
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open_mem(data, size, "fuzz.gguf", &err);
+    if (!g) {
+        if (err.status == LOUPE_OK || !strstr(err.msg, "fuzz.gguf")) __builtin_trap(); /* every failure is reported and named */
+        return 0;
+    }
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        walk(&g->kv[i].val);
+        if (lp_gguf_find_key(g, g->kv[i].key) != (int64_t)i) __builtin_trap(); /* keys are unique */
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const lp_gguf_tensor *t = &g->tensors[i];
+        const uint8_t *p = t->data;
+        if (t->nbytes) sink += p[0] + p[t->nbytes - 1]; /* first and last byte lie inside the buffer */
+        sink += (uint64_t)lp_gguf_tensor_nelements(t);
+    }
+    uint32_t u;
+    int64_t i64;
+    float f;
+    bool b;
+    const char *s;
+    lp_gguf_get_u32_opt(g, "general.alignment", &u, &err);
+    lp_gguf_get_i64(g, "general.file_type", &i64, &err);
+    lp_gguf_get_f32_opt(g, "general.scale", &f, &err);
+    lp_gguf_get_bool_opt(g, "general.flag", &b, &err);
+    lp_gguf_get_str_opt(g, "general.architecture", &s, &err);
+    if (devnull) lp_gguf_print(g, devnull);
+    lp_gguf_close(g);
+    return 0;
+}
