@@ -1,0 +1,697 @@
+/* language/decoder.c — the llama-architecture decoder (llama, qwen2).
+ *
+ * Layout, top to bottom:
+ *   loading     config keys, tensor lookup and shape checks
+ *   state       KV cache and scratch, allocated once
+ *   helpers     weight access through the store, linear layers, dumps
+ *   forward     attention_forward, ffn_forward, block_forward,
+ *               output_forward, lp_llama_forward
+ *
+ * The math is that of llama.cpp's llama / qwen2 graphs; see decoder.h. */
+#include "decoder.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Sanity bounds on hyperparameters, far above any real model; they keep all
+ * size arithmetic below comfortably inside int64/size_t. */
+#define LP_LLAMA_MAX_DIM (1 << 20)
+#define LP_LLAMA_MAX_LAYER 4096
+#define LP_LLAMA_MAX_HEAD 4096
+#define LP_LLAMA_MAX_VOCAB (1 << 24)
+
+// ----------------------------------------------------------------------------
+// loading: config
+
+static const char *model_path(const lp_weight_store *ws) {
+    return ws->gguf && ws->gguf->path ? ws->gguf->path : "(gguf)";
+}
+
+/* "{arch}.{suffix}" */
+static void arch_key(char *buf, size_t size, const lp_llama_config *c, const char *suffix) {
+    snprintf(buf, size, "%s.%s", c->arch_name, suffix);
+}
+
+/* Read a positive integer key into *out, within [1, max]. Absent and not
+ * required: *out keeps its default. */
+static loupe_status read_dim(const lp_gguf *g, const char *path, const char *key, bool required,
+                             int64_t max, int *out, lp_error *err) {
+    uint32_t v = (uint32_t)*out;
+    loupe_status st = required ? lp_gguf_get_u32(g, key, &v, err) : lp_gguf_get_u32_opt(g, key, &v, err);
+    if (st != LOUPE_OK) return st;
+    if (v == 0 || (int64_t)v > max) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %u is out of range [1, %lld]", path, key, v,
+                       (long long)max);
+    }
+    *out = (int)v;
+    return LOUPE_OK;
+}
+
+static loupe_status load_config(lp_weight_store *ws, lp_llama_config *c, lp_error *err) {
+    const lp_gguf *g = ws->gguf;
+    const char *path = model_path(ws);
+    char key[128];
+    loupe_status st;
+
+    memset(c, 0, sizeof *c);
+    const char *arch = NULL;
+    if ((st = lp_gguf_get_str(g, "general.architecture", &arch, err)) != LOUPE_OK) return st;
+    if (strcmp(arch, "llama") == 0) {
+        c->arch = LP_ARCH_LLAMA;
+        c->rope_mode = LP_ROPE_NORMAL; /* convert_hf_to_gguf permuted Wq/Wk to adjacent pairs */
+    } else if (strcmp(arch, "qwen2") == 0) {
+        c->arch = LP_ARCH_QWEN2;
+        c->rope_mode = LP_ROPE_NEOX;
+    } else {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key general.architecture = \"%s\" is not supported (llama, qwen2)",
+                       path, arch);
+    }
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
+
+    struct { const char *suffix; bool required; int64_t max; int *out; } dims[] = {
+        {"context_length", true, INT32_MAX, &c->n_ctx_train},
+        {"embedding_length", true, LP_LLAMA_MAX_DIM, &c->n_embd},
+        {"block_count", true, LP_LLAMA_MAX_LAYER, &c->n_layer},
+        {"feed_forward_length", true, LP_LLAMA_MAX_DIM, &c->n_ff},
+        {"attention.head_count", true, LP_LLAMA_MAX_HEAD, &c->n_head},
+    };
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        arch_key(key, sizeof key, c, dims[i].suffix);
+        if ((st = read_dim(g, path, key, dims[i].required, dims[i].max, dims[i].out, err)) != LOUPE_OK) return st;
+    }
+
+    /* optional, with llama.cpp's defaults */
+    c->n_head_kv = c->n_head;
+    arch_key(key, sizeof key, c, "attention.head_count_kv");
+    if ((st = read_dim(g, path, key, false, LP_LLAMA_MAX_HEAD, &c->n_head_kv, err)) != LOUPE_OK) return st;
+    if (c->n_head % c->n_head_kv != 0) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %d does not divide %s.attention.head_count = %d",
+                       path, key, c->n_head_kv, c->arch_name, c->n_head);
+    }
+
+    c->head_dim = c->n_embd / c->n_head;
+    arch_key(key, sizeof key, c, "attention.key_length");
+    bool has_key_length = lp_gguf_find_key(g, key) >= 0;
+    if ((st = read_dim(g, path, key, false, LP_LLAMA_MAX_DIM, &c->head_dim, err)) != LOUPE_OK) return st;
+    if (!has_key_length && c->n_embd % c->n_head != 0) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.embedding_length = %d is not a multiple of %s.attention.head_count = %d",
+                       path, c->arch_name, c->n_embd, c->arch_name, c->n_head);
+    }
+    int head_dim_v = c->head_dim;
+    arch_key(key, sizeof key, c, "attention.value_length");
+    if ((st = read_dim(g, path, key, false, LP_LLAMA_MAX_DIM, &head_dim_v, err)) != LOUPE_OK) return st;
+    if (head_dim_v != c->head_dim) {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s = %d differs from the key length %d",
+                       path, key, head_dim_v, c->head_dim);
+    }
+
+    if ((int64_t)c->n_head * c->head_dim > LP_LLAMA_MAX_DIM) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %d heads of %d exceed the size limit %d", path, c->n_head, c->head_dim,
+                       LP_LLAMA_MAX_DIM);
+    }
+
+    c->n_rot = c->head_dim;
+    arch_key(key, sizeof key, c, "rope.dimension_count");
+    if ((st = read_dim(g, path, key, false, LP_LLAMA_MAX_DIM, &c->n_rot, err)) != LOUPE_OK) return st;
+    if (c->n_rot != c->head_dim) { /* both llama.cpp graphs assert this */
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %d, expected the head size %d", path, key, c->n_rot, c->head_dim);
+    }
+    if (c->n_rot % 2 != 0) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %d is odd", path, key, c->n_rot);
+    }
+
+    arch_key(key, sizeof key, c, "attention.layer_norm_rms_epsilon");
+    if ((st = lp_gguf_get_f32(g, key, &c->rms_eps, err)) != LOUPE_OK) return st;
+    if (!(c->rms_eps > 0.0f) || !isfinite(c->rms_eps)) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %g is not a positive number", path, key, (double)c->rms_eps);
+    }
+    c->rope_base = 10000.0f;
+    arch_key(key, sizeof key, c, "rope.freq_base");
+    if ((st = lp_gguf_get_f32_opt(g, key, &c->rope_base, err)) != LOUPE_OK) return st;
+    if (!(c->rope_base > 0.0f) || !isfinite(c->rope_base)) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %g is not a positive number", path, key, (double)c->rope_base);
+    }
+
+    /* features of the architecture that this decoder does not implement */
+    const char *scaling = "linear";
+    arch_key(key, sizeof key, c, "rope.scaling.type");
+    if ((st = lp_gguf_get_str_opt(g, key, &scaling, err)) != LOUPE_OK) return st;
+    if (strcmp(scaling, "none") != 0 && strcmp(scaling, "linear") != 0) {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s = \"%s\": RoPE scaling is not supported", path, key, scaling);
+    }
+    float factor = 0.0f;
+    arch_key(key, sizeof key, c, "rope.scaling.factor");
+    if ((st = lp_gguf_get_f32_opt(g, key, &factor, err)) != LOUPE_OK) return st;
+    if (factor != 0.0f && factor != 1.0f) {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s = %g: RoPE scaling is not supported", path, key, (double)factor);
+    }
+    uint32_t n_expert = 0;
+    arch_key(key, sizeof key, c, "expert_count");
+    if ((st = lp_gguf_get_u32_opt(g, key, &n_expert, err)) != LOUPE_OK) return st;
+    if (n_expert > 0) {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s = %u: mixture-of-experts models are not supported", path, key, n_expert);
+    }
+    return LOUPE_OK;
+}
+
+// ----------------------------------------------------------------------------
+// loading: tensors
+
+static void absent(lp_tensor *t) {
+    memset(t, 0, sizeof *t);
+    t->id = -1;
+}
+
+static bool present(const lp_tensor *t) { return t->id >= 0; }
+
+/* Look up a required tensor of shape [ne0] (ne1 == 0) or [ne0, ne1]. */
+static loupe_status need(lp_weight_store *ws, const char *name, int64_t ne0, int64_t ne1, lp_tensor *t, lp_error *err) {
+    loupe_status st = lp_ws_lookup(ws, name, t, err);
+    if (st != LOUPE_OK) return st;
+    const int64_t want[4] = {ne0, ne1 > 0 ? ne1 : 1, 1, 1};
+    bool ok = true;
+    for (int d = 0; d < 4; d++) ok = ok && t->ne[d] == want[d];
+    if (!ok) {
+        if (ne1 > 0) {
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
+                           model_path(ws), name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                           (long long)t->ne[3], (long long)ne0, (long long)ne1);
+        }
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s has shape [%lld, %lld, %lld, %lld], expected [%lld]",
+                       model_path(ws), name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                       (long long)t->ne[3], (long long)ne0);
+    }
+    if (!lp_type_can_dequantize(t->type)) {
+        const char *tn = lp_type_name(t->type);
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: type %s is not supported", model_path(ws), name,
+                       tn ? tn : "?");
+    }
+    return LOUPE_OK;
+}
+
+/* An optional tensor: absent is fine, present must have the shape. */
+static loupe_status maybe(lp_weight_store *ws, const char *name, int64_t ne0, int64_t ne1, lp_tensor *t, lp_error *err) {
+    if (lp_gguf_find_tensor(ws->gguf, name) < 0) {
+        absent(t);
+        return LOUPE_OK;
+    }
+    return need(ws, name, ne0, ne1, t, err);
+}
+
+static loupe_status load_layer(lp_weight_store *ws, const lp_llama_config *c, int il, lp_llama_layer *L, lp_error *err) {
+    const int64_t E = c->n_embd, F = c->n_ff;
+    const int64_t Dq = (int64_t)c->n_head * c->head_dim, Dkv = (int64_t)c->n_head_kv * c->head_dim;
+    char name[96];
+    loupe_status st;
+#define LP_T(req, suffix, ne0, ne1, dst)                                            \
+    do {                                                                            \
+        snprintf(name, sizeof name, "blk.%d." suffix, il);                          \
+        st = (req) ? need(ws, name, ne0, ne1, dst, err) : maybe(ws, name, ne0, ne1, dst, err); \
+        if (st != LOUPE_OK) return st;                                              \
+    } while (0)
+
+    snprintf(name, sizeof name, "blk.%d.attn_qkv.weight", il);
+    if (lp_gguf_find_tensor(ws->gguf, name) >= 0) {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: fused QKV weights are not supported", model_path(ws), name);
+    }
+    LP_T(true, "attn_norm.weight", E, 0, &L->attn_norm);
+    LP_T(true, "attn_q.weight", E, Dq, &L->wq);
+    LP_T(true, "attn_k.weight", E, Dkv, &L->wk);
+    LP_T(true, "attn_v.weight", E, Dkv, &L->wv);
+    LP_T(false, "attn_q.bias", Dq, 0, &L->bq);
+    LP_T(false, "attn_k.bias", Dkv, 0, &L->bk);
+    LP_T(false, "attn_v.bias", Dkv, 0, &L->bv);
+    LP_T(true, "attn_output.weight", Dq, E, &L->wo);
+    LP_T(false, "attn_output.bias", E, 0, &L->bo);
+    LP_T(true, "ffn_norm.weight", E, 0, &L->ffn_norm);
+    LP_T(true, "ffn_gate.weight", E, F, &L->ffn_gate);
+    LP_T(true, "ffn_up.weight", E, F, &L->ffn_up);
+    LP_T(true, "ffn_down.weight", F, E, &L->ffn_down);
+    LP_T(false, "ffn_gate.bias", F, 0, &L->ffn_gate_b);
+    LP_T(false, "ffn_up.bias", F, 0, &L->ffn_up_b);
+    LP_T(false, "ffn_down.bias", E, 0, &L->ffn_down_b);
+#undef LP_T
+    return LOUPE_OK;
+}
+
+static loupe_status load_tensors(lp_weight_store *ws, lp_llama *m, lp_error *err) {
+    lp_llama_config *c = &m->cfg;
+    const char *path = model_path(ws);
+    loupe_status st;
+
+    /* the vocabulary size comes from the embedding matrix */
+    if ((st = lp_ws_lookup(ws, "token_embd.weight", &m->w.token_embd, err)) != LOUPE_OK) return st;
+    const lp_tensor *te = &m->w.token_embd;
+    if (te->ne[1] < 1 || te->ne[1] > LP_LLAMA_MAX_VOCAB) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor token_embd.weight: %lld rows is out of range",
+                       path, (long long)te->ne[1]);
+    }
+    if ((st = need(ws, "token_embd.weight", c->n_embd, te->ne[1], &m->w.token_embd, err)) != LOUPE_OK) return st;
+    c->n_vocab = (int)m->w.token_embd.ne[1];
+
+    char key[128];
+    int vocab_key = c->n_vocab;
+    arch_key(key, sizeof key, c, "vocab_size");
+    if ((st = read_dim(ws->gguf, path, key, false, LP_LLAMA_MAX_VOCAB, &vocab_key, err)) != LOUPE_OK) return st;
+    if (vocab_key != c->n_vocab) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %d but tensor token_embd.weight has %d rows",
+                       path, key, vocab_key, c->n_vocab);
+    }
+    const lp_gguf_value *toks = lp_gguf_get(ws->gguf, "tokenizer.ggml.tokens");
+    if (toks && toks->type == LP_GGUF_ARRAY && toks->v.arr.n != (uint64_t)c->n_vocab) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key tokenizer.ggml.tokens has %llu entries but tensor token_embd.weight has %d rows",
+                       path, (unsigned long long)toks->v.arr.n, c->n_vocab);
+    }
+
+    if ((st = need(ws, "output_norm.weight", c->n_embd, 0, &m->w.output_norm, err)) != LOUPE_OK) return st;
+    if ((st = maybe(ws, "output.weight", c->n_embd, c->n_vocab, &m->w.output, err)) != LOUPE_OK) return st;
+    c->tied_output = !present(&m->w.output);
+    if (c->tied_output) m->w.output = m->w.token_embd;
+    if ((st = maybe(ws, "output.bias", c->n_vocab, 0, &m->w.output_b, err)) != LOUPE_OK) return st;
+    if (lp_gguf_find_tensor(ws->gguf, "rope_freqs.weight") >= 0) {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor rope_freqs.weight: RoPE frequency factors are not supported", path);
+    }
+
+    m->w.layers = calloc((size_t)c->n_layer, sizeof *m->w.layers);
+    if (!m->w.layers) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory for %d layers", path, c->n_layer);
+    for (int il = 0; il < c->n_layer; il++) {
+        if ((st = load_layer(ws, c, il, &m->w.layers[il], err)) != LOUPE_OK) return st;
+    }
+    /* a block past block_count means the file and its metadata disagree */
+    char name[64];
+    snprintf(name, sizeof name, "blk.%d.attn_norm.weight", c->n_layer);
+    if (lp_gguf_find_tensor(ws->gguf, name) >= 0) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s exists but %s.block_count = %d", path, name, c->arch_name, c->n_layer);
+    }
+    return LOUPE_OK;
+}
+
+lp_llama *lp_llama_load(lp_weight_store *ws, lp_error *err) {
+    if (!ws || !ws->gguf) {
+        lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_load: no weight store");
+        return NULL;
+    }
+    lp_llama *m = calloc(1, sizeof *m);
+    if (!m) {
+        lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", model_path(ws));
+        return NULL;
+    }
+    m->ws = ws;
+    if (load_config(ws, &m->cfg, err) != LOUPE_OK || load_tensors(ws, m, err) != LOUPE_OK) {
+        lp_llama_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void lp_llama_free(lp_llama *m) {
+    if (!m) return;
+    free(m->w.layers);
+    free(m);
+}
+
+const lp_llama_config *lp_llama_get_config(const lp_llama *m) { return &m->cfg; }
+int lp_llama_n_vocab(const lp_llama *m) { return m->cfg.n_vocab; }
+int lp_llama_n_embd(const lp_llama *m) { return m->cfg.n_embd; }
+int lp_llama_n_layer(const lp_llama *m) { return m->cfg.n_layer; }
+int lp_llama_n_ctx_train(const lp_llama *m) { return m->cfg.n_ctx_train; }
+
+// ----------------------------------------------------------------------------
+// state
+
+/* calloc of a*b elements of size sz, NULL on overflow. */
+static void *alloc3(size_t a, size_t b, size_t sz) {
+    if (a == 0 || b == 0 || sz == 0) return calloc(1, 1);
+    if (a > SIZE_MAX / b || a * b > SIZE_MAX / sz) return NULL;
+    return calloc(a * b, sz);
+}
+
+lp_llama_state *lp_llama_state_new_ex(const lp_llama *m, int n_ctx, int n_batch, lp_error *err) {
+    if (!m) {
+        lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_state_new: no model");
+        return NULL;
+    }
+    if (n_ctx < 1) {
+        lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_state_new: n_ctx = %d must be at least 1", n_ctx);
+        return NULL;
+    }
+    const lp_llama_config *c = &m->cfg;
+    if (n_batch <= 0) n_batch = LP_LLAMA_DEFAULT_BATCH;
+    if (n_batch > n_ctx) n_batch = n_ctx;
+
+    lp_llama_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        lp_fail(err, LOUPE_ERR_NOMEM, "lp_llama_state_new: out of memory");
+        return NULL;
+    }
+    s->model = m;
+    s->n_ctx = n_ctx;
+    s->n_batch = n_batch;
+    const size_t kv_dim = (size_t)c->n_head_kv * (size_t)c->head_dim;
+    const size_t q_dim = (size_t)c->n_head * (size_t)c->head_dim;
+    size_t vec = (size_t)c->n_embd;
+    if ((size_t)c->n_ff > vec) vec = (size_t)c->n_ff;
+    if (q_dim > vec) vec = q_dim;
+    if ((size_t)c->n_vocab > vec) vec = (size_t)c->n_vocab;
+
+    s->k_cache = alloc3((size_t)c->n_layer * (size_t)n_ctx, kv_dim, sizeof(float));
+    s->v_cache = alloc3((size_t)c->n_layer * (size_t)n_ctx, kv_dim, sizeof(float));
+    s->x = alloc3((size_t)n_batch, (size_t)c->n_embd, sizeof(float));
+    s->xb = alloc3((size_t)n_batch, (size_t)c->n_embd, sizeof(float));
+    s->xb2 = alloc3((size_t)n_batch, (size_t)c->n_embd, sizeof(float));
+    s->q = alloc3((size_t)n_batch, q_dim, sizeof(float));
+    s->att = alloc3((size_t)n_batch, q_dim, sizeof(float));
+    s->hb = alloc3((size_t)n_batch, (size_t)c->n_ff, sizeof(float));
+    s->hb2 = alloc3((size_t)n_batch, (size_t)c->n_ff, sizeof(float));
+    s->vec = alloc3(vec, 1, sizeof(float));
+    s->emb = alloc3((size_t)n_batch, (size_t)c->n_embd, sizeof(float));
+    s->emb_rows = alloc3((size_t)n_batch, m->w.token_embd.row_bytes, 1);
+    s->emb_ids = alloc3((size_t)n_batch, 1, sizeof(int64_t));
+    if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->att || !s->hb || !s->hb2 ||
+        !s->vec || !s->emb || !s->emb_rows || !s->emb_ids) {
+        double mib = 2.0 * (double)c->n_layer * n_ctx * (double)kv_dim * sizeof(float) / (1024.0 * 1024.0);
+        lp_fail(err, LOUPE_ERR_NOMEM, "lp_llama_state_new: out of memory for n_ctx = %d (KV cache %.1f MiB)", n_ctx, mib);
+        lp_llama_state_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+lp_llama_state *lp_llama_state_new(const lp_llama *m, int n_ctx, lp_error *err) {
+    return lp_llama_state_new_ex(m, n_ctx, 0, err);
+}
+
+void lp_llama_state_free(lp_llama_state *s) {
+    if (!s) return;
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s->x);
+    free(s->xb);
+    free(s->xb2);
+    free(s->q);
+    free(s->att);
+    free(s->hb);
+    free(s->hb2);
+    free(s->vec);
+    free(s->emb);
+    free(s->emb_rows);
+    free(s->emb_ids);
+    free(s);
+}
+
+void lp_llama_state_reset(lp_llama_state *s) {
+    if (s) s->n_past = 0;
+}
+
+loupe_status lp_llama_state_truncate(lp_llama_state *s, int n_past, lp_error *err) {
+    if (!s) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_state_truncate: no state");
+    if (n_past < 0 || n_past > s->n_past) {
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_state_truncate: n_past = %d outside [0, %d]", n_past, s->n_past);
+    }
+    s->n_past = n_past; /* rows past n_past are overwritten by the next forward */
+    return LOUPE_OK;
+}
+
+void lp_llama_state_set_dump(lp_llama_state *s, lp_llama_dump_fn fn, void *user) {
+    s->dump = fn;
+    s->dump_user = user;
+}
+
+void lp_llama_state_set_logits_all(lp_llama_state *s, bool all) { s->logits_all = all; }
+void lp_llama_state_set_kv_f16(lp_llama_state *s, bool on) { s->kv_f16 = on; }
+
+// ----------------------------------------------------------------------------
+// helpers
+
+static void dump(const lp_llama_state *s, const char *name, const float *data, int64_t n) {
+    if (s->dump) s->dump(s->dump_user, name, data, n);
+}
+
+static void dump_blk(const lp_llama_state *s, int il, const char *what, const float *data, int64_t n) {
+    if (!s->dump) return;
+    char name[64];
+    if (what) snprintf(name, sizeof name, "blk.%d.%s", il, what);
+    else snprintf(name, sizeof name, "blk.%d", il);
+    s->dump(s->dump_user, name, data, n);
+}
+
+/* A 1-D tensor (norm weight, bias) dequantized into dst (t->ne[0]). */
+static loupe_status load_vec(lp_llama *m, const lp_tensor *t, float *dst, lp_error *err) {
+    const void *data = NULL;
+    loupe_status st = lp_ws_get(m->ws, t, &data, err);
+    if (st != LOUPE_OK) return st;
+    bool ok = lp_dequantize_row(t->type, data, dst, t->ne[0]);
+    lp_ws_release(m->ws, t);
+    if (!ok) return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: tensor %s: cannot dequantize", model_path(m->ws), t->name);
+    return LOUPE_OK;
+}
+
+/* Y (B, t->n_rows) = X (B, t->ne[0]) · W^T: matrix-vector for one token,
+ * matrix-matrix otherwise. The weight is held only for the call. */
+static loupe_status linear(lp_llama *m, const lp_tensor *t, const float *X, float *Y, int B, lp_pool *pool, lp_error *err) {
+    const void *W = NULL;
+    loupe_status st = lp_ws_get(m->ws, t, &W, err);
+    if (st != LOUPE_OK) return st;
+    bool ok = B == 1 ? lp_matvec(t->type, W, X, Y, t->n_rows, t->ne[0], pool)
+                     : lp_matmul_w(t->type, W, X, Y, B, t->n_rows, t->ne[0], pool);
+    lp_ws_release(m->ws, t);
+    if (!ok) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: tensor %s: matrix product failed (out of memory)", model_path(m->ws), t->name);
+    return LOUPE_OK;
+}
+
+/* Y (B, dim) += bias, if the optional bias tensor exists. */
+static loupe_status add_bias(lp_llama *m, lp_llama_state *s, const lp_tensor *b, float *Y, int B, int64_t dim, lp_error *err) {
+    if (!present(b)) return LOUPE_OK;
+    loupe_status st = load_vec(m, b, s->vec, err);
+    if (st != LOUPE_OK) return st;
+    for (int i = 0; i < B; i++) lp_add(Y + (int64_t)i * dim, s->vec, dim);
+    return LOUPE_OK;
+}
+
+/* out (B, dim) = rmsnorm(x (B, dim)) * w */
+static loupe_status rmsnorm_rows(lp_llama *m, lp_llama_state *s, const lp_tensor *w, float *out, const float *x, int B,
+                                 int64_t dim, lp_error *err) {
+    loupe_status st = load_vec(m, w, s->vec, err);
+    if (st != LOUPE_OK) return st;
+    for (int i = 0; i < B; i++) lp_rmsnorm(out + (int64_t)i * dim, x + (int64_t)i * dim, s->vec, dim, m->cfg.rms_eps);
+    return LOUPE_OK;
+}
+
+static void round_f16(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = lp_f16_to_f32(lp_f32_to_f16(x[i]));
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+/* Self-attention of block il over s->x (B, n_embd) at positions
+ * n_past..n_past+B-1; adds its output to s->x and appends k, v to the cache. */
+static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
+    const lp_llama_config *c = &m->cfg;
+    const lp_llama_layer *L = &m->w.layers[il];
+    const int64_t E = c->n_embd;
+    const int64_t q_dim = (int64_t)c->n_head * c->head_dim;
+    const int64_t kv_dim = (int64_t)c->n_head_kv * c->head_dim;
+    const int64_t pos0 = s->n_past;
+    float *k_layer = s->k_cache + (int64_t)il * s->n_ctx * kv_dim; // (n_ctx, kv_dim)
+    float *v_layer = s->v_cache + (int64_t)il * s->n_ctx * kv_dim; // (n_ctx, kv_dim)
+    float *k_new = k_layer + pos0 * kv_dim;                          // (B, kv_dim) rows of this call
+    float *v_new = v_layer + pos0 * kv_dim;                          // (B, kv_dim)
+    loupe_status st;
+
+    // xb = rmsnorm(x) * attn_norm
+    if ((st = rmsnorm_rows(m, s, &L->attn_norm, s->xb, s->x, B, E, err)) != LOUPE_OK) return st;
+
+    // q, k, v projections; k and v land directly in the cache
+    if ((st = linear(m, &L->wq, s->xb, s->q, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->bq, s->q, B, q_dim, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, &L->wk, s->xb, k_new, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->bk, k_new, B, kv_dim, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, &L->wv, s->xb, v_new, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->bv, v_new, B, kv_dim, err)) != LOUPE_OK) return st;
+
+    // rotary position embedding of q and k, token i at position pos0 + i
+    for (int i = 0; i < B; i++) {
+        lp_rope(s->q + i * q_dim, c->n_head, c->head_dim, c->n_rot, pos0 + i, c->rope_base, c->rope_mode);
+        lp_rope(k_new + i * kv_dim, c->n_head_kv, c->head_dim, c->n_rot, pos0 + i, c->rope_base, c->rope_mode);
+    }
+    if (s->kv_f16) {
+        round_f16(k_new, B * kv_dim);
+        round_f16(v_new, B * kv_dim);
+        round_f16(s->q, B * q_dim); /* ggml converts q to the f16 type of the cache for KQ */
+    }
+
+    // causal grouped-query attention over positions 0..pos0+B-1
+    const float scale = 1.0f / sqrtf((float)c->head_dim);
+    if (!lp_attention(s->att, s->q, k_layer, v_layer, B, (int)(pos0 + B), c->n_head, c->n_head_kv, c->head_dim,
+                      pos0, true, scale, pool)) {
+        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: blk.%d: attention failed (out of memory)", model_path(m->ws), il);
+    }
+
+    // output projection and residual
+    if ((st = linear(m, &L->wo, s->att, s->xb2, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->bo, s->xb2, B, E, err)) != LOUPE_OK) return st;
+    dump_blk(s, il, "attn_out", s->xb2, B * E);
+    lp_add(s->x, s->xb2, B * E);
+    dump_blk(s, il, "ffn_inp", s->x, B * E);
+    return LOUPE_OK;
+}
+
+/* SwiGLU feed-forward of block il over s->x (B, n_embd), with residual. */
+static loupe_status ffn_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
+    const lp_llama_config *c = &m->cfg;
+    const lp_llama_layer *L = &m->w.layers[il];
+    const int64_t E = c->n_embd, F = c->n_ff;
+    loupe_status st;
+
+    // xb = rmsnorm(x) * ffn_norm
+    if ((st = rmsnorm_rows(m, s, &L->ffn_norm, s->xb, s->x, B, E, err)) != LOUPE_OK) return st;
+
+    // hb = silu(xb Wgate^T) * (xb Wup^T)
+    if ((st = linear(m, &L->ffn_gate, s->xb, s->hb, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->ffn_gate_b, s->hb, B, F, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, &L->ffn_up, s->xb, s->hb2, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->ffn_up_b, s->hb2, B, F, err)) != LOUPE_OK) return st;
+    lp_silu(s->hb, B * F);
+    lp_mul(s->hb, s->hb2, B * F);
+
+    // down projection and residual
+    if ((st = linear(m, &L->ffn_down, s->hb, s->xb2, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->ffn_down_b, s->xb2, B, E, err)) != LOUPE_OK) return st;
+    dump_blk(s, il, "ffn_out", s->xb2, B * E);
+    lp_add(s->x, s->xb2, B * E);
+    return LOUPE_OK;
+}
+
+static loupe_status block_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
+    loupe_status st = attention_forward(m, s, il, B, pool, err);
+    if (st == LOUPE_OK) st = ffn_forward(m, s, il, B, pool, err);
+    if (st == LOUPE_OK) dump_blk(s, il, NULL, s->x, (int64_t)B * m->cfg.n_embd);
+    return st;
+}
+
+/* Final norm and output head over the last row of s->x (B, n_embd), or all
+ * B rows when all is set: logits (1 or B, n_vocab). */
+static loupe_status output_forward(lp_llama *m, lp_llama_state *s, int B, bool all, float *logits, lp_pool *pool,
+                                   lp_error *err) {
+    const lp_llama_config *c = &m->cfg;
+    const int64_t E = c->n_embd;
+    const int rows = all ? B : 1;
+    const float *x = all ? s->x : s->x + (int64_t)(B - 1) * E; // (rows, n_embd)
+    loupe_status st;
+
+    if ((st = rmsnorm_rows(m, s, &m->w.output_norm, s->xb, x, rows, E, err)) != LOUPE_OK) return st;
+    dump(s, "output_norm", s->xb, rows * E);
+    if ((st = linear(m, &m->w.output, s->xb, logits, rows, pool, err)) != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &m->w.output_b, logits, rows, c->n_vocab, err)) != LOUPE_OK) return st;
+    dump(s, "logits", logits, (int64_t)rows * c->n_vocab);
+    return LOUPE_OK;
+}
+
+/* One pass of B <= n_batch tokens. */
+static loupe_status forward_chunk(lp_llama *m, lp_llama_state *s, const float *embd, int B, float *logits, lp_pool *pool,
+                                  lp_error *err) {
+    const int64_t E = m->cfg.n_embd;
+    memcpy(s->x, embd, (size_t)B * (size_t)E * sizeof(float));
+    dump(s, "embd_in", s->x, B * E);
+    for (int il = 0; il < m->cfg.n_layer; il++) {
+        loupe_status st = block_forward(m, s, il, B, pool, err);
+        if (st != LOUPE_OK) return st;
+    }
+    s->n_past += B; /* every layer has its k, v for these positions now */
+    if (!logits) return LOUPE_OK;
+    return output_forward(m, s, B, s->logits_all, logits, pool, err);
+}
+
+static loupe_status check_room(const lp_llama *m, const lp_llama_state *s, int n, lp_error *err) {
+    if (s->model != m) return lp_fail(err, LOUPE_ERR_MISMATCH, "lp_llama_forward: the state belongs to another model");
+    if (n > s->n_ctx - s->n_past) {
+        return lp_fail(err, LOUPE_ERR_LIMIT, "context full: %d positions cached + %d new exceeds n_ctx = %d",
+                       s->n_past, n, s->n_ctx);
+    }
+    return LOUPE_OK;
+}
+
+loupe_status lp_llama_forward(lp_llama *m, lp_llama_state *s, const float *embd, int n, float *logits, lp_pool *pool,
+                              lp_error *err) {
+    if (!m || !s || n < 0 || (n > 0 && !embd)) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_forward: bad arguments");
+    loupe_status st = check_room(m, s, n, err);
+    if (st != LOUPE_OK) return st;
+    const int64_t E = m->cfg.n_embd, V = m->cfg.n_vocab;
+    const int start = s->n_past;
+    for (int c0 = 0; c0 < n; c0 += s->n_batch) {
+        const int B = n - c0 < s->n_batch ? n - c0 : s->n_batch;
+        float *lg = NULL; // where this chunk's logits go, if anywhere
+        if (logits && s->logits_all) lg = logits + (int64_t)c0 * V;
+        else if (logits && c0 + B == n) lg = logits;
+        st = forward_chunk(m, s, embd + (int64_t)c0 * E, B, lg, pool, err);
+        if (st != LOUPE_OK) {
+            s->n_past = start;
+            return st;
+        }
+    }
+    return LOUPE_OK;
+}
+
+// ----------------------------------------------------------------------------
+// token embeddings
+
+/* out (n, n_embd) from token ids; rows (n, row_bytes) and ids (n) are scratch. */
+static loupe_status embed_into(const lp_llama *m, const int32_t *tokens, int n, float *out, void *rows, int64_t *ids,
+                               lp_error *err) {
+    const lp_tensor *te = &m->w.token_embd;
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.n_vocab) {
+            return lp_fail(err, LOUPE_ERR_INVALID_ARG, "token id %d at position %d is outside the vocabulary [0, %d)",
+                           (int)tokens[i], i, m->cfg.n_vocab);
+        }
+        ids[i] = tokens[i];
+    }
+    loupe_status st = lp_ws_get_rows(m->ws, te, ids, n, rows, err);
+    if (st != LOUPE_OK) return st;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *row = (const uint8_t *)rows + (size_t)i * te->row_bytes;
+        if (!lp_dequantize_row(te->type, row, out + (int64_t)i * m->cfg.n_embd, m->cfg.n_embd)) {
+            return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: tensor %s: cannot dequantize", model_path(m->ws), te->name);
+        }
+    }
+    return LOUPE_OK;
+}
+
+loupe_status lp_llama_embed(const lp_llama *m, const int32_t *tokens, int n, float *out, lp_error *err) {
+    if (!m || n < 0 || (n > 0 && (!tokens || !out))) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_embed: bad arguments");
+    if (n == 0) return LOUPE_OK;
+    void *rows = malloc((size_t)n * m->w.token_embd.row_bytes);
+    int64_t *ids = malloc((size_t)n * sizeof *ids);
+    loupe_status st = rows && ids ? embed_into(m, tokens, n, out, rows, ids, err)
+                                  : lp_fail(err, LOUPE_ERR_NOMEM, "lp_llama_embed: out of memory for %d tokens", n);
+    free(rows);
+    free(ids);
+    return st;
+}
+
+loupe_status lp_llama_forward_tokens(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
+                                     lp_pool *pool, lp_error *err) {
+    if (!m || !s || n < 0 || (n > 0 && !tokens)) {
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_forward_tokens: bad arguments");
+    }
+    loupe_status st = check_room(m, s, n, err);
+    if (st != LOUPE_OK) return st;
+    const int64_t V = m->cfg.n_vocab;
+    const int start = s->n_past;
+    for (int c0 = 0; c0 < n; c0 += s->n_batch) {
+        const int B = n - c0 < s->n_batch ? n - c0 : s->n_batch;
+        float *lg = NULL;
+        if (logits && s->logits_all) lg = logits + (int64_t)c0 * V;
+        else if (logits && c0 + B == n) lg = logits;
+        st = embed_into(m, tokens + c0, B, s->emb, s->emb_rows, s->emb_ids, err);
+        if (st == LOUPE_OK) st = forward_chunk(m, s, s->emb, B, lg, pool, err);
+        if (st != LOUPE_OK) {
+            s->n_past = start;
+            return st;
+        }
+    }
+    return LOUPE_OK;
+}

@@ -1,0 +1,172 @@
+/* language/decoder.h — the llama-architecture text decoder (llama, qwen2).
+ *
+ * Computes what llama.cpp computes for general.architecture "llama" and
+ * "qwen2" (no MoE, no RoPE scaling):
+ *
+ *   x = embd_in                                    (n, n_embd)
+ *   for each block l:
+ *     h  = rmsnorm(x) * attn_norm
+ *     q,k,v = h Wq^T (+bq), h Wk^T (+bk), h Wv^T (+bv)
+ *     rope(q), rope(k) at positions n_past..n_past+n-1
+ *        llama: NORMAL pairs (2i, 2i+1) — the GGUF converter permuted Wq/Wk
+ *        qwen2: NEOX pairs (i, i + n_rot/2)
+ *     append k, v to the cache; causal GQA attention, scale 1/sqrt(head_dim)
+ *     x = x + attn Wo^T (+bo)
+ *     h  = rmsnorm(x) * ffn_norm
+ *     x = x + (silu(h Wgate^T) * (h Wup^T)) Wdown^T
+ *   logits = (rmsnorm(x) * output_norm) Wout^T (+bout)   Wout = token_embd if tied
+ *
+ * Weights come only through the lp_weight_store (language/weights.h); each
+ * layer piece gets its tensors and releases them before the next piece.
+ *
+ * Threading: a model is read-only after load and may be shared by several
+ * states; a state (KV cache + scratch) belongs to one thread at a time. */
+#ifndef LP_DECODER_H
+#define LP_DECODER_H
+
+#include "../core/error.h"
+#include "../core/kernels.h"
+#include "../core/pool.h"
+#include "weights.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum lp_llama_arch {
+    LP_ARCH_LLAMA = 0,
+    LP_ARCH_QWEN2 = 1
+} lp_llama_arch;
+
+/* Hyperparameters, read from "{arch}.*" keys and checked against the tensors. */
+typedef struct lp_llama_config {
+    lp_llama_arch arch;
+    char arch_name[16];  /* "llama" / "qwen2" */
+    int n_vocab;         /* token_embd rows */
+    int n_embd;          /* {arch}.embedding_length */
+    int n_layer;         /* {arch}.block_count */
+    int n_ff;            /* {arch}.feed_forward_length */
+    int n_head;          /* {arch}.attention.head_count */
+    int n_head_kv;       /* {arch}.attention.head_count_kv (default n_head) */
+    int head_dim;        /* {arch}.attention.key_length (default n_embd / n_head) */
+    int n_rot;           /* {arch}.rope.dimension_count (default head_dim; must equal it) */
+    int n_ctx_train;     /* {arch}.context_length */
+    float rms_eps;       /* {arch}.attention.layer_norm_rms_epsilon */
+    float rope_base;     /* {arch}.rope.freq_base (default 10000) */
+    lp_rope_mode rope_mode; /* NORMAL for llama, NEOX for qwen2 */
+    bool tied_output;    /* no output.weight: the head reuses token_embd */
+} lp_llama_config;
+
+/* Per-layer tensor handles (lp_tensor.id < 0 marks an absent optional one). */
+typedef struct lp_llama_layer {
+    lp_tensor attn_norm;              /* (n_embd) */
+    lp_tensor wq, wk, wv;             /* (n_head*hd, n_embd), (n_head_kv*hd, n_embd) x2 */
+    lp_tensor bq, bk, bv;             /* optional biases (qwen2 has them) */
+    lp_tensor wo;                     /* (n_embd, n_head*hd) */
+    lp_tensor bo;                     /* optional (n_embd) */
+    lp_tensor ffn_norm;               /* (n_embd) */
+    lp_tensor ffn_gate, ffn_up;       /* (n_ff, n_embd) */
+    lp_tensor ffn_down;               /* (n_embd, n_ff) */
+    lp_tensor ffn_gate_b, ffn_up_b, ffn_down_b; /* optional biases */
+} lp_llama_layer;
+
+typedef struct lp_llama_weights {
+    lp_tensor token_embd;   /* (n_vocab, n_embd) rows */
+    lp_tensor output_norm;  /* (n_embd) */
+    lp_tensor output;       /* (n_vocab, n_embd); == token_embd when tied */
+    lp_tensor output_b;     /* optional (n_vocab) */
+    lp_llama_layer *layers; /* (n_layer) */
+} lp_llama_weights;
+
+typedef struct lp_llama {
+    lp_llama_config cfg;
+    lp_llama_weights w;
+    lp_weight_store *ws;    /* not owned */
+} lp_llama;
+
+/* Activation dump: called synchronously with each named activation, row-major
+ * over the tokens of the call (a prefill longer than n_batch is dumped chunk
+ * by chunk). Names, and their llama.cpp (GGML_SCHED debug / eval-callback)
+ * counterparts:
+ *   "embd_in"          (n, n_embd)     inp_embd
+ *   "blk.%d.attn_out"  (n, n_embd)     attn_out-%d   (after Wo, before residual)
+ *   "blk.%d.ffn_inp"   (n, n_embd)     ffn_inp-%d    (attention residual sum)
+ *   "blk.%d.ffn_out"   (n, n_embd)     ffn_out-%d    (after Wdown, before residual)
+ *   "blk.%d"           (n, n_embd)     l_out-%d      (block output)
+ *   "output_norm"      (m, n_embd)     result_norm   (m = rows that produce logits)
+ *   "logits"           (m, n_vocab)    result_output */
+typedef void (*lp_llama_dump_fn)(void *user, const char *name, const float *data, int64_t n);
+
+/* Run state: KV cache and scratch, allocated once in lp_llama_state_new. */
+typedef struct lp_llama_state {
+    const lp_llama *model; /* the model this state was made for */
+    int n_ctx;        /* cache capacity in positions */
+    int n_batch;      /* most tokens per internal pass; longer prefills are chunked */
+    int n_past;       /* positions already in the cache */
+    bool logits_all;  /* lp_llama_forward writes logits for every position */
+    bool kv_f16;      /* round cached k/v (and q) through f16 like llama.cpp's default
+                         f16 cache; the kernel keeps softmax weights in f32, so this
+                         approximates llama.cpp (~1e-3 on O(1) logits), it does not
+                         reproduce it. Off: f32 cache = llama.cpp with -ctk f32 -ctv f32 */
+    lp_llama_dump_fn dump;
+    void *dump_user;
+    /* cache */
+    float *k_cache;   // (n_layer, n_ctx, n_head_kv*head_dim)
+    float *v_cache;   // (n_layer, n_ctx, n_head_kv*head_dim)
+    /* scratch, for up to n_batch tokens */
+    float *x;         // (n_batch, n_embd) residual stream
+    float *xb;        // (n_batch, n_embd) normed input of a piece
+    float *xb2;       // (n_batch, n_embd) output of a piece before the residual add
+    float *q;         // (n_batch, n_head*head_dim)
+    float *att;       // (n_batch, n_head*head_dim) attention output before Wo
+    float *hb;        // (n_batch, n_ff) gate, then silu(gate)*up
+    float *hb2;       // (n_batch, n_ff) up
+    float *vec;       // (max(n_embd, n_ff, n_head*head_dim, n_vocab)) a dequantized norm weight or bias
+    /* lp_llama_forward_tokens */
+    float *emb;       // (n_batch, n_embd) embeddings of the chunk
+    void *emb_rows;   // (n_batch, token_embd.row_bytes) raw token_embd rows
+    int64_t *emb_ids; // (n_batch) row indices
+} lp_llama_state;
+
+#define LP_LLAMA_DEFAULT_BATCH 512
+
+/* Read the config, look up and shape-check every tensor. ws must outlive the
+ * model. Errors name the file and the key or tensor. */
+lp_llama *lp_llama_load(lp_weight_store *ws, lp_error *err);
+void lp_llama_free(lp_llama *m);
+
+const lp_llama_config *lp_llama_get_config(const lp_llama *m);
+int lp_llama_n_vocab(const lp_llama *m);
+int lp_llama_n_embd(const lp_llama *m);
+int lp_llama_n_layer(const lp_llama *m);
+int lp_llama_n_ctx_train(const lp_llama *m);
+
+/* A state for up to n_ctx positions (n_ctx may exceed n_ctx_train, as in
+ * llama.cpp). n_batch <= 0 means min(n_ctx, LP_LLAMA_DEFAULT_BATCH). */
+lp_llama_state *lp_llama_state_new(const lp_llama *m, int n_ctx, lp_error *err);
+lp_llama_state *lp_llama_state_new_ex(const lp_llama *m, int n_ctx, int n_batch, lp_error *err);
+void lp_llama_state_free(lp_llama_state *s);
+void lp_llama_state_reset(lp_llama_state *s);               /* n_past = 0 */
+/* Forget positions >= n_past (0 <= n_past <= current); INVALID_ARG otherwise. */
+loupe_status lp_llama_state_truncate(lp_llama_state *s, int n_past, lp_error *err);
+void lp_llama_state_set_dump(lp_llama_state *s, lp_llama_dump_fn fn, void *user);
+void lp_llama_state_set_logits_all(lp_llama_state *s, bool all);
+void lp_llama_state_set_kv_f16(lp_llama_state *s, bool on);
+
+/* Token embedding rows, dequantized: out (n, n_embd). Token ids outside
+ * [0, n_vocab) give LOUPE_ERR_INVALID_ARG naming the id. */
+loupe_status lp_llama_embed(const lp_llama *m, const int32_t *tokens, int n, float *out, lp_error *err);
+
+/* Append n positions with input embeddings embd (n, n_embd) to the cache.
+ * logits: (n_vocab) for the last position, or (n, n_vocab) when the state is
+ * set to logits_all; NULL skips the output head. n > 1 runs as matrix-matrix
+ * passes of at most n_batch tokens, n == 1 as matrix-vector. Positions past
+ * n_ctx give LOUPE_ERR_LIMIT and change nothing; on any error the cache is
+ * left as it was before the call (n_past unchanged). */
+loupe_status lp_llama_forward(lp_llama *m, lp_llama_state *s, const float *embd, int n, float *logits,
+                              lp_pool *pool, lp_error *err);
+
+/* Convenience: embed tokens (n <= n_batch per internal chunk) and forward. */
+loupe_status lp_llama_forward_tokens(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
+                                     lp_pool *pool, lp_error *err);
+
+#endif
