@@ -51,7 +51,7 @@ static void expect_rgb_file(const lp_image *img, const char *ref_path) {
 
 static void test_load_lossless_formats(void **state) {
     (void)state;
-    const char *names[] = {"tiny.png", "tiny.bmp", "tiny.tga", "tiny.gif", "tiny.ppm", "tiny_palette.png"};
+    const char *names[] = {"tiny.png", "tiny.bmp", "tiny.tga", "tiny.gif", "tiny_palette.png"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         char path[256];
         snprintf(path, sizeof path, FIX "%s", names[i]);
@@ -64,6 +64,17 @@ static void test_load_lossless_formats(void **state) {
         expect_rgb_file(&img, FIX "tiny.rgb");
         lp_image_free(&img);
     }
+}
+
+/* PNM (and PSD, PIC, HDR) are compiled out of stb_image: a valid PPM is
+ * refused as a format error naming the file, not decoded. */
+static void test_load_pnm_refused(void **state) {
+    (void)state;
+    lp_image img = {0};
+    lp_error err = {0};
+    assert_int_equal(lp_image_load(FIX "tiny.ppm", &img, &err), LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "tiny.ppm"));
+    assert_null(img.rgb);
 }
 
 static void test_load_jpeg(void **state) {
@@ -619,6 +630,7 @@ static void test_label(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_lossless_formats),
+        cmocka_unit_test(test_load_pnm_refused),
         cmocka_unit_test(test_load_jpeg),
         cmocka_unit_test(test_load_alpha_dropped),
         cmocka_unit_test(test_load_gray),

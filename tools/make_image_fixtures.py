@@ -166,7 +166,7 @@ def main():
 
     # ---- fuzz seeds: tiny valid files of each format stb reads ----
     seed = palette_blocks(4, 3)
-    for ext, kw in (("png", {}), ("jpg", {"quality": 90}), ("bmp", {}), ("gif", {}), ("tga", {}), ("ppm", {})):
+    for ext, kw in (("png", {}), ("jpg", {"quality": 90}), ("bmp", {}), ("gif", {}), ("tga", {})):
         seed.save(os.path.join(SEEDS, f"tiny.{ext}"), **kw)
     seed.convert("RGBA").save(os.path.join(SEEDS, "tiny_rgba.png"))
     seed.convert("P").save(os.path.join(SEEDS, "tiny_palette.png"))

@@ -22,7 +22,8 @@ typedef struct lp_image {
 loupe_status lp_image_alloc(lp_image *img, int w, int h, lp_error *err);
 void lp_image_free(lp_image *img);
 
-/* Decode JPEG/PNG/BMP/GIF(first frame)/TGA/PNM/PSD/HDR(tonemapped by stb)
+/* Decode JPEG/PNG/BMP/GIF(first frame)/TGA (PNM, PSD, PIC and HDR are
+ * compiled out of stb_image and refused as unknown formats)
  * into RGB8. Errors name the file and stb's reason ("truncated", ...). */
 loupe_status lp_image_load(const char *path, lp_image *out, lp_error *err);
 loupe_status lp_image_load_mem(const void *buf, size_t size, const char *name, lp_image *out, lp_error *err);

@@ -15,7 +15,15 @@
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO
-#define STBI_NO_LINEAR          /* no float API: HDR is still tonemapped to 8-bit */
+#define STBI_NO_LINEAR          /* no float API */
+/* Formats loupe does not need are compiled out: less code facing hostile
+ * input. Debian 12's stb_image 2.27 has known bugs in these decoders (the PNM
+ * header parser overflows a signed int, found by our fuzzer; fixed upstream
+ * in 2.28), and photos never arrive as PNM/PSD/PIC/HDR. */
+#define STBI_NO_PNM
+#define STBI_NO_PSD
+#define STBI_NO_PIC
+#define STBI_NO_HDR
 /* stb's own per-side cap, left at its default of 2^24 on purpose: loupe's
  * real limit (LP_IMAGE_MAX_DIM) is applied by image.c to the dimensions that
  * stbi_info_from_memory reports. A lower cap here would make stbi_info fail
