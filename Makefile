@@ -69,11 +69,14 @@ all: $(LIB_A) $(LIB_SO) $(LOUPE) $(TOOLS)
 deps:
 	@sh tools/deps.sh
 
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	@sh tools/demo.sh $(LOUPE)
 
 test: deps
+	@$(MAKE) --no-print-directory -j$(NPROC) all $(TESTS)
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory fuzz-smoke
 
@@ -86,9 +89,11 @@ check: all $(TESTS)
 	echo "all $(words $(TESTS)) test suites passed"
 
 asan: deps
+	@$(MAKE) --no-print-directory -j$(NPROC) BUILD=build/asan SAN=address,undefined all $(TESTS:build/%=build/asan/%)
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=address,undefined check
 
 tsan: deps
+	@$(MAKE) --no-print-directory -j$(NPROC) BUILD=build/tsan SAN=thread all $(TESTS:build/%=build/tsan/%)
 	@$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread check
 
 $(BUILD)/obj/%.o: %.c

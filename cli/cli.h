@@ -19,6 +19,7 @@ int cli_error(loupe_status s, const char *fmt, ...) __attribute__((format(printf
 /* "loupe <cmd>: <msg>" + a pointer to --help on stderr; returns CLI_EXIT_USAGE. */
 int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+int cmd_ask(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 
 #endif

@@ -14,6 +14,7 @@ typedef struct cli_cmd {
 
 /* One row per command; the code lives in cli/cmd_<name>.c. */
 static const cli_cmd COMMANDS[] = {
+    {"ask", "IMAGE QUESTION", "answer a question about an image (-m MODEL --mmproj MMPROJ)", cmd_ask},
     {"info", "FILE.gguf...", "print a GGUF file's header, metadata and tensor table", cmd_info},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])

@@ -1,0 +1,744 @@
+/* tests/test_vlm.c — the whole ask pipeline (fusion/vlm.h) and prompt
+ * assembly (fusion/prompt.h) end to end on the tiny random-weight LLaVA pair
+ * in tests/fixtures/parity/ (a llama decoder with a synthetic SentencePiece
+ * vocabulary + an mlp-projector CLIP; see tests/fixtures/README.md).
+ *
+ * The answers of a random model are noise, so the tests check properties:
+ * determinism, limits, streaming == final answer, cancellation, stops, and
+ * that every broken input is refused with the right status and a message
+ * naming the file. Broken and edited variants of the fixture (a projector of
+ * the wrong width, an EOS-biased head, a chat template in the metadata, ...)
+ * are written to a temporary directory with lp_gguf_writer.
+ * Run from the repository root. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../fusion/prompt.h"
+#include "../fusion/vlm.h"
+#include "../language/decoder.h"
+#include "../language/tokenizer.h"
+#include "../language/weights.h"
+#include "gguf.h"
+
+#define LM "tests/fixtures/parity/tiny-f32.gguf"
+#define MMPROJ "tests/fixtures/parity/tiny-f32-mmproj.gguf"
+#define LM_Q8 "tests/fixtures/parity/tiny-q8_0.gguf"
+#define MMPROJ_Q8 "tests/fixtures/parity/tiny-q8_0-mmproj.gguf"
+#define IMAGE "tests/fixtures/parity/image-32.png"
+#define IMAGE_WIDE "tests/fixtures/images/src_struct_301x199.png"
+#define QUESTION "What is in the image?"
+
+static char tmpdir[64];
+
+static const char *tmp_path(const char *name) {
+    static char buf[8][256];
+    static int k;
+    char *p = buf[k++ % 8];
+    snprintf(p, 256, "%s/%s", tmpdir, name);
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// helpers
+
+typedef struct fixture {
+    lp_vlm *vlm;
+    lp_vlm_ctx *ctx;
+    lp_image img;
+} fixture;
+
+static void open_fixture(fixture *f, const char *lm, const char *mm, const lp_vlm_params *vp, int n_ctx) {
+    lp_error err = {0};
+    memset(f, 0, sizeof *f);
+    f->vlm = lp_vlm_load(lm, mm, vp, &err);
+    if (!f->vlm) fail_msg("lp_vlm_load: %s", err.msg);
+    lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
+    cp.n_threads = 1;
+    cp.n_ctx = n_ctx;
+    f->ctx = lp_vlm_ctx_new(f->vlm, &cp, &err);
+    if (!f->ctx) fail_msg("lp_vlm_ctx_new: %s", err.msg);
+    if (lp_image_load(IMAGE, &f->img, &err)) fail_msg("%s", err.msg);
+}
+
+static void close_fixture(fixture *f) {
+    lp_vlm_ctx_free(f->ctx);
+    lp_vlm_free(f->vlm);
+    lp_image_free(&f->img);
+}
+
+static lp_vlm_gen_params greedy(int n) {
+    lp_vlm_gen_params g = lp_vlm_gen_default_params();
+    g.n_predict = n;
+    return g;
+}
+
+/* Ask and return the answer (malloc'd); fails the test on error. */
+static char *ask_ok(fixture *f, const char *q, const lp_vlm_gen_params *g, lp_vlm_stats *stats) {
+    lp_error err = {0};
+    char *answer = NULL;
+    loupe_status st = lp_vlm_ask(f->vlm, f->ctx, &f->img, q, g, NULL, NULL, &answer, stats, &err);
+    if (st) fail_msg("lp_vlm_ask: %s", err.msg);
+    assert_non_null(answer);
+    return answer;
+}
+
+/* A copy of a GGUF file with some f32 tensors replaced or added; metadata is
+ * copied and may then be changed with the writer's set calls. */
+typedef struct tensor_edit {
+    const char *name;
+    int n_dims;
+    int64_t ne[2];
+    const float *data;
+} tensor_edit;
+
+static lp_gguf_writer *copy_gguf(const lp_gguf *g, const tensor_edit *edits, int n_edits) {
+    lp_gguf_writer *w = lp_gguf_writer_new();
+    assert_non_null(w);
+    lp_gguf_writer_set_alignment(w, (uint32_t)g->alignment);
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        assert_int_equal(lp_gguf_writer_set_value(w, g->kv[i].key, &g->kv[i].val), LOUPE_OK);
+    bool used[8] = {0};
+    assert_true(n_edits <= 8);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const lp_gguf_tensor *t = &g->tensors[i];
+        int e = -1;
+        for (int k = 0; k < n_edits; k++)
+            if (!strcmp(edits[k].name, t->name)) e = k;
+        if (e >= 0) {
+            used[e] = true;
+            assert_int_equal(lp_gguf_writer_add_tensor(w, t->name, LP_TYPE_F32, (uint32_t)edits[e].n_dims,
+                                                       edits[e].ne, edits[e].data),
+                             LOUPE_OK);
+        } else {
+            assert_int_equal(lp_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data), LOUPE_OK);
+        }
+    }
+    for (int k = 0; k < n_edits; k++)
+        if (!used[k])
+            assert_int_equal(
+                lp_gguf_writer_add_tensor(w, edits[k].name, LP_TYPE_F32, (uint32_t)edits[k].n_dims, edits[k].ne,
+                                          edits[k].data),
+                LOUPE_OK);
+    return w;
+}
+
+static void write_gguf(lp_gguf_writer *w, const char *path) {
+    lp_error err = {0};
+    if (lp_gguf_writer_write(w, path, &err)) fail_msg("%s", err.msg);
+    lp_gguf_writer_free(w);
+}
+
+static void *read_all(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc((size_t)n);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *size = (size_t)n;
+    return buf;
+}
+
+static void write_all(const char *path, const void *buf, size_t n) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, n, f), n);
+    fclose(f);
+}
+
+// ----------------------------------------------------------------------------
+// prompt assembly
+
+static void test_prompt_segments(void **state) {
+    (void)state;
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(LM, &err);
+    assert_non_null(g);
+    lp_weight_store *ws = lp_weights_resident(g, &err);
+    lp_tokenizer *tok = lp_tokenizer_load(g, &err);
+    lp_llama *m = lp_llama_load(ws, &err);
+    assert_non_null(tok);
+    assert_non_null(m);
+    const int E = lp_llama_n_embd(m);
+
+    const char *text = "USER: <image>\nWhat? ASSISTANT:";
+    const size_t at = 6;
+    lp_prompt p;
+    assert_int_equal(lp_prompt_build(&p, tok, text, strlen(text), at, 7, 5, &err), LOUPE_OK);
+    assert_int_equal(p.n_seg, 3);
+    assert_int_equal(p.seg[0].kind, LP_SEGMENT_TOKENS);
+    assert_int_equal(p.seg[1].kind, LP_SEGMENT_IMAGE);
+    assert_int_equal(p.seg[2].kind, LP_SEGMENT_TOKENS);
+    assert_int_equal(p.seg[1].n_pos, 5);
+    assert_int_equal(p.n_image, 5);
+    assert_int_equal(p.n_text, p.seg[0].n_pos + p.seg[2].n_pos);
+    assert_int_equal(p.n_pos, p.n_text + 5);
+    /* BOS leads the first piece only. */
+    assert_true(lp_tokenizer_add_bos(tok));
+    assert_int_equal(p.seg[0].tokens[0], lp_tokenizer_bos(tok));
+    for (int i = 0; i < p.seg[2].n_pos; i++) assert_int_not_equal(p.seg[2].tokens[i], lp_tokenizer_bos(tok));
+    /* Each piece is tokenized on its own, exactly as a separate call would. */
+    int32_t ids[64];
+    int n = lp_tokenize(tok, text + at + 7, strlen(text + at + 7), false, true, ids, 64, &err);
+    assert_int_equal(n, p.seg[2].n_pos);
+    assert_memory_equal(ids, p.seg[2].tokens, (size_t)n * sizeof *ids);
+
+    /* Embedding: token rows from the table, image rows copied verbatim. */
+    float *img = malloc((size_t)5 * E * sizeof *img);
+    float *out = malloc((size_t)p.n_pos * E * sizeof *out);
+    float *row = malloc((size_t)E * sizeof *row);
+    for (int i = 0; i < 5 * E; i++) img[i] = (float)i * 0.25f - 3.0f;
+    assert_int_equal(lp_prompt_embed(&p, m, img, out, &err), LOUPE_OK);
+    const int n0 = p.seg[0].n_pos;
+    assert_memory_equal(out + (size_t)n0 * E, img, (size_t)5 * E * sizeof *img);
+    assert_int_equal(lp_llama_embed(m, &p.seg[0].tokens[0], 1, row, &err), LOUPE_OK);
+    assert_memory_equal(out, row, (size_t)E * sizeof *row);
+    assert_int_equal(lp_llama_embed(m, &p.seg[2].tokens[0], 1, row, &err), LOUPE_OK);
+    assert_memory_equal(out + (size_t)(n0 + 5) * E, row, (size_t)E * sizeof *row);
+
+    /* Context check: exact fit passes, one short names all the numbers. */
+    assert_int_equal(lp_prompt_check_ctx(&p, p.n_pos, &err), LOUPE_OK);
+    assert_int_equal(lp_prompt_check_ctx(&p, p.n_pos - 1, &err), LOUPE_ERR_LIMIT);
+    char want[160];
+    snprintf(want, sizeof want, "prompt needs %d positions (text %d + image 5) but the context holds %d", p.n_pos,
+             p.n_text, p.n_pos - 1);
+    assert_string_equal(err.msg, want);
+    lp_prompt_free(&p);
+
+    /* Image first: BOS still leads; no empty segment. */
+    const char *t2 = "<image>\nhi";
+    assert_int_equal(lp_prompt_build(&p, tok, t2, strlen(t2), 0, 7, 3, &err), LOUPE_OK);
+    assert_int_equal(p.n_seg, 3);
+    assert_int_equal(p.seg[0].n_pos, 1);
+    assert_int_equal(p.seg[0].tokens[0], lp_tokenizer_bos(tok));
+    lp_prompt_free(&p);
+    /* Image last. */
+    assert_int_equal(lp_prompt_build(&p, tok, "x <image>", 9, 2, 7, 3, &err), LOUPE_OK);
+    assert_int_equal(p.n_seg, 2);
+    assert_int_equal(p.seg[1].kind, LP_SEGMENT_IMAGE);
+    lp_prompt_free(&p);
+    /* Bad offsets. */
+    assert_int_equal(lp_prompt_build(&p, tok, "abc", 3, 2, 7, 3, &err), LOUPE_ERR_INVALID_ARG);
+    lp_prompt_free(&p);
+
+    free(img);
+    free(out);
+    free(row);
+    lp_llama_free(m);
+    lp_tokenizer_free(tok);
+    lp_ws_free(ws);
+    lp_gguf_close(g);
+}
+
+// ----------------------------------------------------------------------------
+// generation
+
+static void test_greedy_deterministic(void **state) {
+    (void)state;
+    fixture f;
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    assert_string_equal(lp_vlm_template(f.vlm)->name, "vicuna"); /* no chat_template in the file */
+    assert_int_equal(lp_vlm_n_image_tokens(f.vlm), 16);
+    lp_vlm_gen_params g = greedy(12);
+    lp_vlm_stats s1, s2;
+    char *a1 = ask_ok(&f, QUESTION, &g, &s1);
+    char *a2 = ask_ok(&f, QUESTION, &g, &s2); /* same ctx, reused cache */
+    assert_string_equal(a1, a2);
+    assert_true(s1.decode_tokens <= 12);
+    if (s1.stop == LP_VLM_STOP_MAX_TOKENS) assert_int_equal(s1.decode_tokens, 12);
+    else assert_int_equal(s1.stop, LP_VLM_STOP_EOG);
+    assert_int_equal(s1.decode_tokens, s2.decode_tokens);
+    assert_int_equal(s1.n_image_tokens, 16);
+    assert_int_equal(s1.prefill_tokens, s1.n_text_tokens + 16);
+    assert_true(s1.n_ctx >= s1.prefill_tokens + 12); /* auto-sized */
+    assert_true(s1.peak_rss_kb > 0);
+    assert_true(s1.load_ms >= 0 && s1.encode_ms >= 0 && s1.prefill_ms >= 0 && s1.decode_ms >= 0);
+
+    /* A fresh model and context give the same answer too. */
+    fixture f2;
+    open_fixture(&f2, LM, MMPROJ, NULL, 256);
+    char *a3 = ask_ok(&f2, QUESTION, &g, NULL);
+    assert_string_equal(a1, a3);
+
+    /* Another limit is respected as well. */
+    lp_vlm_gen_params g20 = greedy(20);
+    lp_vlm_stats s3;
+    char *a4 = ask_ok(&f, QUESTION, &g20, &s3);
+    assert_true(s3.decode_tokens <= 20);
+    if (s3.stop == LP_VLM_STOP_MAX_TOKENS) assert_int_equal(s3.decode_tokens, 20);
+
+    /* n_predict 0: prefill only, empty answer. */
+    lp_vlm_gen_params g0 = greedy(0);
+    lp_vlm_stats s0;
+    char *a0 = ask_ok(&f, QUESTION, &g0, &s0);
+    assert_string_equal(a0, "");
+    assert_int_equal(s0.decode_tokens, 0);
+    assert_int_equal(s0.stop, LP_VLM_STOP_MAX_TOKENS);
+
+    free(a0);
+    free(a1);
+    free(a2);
+    free(a3);
+    free(a4);
+    close_fixture(&f2);
+    close_fixture(&f);
+}
+
+/* Sampling with a seed is reproducible, and the n-token limit holds. */
+static void test_sampled_seeded(void **state) {
+    (void)state;
+    fixture f;
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    lp_vlm_gen_params g = greedy(10);
+    g.sampling.temp = 1.0f;
+    g.sampling.seed = 1234;
+    lp_vlm_stats s;
+    char *a1 = ask_ok(&f, QUESTION, &g, &s);
+    char *a2 = ask_ok(&f, QUESTION, &g, NULL);
+    assert_string_equal(a1, a2);
+    assert_true(s.decode_tokens <= 10);
+    free(a1);
+    free(a2);
+    close_fixture(&f);
+}
+
+typedef struct collect {
+    char buf[4096];
+    size_t len;
+    int calls;
+    int cancel_at; /* return nonzero on this call (1-based); 0 never */
+} collect;
+
+static int on_text(void *user, const char *text, size_t len) {
+    collect *c = user;
+    assert_true(len > 0);
+    assert_true(c->len + len < sizeof c->buf);
+    memcpy(c->buf + c->len, text, len);
+    c->len += len;
+    c->buf[c->len] = '\0';
+    c->calls++;
+    return c->cancel_at && c->calls >= c->cancel_at;
+}
+
+static void test_streaming(void **state) {
+    (void)state;
+    fixture f;
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    lp_vlm_gen_params g = greedy(24);
+    collect c = {0};
+    char *answer = NULL;
+    lp_error err = {0};
+    lp_vlm_stats s;
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &f.img, QUESTION, &g, on_text, &c, &answer, &s, &err), LOUPE_OK);
+    assert_string_equal(c.buf, answer);
+    assert_true(c.calls > 1); /* streamed, not delivered at the end */
+    /* Every piece is valid UTF-8 on its own: the whole is, and the detok
+     * never splits characters, so checking the concatenation suffices with
+     * the no-U+FFFD-splitting guarantee of lp_detok. */
+    char *plain = ask_ok(&f, QUESTION, &g, NULL);
+    assert_string_equal(plain, answer);
+    free(plain);
+    free(answer);
+    close_fixture(&f);
+}
+
+static void test_cancel(void **state) {
+    (void)state;
+    fixture f;
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    lp_vlm_gen_params g = greedy(24);
+    collect c = {.cancel_at = 2};
+    char *answer = (char *)1;
+    lp_error err = {0};
+    lp_vlm_stats s;
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &f.img, QUESTION, &g, on_text, &c, &answer, &s, &err),
+                     LOUPE_ERR_CANCELLED);
+    assert_null(answer);
+    assert_int_equal(err.status, LOUPE_ERR_CANCELLED);
+    assert_int_equal(c.calls, 2);
+    assert_int_equal(s.stop, LP_VLM_STOP_CANCELLED);
+    assert_true(s.decode_tokens < 24);
+    /* The context is usable again afterwards. */
+    char *a = ask_ok(&f, QUESTION, &g, NULL);
+    assert_memory_equal(a, c.buf, c.len);
+    free(a);
+    close_fixture(&f);
+}
+
+// ----------------------------------------------------------------------------
+// stops, via edited copies of the language model
+
+static float *bias_towards(int n_vocab, int id) {
+    float *b = calloc((size_t)n_vocab, sizeof *b);
+    b[id] = 1e4f;
+    return b;
+}
+
+static void test_stop_eog(void **state) {
+    (void)state;
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(LM, &err);
+    assert_non_null(g);
+    int64_t V = lp_gguf_find_tensor(g, "output.weight") >= 0 ? g->tensors[lp_gguf_find_tensor(g, "output.weight")].ne[1] : 0;
+    assert_true(V > 2);
+    float *bias = bias_towards((int)V, 2); /* EOS "</s>" */
+    tensor_edit e = {"output.bias", 1, {V, 1}, bias};
+    write_gguf(copy_gguf(g, &e, 1), tmp_path("eos.gguf"));
+    lp_gguf_close(g);
+
+    fixture f;
+    open_fixture(&f, tmp_path("eos.gguf"), MMPROJ, NULL, 0);
+    lp_vlm_gen_params gp = greedy(16);
+    lp_vlm_stats s;
+    collect c = {0};
+    char *answer = NULL;
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &f.img, QUESTION, &gp, on_text, &c, &answer, &s, &err), LOUPE_OK);
+    assert_string_equal(answer, "");
+    assert_int_equal(c.calls, 0);
+    assert_int_equal(s.stop, LP_VLM_STOP_EOG);
+    assert_int_equal(s.decode_tokens, 1);
+    free(answer);
+    free(bias);
+    close_fixture(&f);
+}
+
+/* A vocabulary entry rewritten to "▁okUSER:" and favoured by the head:
+ * the vicuna stop string "USER:" ends the answer after "ok". */
+static void test_stop_string(void **state) {
+    (void)state;
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(LM, &err);
+    assert_non_null(g);
+    const lp_gguf_value *toks = lp_gguf_get(g, "tokenizer.ggml.tokens");
+    assert_non_null(toks);
+    const int n = (int)toks->v.arr.n;
+    const int id = n - 1; /* a normal piece */
+    const char **strs = malloc((size_t)n * sizeof *strs);
+    for (int i = 0; i < n; i++) strs[i] = toks->v.arr.strs[i].s;
+    strs[id] = "\xe2\x96\x81okUSER:";
+    float *bias = bias_towards(n, id);
+    tensor_edit e = {"output.bias", 1, {n, 1}, bias};
+    lp_gguf_writer *w = copy_gguf(g, &e, 1);
+    assert_int_equal(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", strs, (uint64_t)n), LOUPE_OK);
+    write_gguf(w, tmp_path("stop.gguf"));
+    lp_gguf_close(g);
+
+    fixture f;
+    open_fixture(&f, tmp_path("stop.gguf"), MMPROJ, NULL, 0);
+    lp_vlm_gen_params gp = greedy(16);
+    lp_vlm_stats s;
+    collect c = {0};
+    char *answer = NULL;
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &f.img, QUESTION, &gp, on_text, &c, &answer, &s, &err), LOUPE_OK);
+    assert_string_equal(answer, "ok");
+    assert_string_equal(c.buf, "ok"); /* the stop string is never streamed */
+    assert_int_equal(s.stop, LP_VLM_STOP_STRING);
+    assert_int_equal(s.decode_tokens, 1);
+    free(answer);
+    free(bias);
+    free(strs);
+    close_fixture(&f);
+}
+
+// ----------------------------------------------------------------------------
+// templates from metadata
+
+static void test_template_metadata(void **state) {
+    (void)state;
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(LM, &err);
+    assert_non_null(g);
+    lp_gguf_writer *w = copy_gguf(g, NULL, 0);
+    assert_int_equal(lp_gguf_writer_set_str(w, "tokenizer.chat_template",
+                                            "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' "
+                                            "+ message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"),
+                     LOUPE_OK);
+    write_gguf(w, tmp_path("chatml.gguf"));
+    w = copy_gguf(g, NULL, 0);
+    assert_int_equal(lp_gguf_writer_set_str(w, "tokenizer.chat_template", "{{ '<start_of_turn>' }}"), LOUPE_OK);
+    write_gguf(w, tmp_path("gemma.gguf"));
+    lp_gguf_close(g);
+
+    lp_vlm *v = lp_vlm_load(tmp_path("chatml.gguf"), MMPROJ, NULL, &err);
+    assert_non_null(v);
+    assert_string_equal(lp_vlm_template(v)->name, "chatml");
+    lp_vlm_free(v);
+
+    /* Unrecognised: refused, naming the file and the key... */
+    v = lp_vlm_load(tmp_path("gemma.gguf"), MMPROJ, NULL, &err);
+    assert_null(v);
+    assert_int_equal(err.status, LOUPE_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, tmp_path("gemma.gguf")));
+    assert_non_null(strstr(err.msg, "tokenizer.chat_template"));
+    /* ...unless a template is named. */
+    lp_vlm_params vp = lp_vlm_default_params();
+    vp.template_name = "llama2";
+    v = lp_vlm_load(tmp_path("gemma.gguf"), MMPROJ, &vp, &err);
+    assert_non_null(v);
+    assert_string_equal(lp_vlm_template(v)->name, "llama2");
+    lp_vlm_free(v);
+    vp.template_name = "nonesuch";
+    assert_null(lp_vlm_load(LM, MMPROJ, &vp, &err));
+    assert_int_equal(err.status, LOUPE_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.msg, "nonesuch"));
+
+    /* Each template runs end to end, and the system text is honoured
+     * (different prompt length). */
+    static const char *names[] = {"vicuna", "chatml", "llama2", "mistral", "llama3"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        vp.template_name = names[i];
+        fixture f;
+        open_fixture(&f, LM, MMPROJ, &vp, 0);
+        lp_vlm_gen_params gp = greedy(4);
+        lp_vlm_stats s1, s2;
+        free(ask_ok(&f, QUESTION, &gp, &s1));
+        gp.system = "";
+        free(ask_ok(&f, QUESTION, &gp, &s2));
+        if (strcmp(names[i], "mistral") != 0) assert_true(s2.n_text_tokens < s1.n_text_tokens);
+        close_fixture(&f);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// limits and broken inputs
+
+static void test_prompt_too_long(void **state) {
+    (void)state;
+    fixture f;
+    open_fixture(&f, LM, MMPROJ, NULL, 40);
+    lp_vlm_gen_params g = greedy(4);
+    char *answer = (char *)1;
+    lp_error err = {0};
+    lp_vlm_stats s;
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &f.img, QUESTION, &g, NULL, NULL, &answer, &s, &err), LOUPE_ERR_LIMIT);
+    assert_null(answer);
+    assert_non_null(strstr(err.msg, "prompt needs "));
+    assert_non_null(strstr(err.msg, " + image 16) but the context holds 40"));
+    close_fixture(&f);
+
+    /* Automatic size: bounded by the training context (512 here). */
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    size_t n = 3000;
+    char *q = malloc(n + 1);
+    for (size_t i = 0; i < n; i++) q[i] = (char)('a' + (i * 7) % 26);
+    q[n] = '\0';
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &f.img, q, &g, NULL, NULL, &answer, &s, &err), LOUPE_ERR_LIMIT);
+    assert_non_null(strstr(err.msg, "but the context holds 512"));
+    free(q);
+
+    /* Fits, but the cache fills while answering: stops, not an error. */
+    close_fixture(&f);
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    lp_vlm_stats s0;
+    free(ask_ok(&f, QUESTION, &g, &s0));
+    close_fixture(&f);
+    open_fixture(&f, LM, MMPROJ, NULL, s0.prefill_tokens + 2);
+    lp_vlm_gen_params g50 = greedy(50);
+    char *a = ask_ok(&f, QUESTION, &g50, &s);
+    if (s.stop != LP_VLM_STOP_EOG) {
+        assert_int_equal(s.stop, LP_VLM_STOP_CONTEXT);
+        assert_int_equal(s.decode_tokens, 3); /* 2 cached + the one sampled from the last logits */
+    }
+    free(a);
+    close_fixture(&f);
+}
+
+static void test_mismatch(void **state) {
+    (void)state;
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(MMPROJ, &err);
+    assert_non_null(g);
+    int64_t i2 = lp_gguf_find_tensor(g, "mm.2.weight"), ib = lp_gguf_find_tensor(g, "mm.2.bias");
+    assert_true(i2 >= 0 && ib >= 0);
+    const lp_gguf_tensor *t = &g->tensors[i2];
+    assert_int_equal(t->type, LP_TYPE_F32);
+    assert_int_equal(t->ne[1], 64);
+    /* Keep the first 32 output rows: a projector into a 32-wide model. */
+    tensor_edit e[2] = {{"mm.2.weight", 2, {t->ne[0], 32}, t->data},
+                        {"mm.2.bias", 1, {32, 1}, g->tensors[ib].data}};
+    lp_gguf_writer *w = copy_gguf(g, e, 2);
+    assert_int_equal(lp_gguf_writer_set_u32(w, "clip.vision.projection_dim", 32), LOUPE_OK);
+    write_gguf(w, tmp_path("mmproj-32.gguf"));
+    lp_gguf_close(g);
+
+    lp_vlm *v = lp_vlm_load(LM, tmp_path("mmproj-32.gguf"), NULL, &err);
+    assert_null(v);
+    assert_int_equal(err.status, LOUPE_ERR_MISMATCH);
+    assert_non_null(strstr(err.msg, tmp_path("mmproj-32.gguf")));
+    assert_non_null(strstr(err.msg, LM));
+    assert_non_null(strstr(err.msg, "width 32"));
+    assert_non_null(strstr(err.msg, "width 64"));
+
+    /* The files swapped: the mmproj is no language model. */
+    v = lp_vlm_load(MMPROJ, LM, NULL, &err);
+    assert_null(v);
+    assert_non_null(strstr(err.msg, MMPROJ));
+}
+
+static void test_bad_image(void **state) {
+    (void)state;
+    size_t n;
+    unsigned char *png = read_all(IMAGE, &n);
+    write_all(tmp_path("truncated.png"), png, n / 2);
+    free(png);
+    lp_image img = {0};
+    lp_error err = {0};
+    assert_int_not_equal(lp_image_load(tmp_path("truncated.png"), &img, &err), LOUPE_OK);
+    assert_non_null(strstr(err.msg, tmp_path("truncated.png")));
+    assert_null(img.rgb);
+    assert_int_not_equal(lp_image_load(tmp_path("missing.png"), &img, &err), LOUPE_OK);
+    assert_non_null(strstr(err.msg, "missing.png"));
+
+    /* A non-square image goes through pad-to-square (and llama.cpp's mode). */
+    fixture f;
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    lp_image_free(&f.img);
+    assert_int_equal(lp_image_load(IMAGE_WIDE, &f.img, &err), LOUPE_OK);
+    lp_vlm_gen_params g = greedy(4);
+    free(ask_ok(&f, QUESTION, &g, NULL));
+    close_fixture(&f);
+    lp_vlm_params vp = lp_vlm_default_params();
+    vp.llamacpp = true;
+    open_fixture(&f, LM, MMPROJ, &vp, 0);
+    lp_image_free(&f.img);
+    assert_int_equal(lp_image_load(IMAGE_WIDE, &f.img, &err), LOUPE_OK);
+    free(ask_ok(&f, QUESTION, &g, NULL));
+    close_fixture(&f);
+
+    /* NULL arguments. */
+    open_fixture(&f, LM, MMPROJ, NULL, 0);
+    char *answer = NULL;
+    lp_image empty = {0};
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &empty, QUESTION, &g, NULL, NULL, &answer, NULL, &err),
+                     LOUPE_ERR_INVALID_ARG);
+    assert_int_equal(lp_vlm_ask(f.vlm, f.ctx, &f.img, NULL, &g, NULL, NULL, &answer, NULL, &err),
+                     LOUPE_ERR_INVALID_ARG);
+    close_fixture(&f);
+}
+
+static void test_corrupt_files(void **state) {
+    (void)state;
+    size_t n;
+    unsigned char *buf = read_all(MMPROJ, &n);
+    write_all(tmp_path("mmproj-cut.gguf"), buf, n - 1000); /* tensor data cut short */
+    write_all(tmp_path("mmproj-head.gguf"), buf, 100);      /* metadata cut short */
+    memcpy(buf, "GGUX", 4);
+    write_all(tmp_path("mmproj-magic.gguf"), buf, n);
+    free(buf);
+    const char *bad[] = {tmp_path("mmproj-cut.gguf"), tmp_path("mmproj-head.gguf"), tmp_path("mmproj-magic.gguf"),
+                         tmp_path("nonexistent.gguf")};
+    for (size_t i = 0; i < 4; i++) {
+        lp_error err = {0};
+        assert_null(lp_vlm_load(LM, bad[i], NULL, &err));
+        assert_int_not_equal(err.status, LOUPE_OK);
+        assert_non_null(strstr(err.msg, bad[i]));
+    }
+    buf = read_all(LM, &n);
+    write_all(tmp_path("lm-cut.gguf"), buf, n / 2);
+    free(buf);
+    lp_error err = {0};
+    assert_null(lp_vlm_load(tmp_path("lm-cut.gguf"), MMPROJ, NULL, &err));
+    assert_int_equal(err.status, LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, tmp_path("lm-cut.gguf")));
+    assert_null(lp_vlm_load(NULL, MMPROJ, NULL, &err));
+    assert_int_equal(err.status, LOUPE_ERR_INVALID_ARG);
+}
+
+// ----------------------------------------------------------------------------
+// one model, several threads
+
+typedef struct worker {
+    const lp_vlm *vlm;
+    const lp_image *img;
+    char *answer;
+    loupe_status st;
+} worker;
+
+static void *work(void *arg) {
+    worker *w = arg;
+    lp_error err = {0};
+    lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
+    cp.n_threads = 1;
+    lp_vlm_ctx *ctx = lp_vlm_ctx_new(w->vlm, &cp, &err);
+    if (!ctx) {
+        w->st = err.status;
+        return NULL;
+    }
+    lp_vlm_gen_params g = greedy(10);
+    w->st = lp_vlm_ask(w->vlm, ctx, w->img, QUESTION, &g, NULL, NULL, &w->answer, NULL, &err);
+    lp_vlm_ctx_free(ctx);
+    return NULL;
+}
+
+static void test_shared_model(void **state) {
+    (void)state;
+    fixture f;
+    open_fixture(&f, LM_Q8, MMPROJ_Q8, NULL, 0);
+    lp_vlm_gen_params g = greedy(10);
+    char *want = ask_ok(&f, QUESTION, &g, NULL);
+    worker w[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        w[i] = (worker){.vlm = f.vlm, .img = &f.img};
+        assert_int_equal(pthread_create(&th[i], NULL, work, &w[i]), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].st, LOUPE_OK);
+        assert_string_equal(w[i].answer, want);
+        free(w[i].answer);
+    }
+    /* A context made for another model is refused. */
+    fixture o;
+    open_fixture(&o, LM, MMPROJ, NULL, 0);
+    char *answer = NULL;
+    lp_error err = {0};
+    assert_int_equal(lp_vlm_ask(f.vlm, o.ctx, &f.img, QUESTION, &g, NULL, NULL, &answer, NULL, &err),
+                     LOUPE_ERR_INVALID_ARG);
+    close_fixture(&o);
+    free(want);
+    close_fixture(&f);
+}
+
+// ----------------------------------------------------------------------------
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/loupe-test-vlm-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    static const char *files[] = {"eos.gguf",        "stop.gguf",         "chatml.gguf",       "gemma.gguf",
+                                  "mmproj-32.gguf",  "truncated.png",     "mmproj-cut.gguf",   "mmproj-head.gguf",
+                                  "mmproj-magic.gguf", "lm-cut.gguf"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(tmp_path(files[i]));
+    return rmdir(tmpdir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prompt_segments),   cmocka_unit_test(test_greedy_deterministic),
+        cmocka_unit_test(test_sampled_seeded),    cmocka_unit_test(test_streaming),
+        cmocka_unit_test(test_cancel),            cmocka_unit_test(test_stop_eog),
+        cmocka_unit_test(test_stop_string),       cmocka_unit_test(test_template_metadata),
+        cmocka_unit_test(test_prompt_too_long),   cmocka_unit_test(test_mismatch),
+        cmocka_unit_test(test_bad_image),         cmocka_unit_test(test_corrupt_files),
+        cmocka_unit_test(test_shared_model),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
