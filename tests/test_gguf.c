@@ -794,7 +794,7 @@ static void test_print(void **state) {
     (void)state;
     lp_gguf_writer *w = writer_all_types();
     const char *many[100];
-    char bufs[100][8];
+    char bufs[100][16];
     for (int i = 0; i < 100; i++) {
         snprintf(bufs[i], sizeof bufs[i], "t%d", i);
         many[i] = bufs[i];
@@ -901,7 +901,7 @@ static void test_llama_fixture(void **state) {
     static const uint64_t offsets[10] = {0, 3040, 3072, 9792, 9824, 10208, 10272, 10304, 10528, 10560};
     assert_int_equal(g->n_tensors, 10);
     for (int t = 0; t < 10; t++) {
-        char name[16];
+        char name[24];
         snprintf(name, sizeof name, "tensor_%d", t);
         int64_t k = lp_gguf_find_tensor(g, name);
         assert_int_equal(k, t);
