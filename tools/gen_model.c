@@ -1,0 +1,531 @@
+/* tools/gen_model.c — random-weight LLaVA-family model pairs in llama.cpp's
+ * GGUF conventions, for parity tests and benchmarks.
+ *
+ *   gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K
+ *             --seed S --out PREFIX
+ *
+ * writes PREFIX.gguf (general.architecture "llama", with a synthetic
+ * SentencePiece vocabulary) and PREFIX-mmproj.gguf (clip.projector_type
+ * "mlp", as tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py writes
+ * for LLaVA-1.5).
+ *
+ * Conventions reproduced from llama.cpp (see tests/fixtures/README.md):
+ *   - mmproj: the CLIP ViT is generated with n_vit_gen layers and, like the
+ *     legacy converter for a llava projector without feature-layer config,
+ *     the last one is dropped: clip.vision.block_count = n_vit_gen - 1
+ *     (LLaVA-1.5: 24 -> 23). llama.cpp then runs block_count - 1 of them.
+ *   - CLIP's mlp.fc1 is stored as "ffn_down" and mlp.fc2 as "ffn_up" (the
+ *     converter's legacy naming; llama.cpp and loupe swap them back).
+ *   - no v.post_ln (dropped by the converter), v.pre_ln present, v.class_embd,
+ *     no patch bias; clip.use_gelu false (CLIP's quick_gelu).
+ *   - the patch embedding (4-D) is always f16, as the converter writes it
+ *     (ggml_conv_2d builds its im2col in f16 whatever the kernel type, so an
+ *     f32 kernel would be rounded to f16 anyway); 1-D tensors (norms,
+ *     biases, class embedding) are always f32; v.position_embd is f32 with
+ *     --type f32 and f16 otherwise (the converter's ftype-1 rule).
+ *   - decoder: token_embd / output / blk.* matrices in --type, norms f32.
+ *     With a quantized type, a matrix whose row length is not a multiple of
+ *     the type's block falls back to q4_0 (q4_K) or to f16 — llama.cpp's
+ *     quantizer has a similar fallback (it uses q5_0/q5_1, which loupe does
+ *     not quantize). tools/gen_model prints every fallback.
+ *
+ * Weights: N(0, σ²) from a splitmix64 + Box–Muller generator seeded by
+ * --seed, in the order the tensors are written; σ = gain / sqrt(fan_in) for
+ * matrices so activations stay O(1), norms 1 + 0.1·N(0,1), biases 0.1·N.
+ * The output head has gain 4 so that logits spread over several units and
+ * greedy decoding is robust to rounding differences.
+ *
+ * Memory: lp_gguf_writer borrows tensor data until it writes, so the whole
+ * model is held in RAM once, at its stored size (llava-7b q4_K ~4 GB,
+ * q8_0 ~7.5 GB, f16 ~14 GB; f32 ~28 GB — do not). */
+#include "error.h"
+#include "gguf.h"
+#include "types.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- RNG */
+
+static uint64_t g_rng;
+
+static uint64_t splitmix64(void) {
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double uniform01(void) { /* (0, 1) */
+    return ((double)(splitmix64() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+static int g_have_spare;
+static double g_spare;
+
+static double gauss(void) {
+    if (g_have_spare) {
+        g_have_spare = 0;
+        return g_spare;
+    }
+    double u = uniform01(), v = uniform01();
+    double r = sqrt(-2.0 * log(u));
+    g_spare = r * sin(6.283185307179586 * v);
+    g_have_spare = 1;
+    return r * cos(6.283185307179586 * v);
+}
+
+/* ---------------------------------------------------------------- shapes */
+
+typedef struct shape {
+    const char *name;
+    /* vision */
+    int image_size, patch_size, v_embd, v_ff, v_head, n_vit_gen;
+    /* language */
+    int n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, n_vocab;
+} shape;
+
+static const shape SHAPES[] = {
+    {"tiny", 32, 8, 64, 128, 4, 4, 64, 2, 4, 2, 128, 512, 512},
+    {"llava-7b", 336, 14, 1024, 4096, 16, 24, 4096, 32, 32, 32, 11008, 4096, 32000},
+};
+
+/* ---------------------------------------------------------------- tensors */
+
+/* Everything allocated stays alive until the writer has written. */
+typedef struct arena {
+    void **p;
+    size_t n, cap;
+    size_t bytes;
+} arena;
+
+static void *arena_alloc(arena *a, size_t size) {
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 256;
+        a->p = realloc(a->p, a->cap * sizeof *a->p);
+        if (!a->p) {
+            fprintf(stderr, "gen_model: out of memory\n");
+            exit(1);
+        }
+    }
+    void *m = malloc(size ? size : 1);
+    if (!m) {
+        fprintf(stderr, "gen_model: out of memory (%zu bytes)\n", size);
+        exit(1);
+    }
+    a->p[a->n++] = m;
+    a->bytes += size;
+    return m;
+}
+
+static void arena_free(arena *a) {
+    for (size_t i = 0; i < a->n; i++) free(a->p[i]);
+    free(a->p);
+    memset(a, 0, sizeof *a);
+}
+
+typedef struct gen {
+    lp_gguf_writer *w;
+    arena mem;
+    const char *file;
+} gen;
+
+static void check(loupe_status st, const char *what) {
+    if (st != LOUPE_OK) {
+        fprintf(stderr, "gen_model: %s: %s\n", what, loupe_status_str(st));
+        exit(1);
+    }
+}
+
+/* Pick the stored type for a matrix of row length ne0. */
+static lp_type pick_type(lp_type want, int64_t ne0, const char *file, const char *name) {
+    if (ne0 % lp_type_block_size(want) == 0) return want;
+    lp_type fb = (want == LP_TYPE_Q4_K && ne0 % 32 == 0) ? LP_TYPE_Q4_0 : LP_TYPE_F16;
+    fprintf(stderr, "gen_model: %s: %s: row length %lld is not a multiple of %s's block of %lld: stored as %s\n", file,
+            name, (long long)ne0, lp_type_name(want), (long long)lp_type_block_size(want), lp_type_name(fb));
+    return fb;
+}
+
+enum init { INIT_NORMAL, INIT_NORM, INIT_BIAS };
+
+/* Generate a tensor of ne (ggml order) with values from `init` and std `sd`,
+ * stored as type t, and add it to the writer. Rows are generated and
+ * quantized one at a time. */
+static void add(gen *g, const char *name, lp_type t, int n_dims, const int64_t *ne, enum init init, double sd) {
+    int64_t ne0 = ne[0], rows = 1;
+    for (int i = 1; i < n_dims; i++) rows *= ne[i];
+    size_t rb = lp_row_size(t, ne0);
+    if (rb == 0) {
+        fprintf(stderr, "gen_model: %s: bad row size for %s %s\n", g->file, name, lp_type_name(t));
+        exit(1);
+    }
+    uint8_t *data = arena_alloc(&g->mem, rb * (size_t)rows);
+    float *row = malloc(sizeof(float) * (size_t)ne0);
+    if (!row) exit(1);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < ne0; i++) {
+            double x = gauss();
+            switch (init) {
+            case INIT_NORMAL: x *= sd; break;
+            case INIT_NORM: x = 1.0 + 0.1 * x; break;
+            case INIT_BIAS: x *= 0.1; break;
+            }
+            row[i] = (float)x;
+        }
+        if (lp_quantize_row(t, row, data + rb * (size_t)r, ne0) != rb) {
+            fprintf(stderr, "gen_model: %s: cannot store %s as %s\n", g->file, name, lp_type_name(t));
+            exit(1);
+        }
+    }
+    free(row);
+    check(lp_gguf_writer_add_tensor(g->w, name, t, (uint32_t)n_dims, ne, data), name);
+}
+
+static void add_mat(gen *g, const char *name, lp_type want, int64_t in, int64_t out, double gain) {
+    int64_t ne[2] = {in, out};
+    add(g, name, pick_type(want, in, g->file, name), 2, ne, INIT_NORMAL, gain / sqrt((double)in));
+}
+
+static void add_vec(gen *g, const char *name, int64_t n, enum init init) {
+    int64_t ne[1] = {n};
+    add(g, name, LP_TYPE_F32, 1, ne, init, 0.0);
+}
+
+static void write_file(gen *g, const char *path) {
+    lp_error err;
+    lp_error_clear(&err);
+    if (lp_gguf_writer_write(g->w, path, &err) != LOUPE_OK) {
+        fprintf(stderr, "gen_model: %s\n", err.msg);
+        exit(1);
+    }
+    fprintf(stderr, "gen_model: wrote %s (%.1f MB of tensor data)\n", path, (double)g->mem.bytes / 1e6);
+    lp_gguf_writer_free(g->w);
+    arena_free(&g->mem);
+    g->w = NULL;
+}
+
+/* llama.cpp's general.file_type (enum llama_ftype) */
+static uint32_t ftype_of(lp_type t) {
+    switch (t) {
+    case LP_TYPE_F32: return 0;
+    case LP_TYPE_F16: return 1;
+    case LP_TYPE_Q4_0: return 2;
+    case LP_TYPE_Q8_0: return 7;
+    case LP_TYPE_Q4_K: return 15; /* Q4_K_M */
+    default: return 0;
+    }
+}
+
+/* ---------------------------------------------------------------- vocab */
+
+/* Synthetic SentencePiece vocabulary: <unk> <s> </s>, <0x00>..<0xFF>, then
+ * pieces. The first pieces are the words of the parity prompt; the rest are
+ * single characters and generated syllables, all distinct. Scores decrease
+ * with the id (SentencePiece's merge priority). */
+#define SP "\xe2\x96\x81" /* U+2581, SentencePiece's space */
+static const char *WORDS[] = {
+    SP "USER", ":", SP "What", SP "is", SP "in", SP "the",
+    SP "image", "?", SP "ASS", "IST", "ANT", SP "a", SP "cat",
+    SP "dog", SP "on", SP "of", SP "and", SP "box",
+    SP "red", SP "blue", SP "green", SP "left", SP "right",
+    SP "top", SP "bottom", SP "there", SP "This", SP "It",
+    SP "shows", SP "picture", SP "table", SP "with", SP "at",
+    SP "[", "]", ",", ".", SP, SP "I", SP "A",
+};
+
+typedef struct vocab {
+    char **tok;
+    float *score;
+    int32_t *type;
+    int n;
+} vocab;
+
+static void vocab_add(vocab *v, const char *s, float score, int32_t type) {
+    for (int i = 0; i < v->n; i++)
+        if (strcmp(v->tok[i], s) == 0) return; /* keep pieces distinct */
+    v->tok[v->n] = strdup(s);
+    v->score[v->n] = score;
+    v->type[v->n] = type;
+    v->n++;
+}
+
+static void make_vocab(vocab *v, int n_vocab) {
+    v->tok = calloc((size_t)n_vocab, sizeof *v->tok);
+    v->score = calloc((size_t)n_vocab, sizeof *v->score);
+    v->type = calloc((size_t)n_vocab, sizeof *v->type);
+    v->n = 0;
+    vocab_add(v, "<unk>", 0.0f, 2); /* UNKNOWN */
+    vocab_add(v, "<s>", 0.0f, 3);   /* CONTROL */
+    vocab_add(v, "</s>", 0.0f, 3);
+    for (int b = 0; b < 256; b++) {
+        char s[8];
+        snprintf(s, sizeof s, "<0x%02X>", b);
+        vocab_add(v, s, 0.0f, 6); /* BYTE */
+    }
+    int k = 0;
+    for (size_t i = 0; i < sizeof WORDS / sizeof WORDS[0] && v->n < n_vocab; i++)
+        vocab_add(v, WORDS[i], -(float)(k++), 1);
+    /* single characters, bare and with the ▁ prefix */
+    for (int c = 'a'; c <= 'z' && v->n < n_vocab; c++) {
+        char s[8];
+        snprintf(s, sizeof s, "%c", c);
+        vocab_add(v, s, -(float)(k++), 1);
+        snprintf(s, sizeof s, SP "%c", c);
+        if (v->n < n_vocab) vocab_add(v, s, -(float)(k++), 1);
+    }
+    for (int c = 'A'; c <= 'Z' && v->n < n_vocab; c++) {
+        char s[8];
+        snprintf(s, sizeof s, "%c", c);
+        vocab_add(v, s, -(float)(k++), 1);
+    }
+    for (int c = '0'; c <= '9' && v->n < n_vocab; c++) {
+        char s[8];
+        snprintf(s, sizeof s, "%c", c);
+        vocab_add(v, s, -(float)(k++), 1);
+    }
+    /* syllables: a mixed-radix spelling of a counter (consonant, vowel, ...),
+     * with and without the ▁ prefix; distinct counters give distinct pieces */
+    static const char *C = "bcdfghjklmnprstvwz", *V = "aeiou";
+    for (uint64_t ctr = 0; v->n < n_vocab; ctr++) {
+        char s[64];
+        int len = (ctr & 1) ? snprintf(s, sizeof s, SP) : 0;
+        uint64_t q = ctr >> 1;
+        do {
+            s[len++] = C[q % 18];
+            q /= 18;
+            s[len++] = V[q % 5];
+            q /= 5;
+        } while (q && len < 60);
+        s[len] = 0;
+        int before = v->n;
+        vocab_add(v, s, -(float)k, 1);
+        if (v->n > before) k++;
+    }
+}
+
+static void free_vocab(vocab *v) {
+    for (int i = 0; i < v->n; i++) free(v->tok[i]);
+    free(v->tok);
+    free(v->score);
+    free(v->type);
+}
+
+/* ---------------------------------------------------------------- models */
+
+static void gen_llm(const shape *sh, lp_type t, const char *path, const char *name) {
+    gen g = {lp_gguf_writer_new(), {0}, path};
+    lp_gguf_writer *w = g.w;
+    check(lp_gguf_writer_set_str(w, "general.architecture", "llama"), "kv");
+    check(lp_gguf_writer_set_str(w, "general.name", name), "kv");
+    check(lp_gguf_writer_set_u32(w, "general.file_type", ftype_of(t)), "kv");
+    lp_gguf_writer_set_alignment(w, 32);
+    check(lp_gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)sh->n_vocab), "kv");
+    check(lp_gguf_writer_set_u32(w, "llama.context_length", (uint32_t)sh->n_ctx), "kv");
+    check(lp_gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)sh->n_embd), "kv");
+    check(lp_gguf_writer_set_u32(w, "llama.block_count", (uint32_t)sh->n_layer), "kv");
+    check(lp_gguf_writer_set_u32(w, "llama.feed_forward_length", (uint32_t)sh->n_ff), "kv");
+    check(lp_gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)(sh->n_embd / sh->n_head)), "kv");
+    check(lp_gguf_writer_set_u32(w, "llama.attention.head_count", (uint32_t)sh->n_head), "kv");
+    check(lp_gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)sh->n_head_kv), "kv");
+    check(lp_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f), "kv");
+    check(lp_gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f), "kv");
+
+    vocab v;
+    make_vocab(&v, sh->n_vocab);
+    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama"), "kv");
+    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.pre", "default"), "kv");
+    check(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tok, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_arr(w, "tokenizer.ggml.scores", LP_GGUF_FLOAT32, v.score, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", LP_GGUF_INT32, v.type, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 0), "kv");
+    check(lp_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true), "kv");
+    check(lp_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", false), "kv");
+    free_vocab(&v);
+
+    const int64_t E = sh->n_embd, hd = sh->n_embd / sh->n_head, kv = hd * sh->n_head_kv, F = sh->n_ff;
+    char nm[96];
+    /* token embeddings: unit-variance rows (rmsnorm follows) */
+    {
+        int64_t ne[2] = {E, sh->n_vocab};
+        add(&g, "token_embd.weight", pick_type(t, E, path, "token_embd.weight"), 2, ne, INIT_NORMAL, 1.0);
+    }
+    for (int l = 0; l < sh->n_layer; l++) {
+        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+        add_vec(&g, nm, E, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.attn_q.weight", l);
+        add_mat(&g, nm, t, E, E, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.attn_k.weight", l);
+        add_mat(&g, nm, t, E, kv, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.attn_v.weight", l);
+        add_mat(&g, nm, t, E, kv, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
+        add_mat(&g, nm, t, E, E, 0.5);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+        add_vec(&g, nm, E, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
+        add_mat(&g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
+        add_mat(&g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
+        add_mat(&g, nm, t, F, E, 1.0);
+    }
+    add_vec(&g, "output_norm.weight", E, INIT_NORM);
+    add_mat(&g, "output.weight", t, E, sh->n_vocab, 4.0);
+    write_file(&g, path);
+}
+
+static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char *name) {
+    gen g = {lp_gguf_writer_new(), {0}, path};
+    lp_gguf_writer *w = g.w;
+    const int64_t D = sh->v_embd, F = sh->v_ff, P = sh->patch_size, S = sh->image_size;
+    const int64_t n_side = S / P, n_pos = n_side * n_side + 1, E = sh->n_embd;
+    const int n_layer = sh->n_vit_gen - 1; /* the converter drops the last layer */
+    static const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+    static const float stdv[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+    check(lp_gguf_writer_set_str(w, "general.architecture", "clip"), "kv");
+    check(lp_gguf_writer_set_bool(w, "clip.has_text_encoder", false), "kv");
+    check(lp_gguf_writer_set_bool(w, "clip.has_vision_encoder", true), "kv");
+    check(lp_gguf_writer_set_bool(w, "clip.has_llava_projector", true), "kv");
+    check(lp_gguf_writer_set_u32(w, "general.file_type", t == LP_TYPE_F32 ? 0 : ftype_of(t)), "kv");
+    check(lp_gguf_writer_set_str(w, "general.name", name), "kv");
+    check(lp_gguf_writer_set_str(w, "general.description", "image encoder for LLaVA"), "kv");
+    check(lp_gguf_writer_set_str(w, "clip.projector_type", "mlp"), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.image_size", (uint32_t)S), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.patch_size", (uint32_t)P), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.embedding_length", (uint32_t)D), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.feed_forward_length", (uint32_t)F), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.projection_dim", (uint32_t)(sh->v_embd * 3 / 4)), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.attention.head_count", (uint32_t)sh->v_head), "kv");
+    check(lp_gguf_writer_set_f32(w, "clip.vision.attention.layer_norm_epsilon", 1e-5f), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.block_count", (uint32_t)n_layer), "kv");
+    check(lp_gguf_writer_set_arr(w, "clip.vision.image_mean", LP_GGUF_FLOAT32, mean, 3), "kv");
+    check(lp_gguf_writer_set_arr(w, "clip.vision.image_std", LP_GGUF_FLOAT32, stdv, 3), "kv");
+    check(lp_gguf_writer_set_bool(w, "clip.use_gelu", false), "kv");
+
+    /* projector first, as the converter writes it */
+    add_mat(&g, "mm.0.weight", t, D, E, 1.0);
+    add_vec(&g, "mm.0.bias", E, INIT_BIAS);
+    add_mat(&g, "mm.2.weight", t, E, E, 1.0);
+    add_vec(&g, "mm.2.bias", E, INIT_BIAS);
+
+    {
+        int64_t ne[1] = {D};
+        add(&g, "v.class_embd", LP_TYPE_F32, 1, ne, INIT_NORMAL, 1.0);
+    }
+    {
+        int64_t ne[4] = {P, P, 3, D}; /* conv kernel (D, 3, P, P) */
+        add(&g, "v.patch_embd.weight", LP_TYPE_F16, 4, ne, INIT_NORMAL, 1.0 / sqrt((double)(3 * P * P)));
+    }
+    {
+        int64_t ne[2] = {D, n_pos};
+        add(&g, "v.position_embd.weight", t == LP_TYPE_F32 ? LP_TYPE_F32 : LP_TYPE_F16, 2, ne, INIT_NORMAL, 0.5);
+    }
+    add_vec(&g, "v.pre_ln.weight", D, INIT_NORM);
+    add_vec(&g, "v.pre_ln.bias", D, INIT_BIAS);
+    char nm[96];
+    for (int l = 0; l < n_layer; l++) {
+        static const char *qkv[3] = {"attn_q", "attn_k", "attn_v"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(nm, sizeof nm, "v.blk.%d.%s.weight", l, qkv[i]);
+            add_mat(&g, nm, t, D, D, 1.0);
+            snprintf(nm, sizeof nm, "v.blk.%d.%s.bias", l, qkv[i]);
+            add_vec(&g, nm, D, INIT_BIAS);
+        }
+        snprintf(nm, sizeof nm, "v.blk.%d.attn_out.weight", l);
+        add_mat(&g, nm, t, D, D, 0.5);
+        snprintf(nm, sizeof nm, "v.blk.%d.attn_out.bias", l);
+        add_vec(&g, nm, D, INIT_BIAS);
+        snprintf(nm, sizeof nm, "v.blk.%d.ln1.weight", l);
+        add_vec(&g, nm, D, INIT_NORM);
+        snprintf(nm, sizeof nm, "v.blk.%d.ln1.bias", l);
+        add_vec(&g, nm, D, INIT_BIAS);
+        /* fc1 (D -> F) is "ffn_down", fc2 (F -> D) is "ffn_up" */
+        snprintf(nm, sizeof nm, "v.blk.%d.ffn_down.weight", l);
+        add_mat(&g, nm, t, D, F, 1.0);
+        snprintf(nm, sizeof nm, "v.blk.%d.ffn_down.bias", l);
+        add_vec(&g, nm, F, INIT_BIAS);
+        snprintf(nm, sizeof nm, "v.blk.%d.ffn_up.weight", l);
+        add_mat(&g, nm, t, F, D, 0.5);
+        snprintf(nm, sizeof nm, "v.blk.%d.ffn_up.bias", l);
+        add_vec(&g, nm, D, INIT_BIAS);
+        snprintf(nm, sizeof nm, "v.blk.%d.ln2.weight", l);
+        add_vec(&g, nm, D, INIT_NORM);
+        snprintf(nm, sizeof nm, "v.blk.%d.ln2.bias", l);
+        add_vec(&g, nm, D, INIT_BIAS);
+    }
+    write_file(&g, path);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void usage(void) {
+    fprintf(stderr, "usage: gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K "
+                    "--seed S --out PREFIX\n"
+                    "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n");
+}
+
+int main(int argc, char **argv) {
+    const char *family = "llava", *shape_name = "tiny", *type_name = "f32", *out = NULL;
+    unsigned long long seed = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            usage();
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--family")) family = v;
+        else if (!strcmp(a, "--shape")) shape_name = v;
+        else if (!strcmp(a, "--type")) type_name = v;
+        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 0);
+        else if (!strcmp(a, "--out")) out = v;
+        else {
+            usage();
+            return 2;
+        }
+    }
+    if (!out || strcmp(family, "llava") != 0) {
+        usage();
+        return 2;
+    }
+    const shape *sh = NULL;
+    for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++)
+        if (!strcmp(SHAPES[i].name, shape_name)) sh = &SHAPES[i];
+    int ti = lp_type_from_name(type_name);
+    if (!sh || ti < 0 ||
+        (ti != LP_TYPE_F32 && ti != LP_TYPE_F16 && ti != LP_TYPE_Q8_0 && ti != LP_TYPE_Q4_0 && ti != LP_TYPE_Q4_K)) {
+        usage();
+        return 2;
+    }
+    lp_type t = (lp_type)ti;
+
+    size_t n = strlen(out);
+    char *p_llm = malloc(n + 16), *p_mm = malloc(n + 16), name[128];
+    if (!p_llm || !p_mm) return 1;
+    snprintf(p_llm, n + 16, "%s.gguf", out);
+    snprintf(p_mm, n + 16, "%s-mmproj.gguf", out);
+
+    /* two independent streams so either file can be regenerated alone */
+    g_rng = (uint64_t)seed * 0x100000001B3ull + 1;
+    g_have_spare = 0;
+    snprintf(name, sizeof name, "loupe-random-llava-%s-%s-seed%llu", sh->name, lp_type_name(t), seed);
+    gen_llm(sh, t, p_llm, name);
+    g_rng = (uint64_t)seed * 0x100000001B3ull + 2;
+    g_have_spare = 0;
+    snprintf(name, sizeof name, "loupe-random-llava-%s-mmproj-%s-seed%llu", sh->name, lp_type_name(t), seed);
+    gen_mmproj(sh, t, p_mm, name);
+    free(p_llm);
+    free(p_mm);
+    return 0;
+}
