@@ -7,6 +7,7 @@
 #   make asan       tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make tsan       tests under ThreadSanitizer
 #   make fuzz       libFuzzer targets (clang) in build/fuzz/
+#   make bench      benchmarks bench/*.c against the library, in $(BUILD)/bench/ (not run)
 #   make install PREFIX=/usr/local
 #
 # Options: PORTABLE=1 for a generic x86-64 build instead of -march=native.
@@ -48,6 +49,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 # Developer tools built with the library (tools/llamacpp/ holds programs that
 # link a hand-built llama.cpp instead; they are never built here).
 TOOL_SRC := $(sort $(wildcard tools/*.c))
+BENCH_SRC := $(sort $(wildcard bench/*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
@@ -55,12 +57,13 @@ SUP_OBJ  := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 TOOLS    := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
+BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 LIB_A    := $(BUILD)/libloupe.a
 LIB_SO   := $(BUILD)/libloupe.so
 LOUPE    := $(BUILD)/loupe
 
-.PHONY: all deps demo test check asan tsan fuzz fuzz-smoke install uninstall clean
+.PHONY: all deps demo test check asan tsan fuzz fuzz-smoke bench install uninstall clean
 .DEFAULT_GOAL := all
 
 all: $(LIB_A) $(LIB_SO) $(LOUPE) $(TOOLS)
@@ -118,6 +121,12 @@ $(BUILD)/tools/%: $(BUILD)/obj/tools/%.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB_A) $(LDLIBS)
 
+# ---- benchmarks: built, not run ($(BUILD)/bench/bench_kernels [all|attn|<type>]) ----
+bench: $(BENCHES)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB_A) $(LDLIBS)
+
 # ---- fuzzing (clang + libFuzzer); the library is rebuilt with coverage ----
 FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude -Icore -D_GNU_SOURCE $(PKG_CFLAGS)
 fuzz: $(FUZZERS)
@@ -156,4 +165,4 @@ uninstall:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SUP_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SUP_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d) $(BENCH_SRC:bench/%.c=$(BUILD)/obj/bench/%.d)

@@ -421,6 +421,7 @@ void lp_llama_state_set_dump(lp_llama_state *s, lp_llama_dump_fn fn, void *user)
 
 void lp_llama_state_set_logits_all(lp_llama_state *s, bool all) { s->logits_all = all; }
 void lp_llama_state_set_kv_f16(lp_llama_state *s, bool on) { s->kv_f16 = on; }
+void lp_llama_state_set_exact_matvec(lp_llama_state *s, bool on) { s->exact_matvec = on; }
 
 // ----------------------------------------------------------------------------
 // helpers
@@ -450,11 +451,16 @@ static loupe_status load_vec(lp_llama *m, const lp_tensor *t, float *dst, lp_err
 
 /* Y (B, t->n_rows) = X (B, t->ne[0]) · W^T: matrix-vector for one token,
  * matrix-matrix otherwise. The weight is held only for the call. */
-static loupe_status linear(lp_llama *m, const lp_tensor *t, const float *X, float *Y, int B, lp_pool *pool, lp_error *err) {
+static loupe_status linear(lp_llama *m, const lp_llama_state *s, const lp_tensor *t, const float *X, float *Y, int B, lp_pool *pool, lp_error *err) {
     const void *W = NULL;
     loupe_status st = lp_ws_get(m->ws, t, &W, err);
     if (st != LOUPE_OK) return st;
-    bool ok = B == 1 ? lp_matvec(t->type, W, X, Y, t->n_rows, t->ne[0], pool)
+    /* Decode (B == 1): by default lp_matvec, which quantizes x to q8_0 for
+     * q4_0/q8_0 weights as llama.cpp does (faster, and closer to llama.cpp's
+     * numbers); with exact_matvec, x stays f32 (lp_matvec_exact), so logits
+     * stay within f32 rounding of a reference with dequantized weights. */
+    bool ok = B == 1 ? (s->exact_matvec ? lp_matvec_exact(t->type, W, X, Y, t->n_rows, t->ne[0], pool)
+                                        : lp_matvec(t->type, W, X, Y, t->n_rows, t->ne[0], pool))
                      : lp_matmul_w(t->type, W, X, Y, B, t->n_rows, t->ne[0], pool);
     lp_ws_release(m->ws, t);
     if (!ok) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: tensor %s: matrix product failed (out of memory)", model_path(m->ws), t->name);
@@ -505,11 +511,11 @@ static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, in
     if ((st = rmsnorm_rows(m, s, &L->attn_norm, s->xb, s->x, B, E, err)) != LOUPE_OK) return st;
 
     // q, k, v projections; k and v land directly in the cache
-    if ((st = linear(m, &L->wq, s->xb, s->q, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->wq, s->xb, s->q, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->bq, s->q, B, q_dim, err)) != LOUPE_OK) return st;
-    if ((st = linear(m, &L->wk, s->xb, k_new, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->wk, s->xb, k_new, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->bk, k_new, B, kv_dim, err)) != LOUPE_OK) return st;
-    if ((st = linear(m, &L->wv, s->xb, v_new, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->wv, s->xb, v_new, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->bv, v_new, B, kv_dim, err)) != LOUPE_OK) return st;
 
     // rotary position embedding of q and k, token i at position pos0 + i
@@ -531,7 +537,7 @@ static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, in
     }
 
     // output projection and residual
-    if ((st = linear(m, &L->wo, s->att, s->xb2, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->wo, s->att, s->xb2, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->bo, s->xb2, B, E, err)) != LOUPE_OK) return st;
     dump_blk(s, il, "attn_out", s->xb2, B * E);
     lp_add(s->x, s->xb2, B * E);
@@ -550,15 +556,15 @@ static loupe_status ffn_forward(lp_llama *m, lp_llama_state *s, int il, int B, l
     if ((st = rmsnorm_rows(m, s, &L->ffn_norm, s->xb, s->x, B, E, err)) != LOUPE_OK) return st;
 
     // hb = silu(xb Wgate^T) * (xb Wup^T)
-    if ((st = linear(m, &L->ffn_gate, s->xb, s->hb, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->ffn_gate, s->xb, s->hb, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->ffn_gate_b, s->hb, B, F, err)) != LOUPE_OK) return st;
-    if ((st = linear(m, &L->ffn_up, s->xb, s->hb2, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->ffn_up, s->xb, s->hb2, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->ffn_up_b, s->hb2, B, F, err)) != LOUPE_OK) return st;
     lp_silu(s->hb, B * F);
     lp_mul(s->hb, s->hb2, B * F);
 
     // down projection and residual
-    if ((st = linear(m, &L->ffn_down, s->hb, s->xb2, B, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->ffn_down, s->hb, s->xb2, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->ffn_down_b, s->xb2, B, E, err)) != LOUPE_OK) return st;
     dump_blk(s, il, "ffn_out", s->xb2, B * E);
     lp_add(s->x, s->xb2, B * E);
@@ -584,7 +590,7 @@ static loupe_status output_forward(lp_llama *m, lp_llama_state *s, int B, bool a
 
     if ((st = rmsnorm_rows(m, s, &m->w.output_norm, s->xb, x, rows, E, err)) != LOUPE_OK) return st;
     dump(s, "output_norm", s->xb, rows * E);
-    if ((st = linear(m, &m->w.output, s->xb, logits, rows, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &m->w.output, s->xb, logits, rows, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &m->w.output_b, logits, rows, c->n_vocab, err)) != LOUPE_OK) return st;
     dump(s, "logits", logits, (int64_t)rows * c->n_vocab);
     return LOUPE_OK;

@@ -107,6 +107,10 @@ typedef struct lp_llama_state {
                          f16 cache; the kernel keeps softmax weights in f32, so this
                          approximates llama.cpp (~1e-3 on O(1) logits), it does not
                          reproduce it. Off: f32 cache = llama.cpp with -ctk f32 -ctv f32 */
+    bool exact_matvec; /* decode keeps activations in f32 for every weight type.
+                          Off (default): for q4_0/q8_0 weights the activation is
+                          quantized to q8_0 and dotted in integers, as llama.cpp
+                          does on CPU (faster; error bound in core/kernels.h) */
     lp_llama_dump_fn dump;
     void *dump_user;
     /* cache */
@@ -151,6 +155,7 @@ loupe_status lp_llama_state_truncate(lp_llama_state *s, int n_past, lp_error *er
 void lp_llama_state_set_dump(lp_llama_state *s, lp_llama_dump_fn fn, void *user);
 void lp_llama_state_set_logits_all(lp_llama_state *s, bool all);
 void lp_llama_state_set_kv_f16(lp_llama_state *s, bool on);
+void lp_llama_state_set_exact_matvec(lp_llama_state *s, bool on);
 
 /* Token embedding rows, dequantized: out (n, n_embd). Token ids outside
  * [0, n_vocab) give LOUPE_ERR_INVALID_ARG naming the id. */

@@ -38,6 +38,21 @@
 // ----------------------------------------------------------------------------
 // random numbers
 
+
+/* These tests compare logits with a double-precision reference at 1e-4, so
+ * decode keeps activations in f32 (the default q8_0-activation path is
+ * tested in test_kernels against its own error bound). */
+static lp_llama_state *exact_state_new_ex(const lp_llama *m, int n_ctx, int n_batch, lp_error *err) {
+    lp_llama_state *s = lp_llama_state_new_ex(m, n_ctx, n_batch, err);
+    if (s) lp_llama_state_set_exact_matvec(s, true);
+    return s;
+}
+static lp_llama_state *exact_state_new(const lp_llama *m, int n_ctx, lp_error *err) {
+    lp_llama_state *s = lp_llama_state_new(m, n_ctx, err);
+    if (s) lp_llama_state_set_exact_matvec(s, true);
+    return s;
+}
+
 static uint64_t rng_state;
 
 static uint64_t rng_u64(void) { // splitmix64
@@ -348,7 +363,7 @@ static void check_against_ref(const spec *s, uint64_t seed, int n_prompt, int T,
     double *ref = malloc((size_t)T * V * sizeof(double));
     ref_forward(t, SEQ, T, ref);
     lp_error err = {0};
-    lp_llama_state *st = lp_llama_state_new(t->m, 32, &err);
+    lp_llama_state *st = exact_state_new(t->m, 32, &err);
     assert_non_null(st);
     float *logits = malloc((size_t)V * sizeof(float));
     assert_int_equal(lp_llama_forward_tokens(t->m, st, SEQ, n_prompt, logits, NULL, &err), LOUPE_OK);
@@ -464,8 +479,8 @@ static void test_prefill_equals_decode(void **state) {
     tmodel *t = build_ok(&s, 11);
     const int V = s.V, N = 9, T = 13;
     lp_error err = {0};
-    lp_llama_state *a = lp_llama_state_new(t->m, 16, &err);
-    lp_llama_state *b = lp_llama_state_new(t->m, 16, &err);
+    lp_llama_state *a = exact_state_new(t->m, 16, &err);
+    lp_llama_state *b = exact_state_new(t->m, 16, &err);
     assert_non_null(a);
     assert_non_null(b);
     float *la = malloc((size_t)V * sizeof(float)), *lb = malloc((size_t)V * sizeof(float));
@@ -500,7 +515,7 @@ static void test_logits_all_and_chunks(void **state) {
     for (int i = 0; i < T * E; i++) assert_true(fabs(embd[i] - t->tok[(size_t)SEQ[i / E] * E + i % E]) == 0.0);
     const int batches[] = {0, 4, 1};
     for (int bi = 0; bi < 3; bi++) {
-        lp_llama_state *st = lp_llama_state_new_ex(t->m, 16, batches[bi], &err);
+        lp_llama_state *st = exact_state_new_ex(t->m, 16, batches[bi], &err);
         assert_non_null(st);
         lp_llama_state_set_logits_all(st, true);
         memset(lg, 0, (size_t)T * V * sizeof(float));
@@ -532,7 +547,7 @@ static void test_truncate_reset(void **state) {
     double *ref = malloc((size_t)8 * V * sizeof(double));
     ref_forward(t, SEQ, 8, ref);
     lp_error err = {0};
-    lp_llama_state *st = lp_llama_state_new(t->m, 16, &err);
+    lp_llama_state *st = exact_state_new(t->m, 16, &err);
     float *lg = malloc((size_t)V * sizeof(float));
     // a different continuation first, then truncate back to 5 and take SEQ's
     const int32_t other[3] = {9, 9, 9};
@@ -558,7 +573,7 @@ static void test_context_overflow(void **state) {
     spec s = default_spec();
     tmodel *t = build_ok(&s, 14);
     lp_error err = {0};
-    lp_llama_state *st = lp_llama_state_new(t->m, 8, &err);
+    lp_llama_state *st = exact_state_new(t->m, 8, &err);
     float *lg = malloc((size_t)s.V * sizeof(float));
     assert_int_equal(lp_llama_forward_tokens(t->m, st, SEQ, 6, lg, NULL, &err), LOUPE_OK);
     assert_int_equal(lp_llama_forward_tokens(t->m, st, SEQ, 3, lg, NULL, &err), LOUPE_ERR_LIMIT);
@@ -581,7 +596,7 @@ static void test_bad_token(void **state) {
     spec s = default_spec();
     tmodel *t = build_ok(&s, 15);
     lp_error err = {0};
-    lp_llama_state *st = lp_llama_state_new(t->m, 8, &err);
+    lp_llama_state *st = exact_state_new(t->m, 8, &err);
     float lg[64];
     const int32_t toks[3] = {1, 64, 2};
     assert_int_equal(lp_llama_forward_tokens(t->m, st, toks, 3, lg, NULL, &err), LOUPE_ERR_INVALID_ARG);
@@ -599,10 +614,10 @@ static void test_state_mismatch(void **state) {
     spec s = default_spec();
     tmodel *a = build_ok(&s, 30), *b = build_ok(&s, 31);
     lp_error err = {0};
-    lp_llama_state *st = lp_llama_state_new(a->m, 8, &err);
+    lp_llama_state *st = exact_state_new(a->m, 8, &err);
     float lg[64];
     assert_int_equal(lp_llama_forward_tokens(b->m, st, SEQ, 2, lg, NULL, &err), LOUPE_ERR_MISMATCH);
-    assert_null(lp_llama_state_new(a->m, 0, &err));
+    assert_null(exact_state_new(a->m, 0, &err));
     assert_int_equal(err.status, LOUPE_ERR_INVALID_ARG);
     lp_llama_state_free(st);
     destroy(a);
@@ -634,7 +649,7 @@ static void test_dump_hook(void **state) {
     spec s = default_spec();
     tmodel *t = build_ok(&s, 16);
     lp_error err = {0};
-    lp_llama_state *st = lp_llama_state_new(t->m, 8, &err);
+    lp_llama_state *st = exact_state_new(t->m, 8, &err);
     dump_log d = {0};
     lp_llama_state_set_dump(st, on_dump, &d);
     float lg[64];
@@ -657,7 +672,7 @@ static void test_threads(void **state) {
     lp_error err = {0};
     lp_pool *pool = lp_pool_new(2);
     assert_non_null(pool);
-    lp_llama_state *a = lp_llama_state_new(t->m, 16, &err), *b = lp_llama_state_new(t->m, 16, &err);
+    lp_llama_state *a = exact_state_new(t->m, 16, &err), *b = exact_state_new(t->m, 16, &err);
     float la[64], lb[64];
     assert_int_equal(lp_llama_forward_tokens(t->m, a, SEQ, 7, la, NULL, &err), LOUPE_OK);
     assert_int_equal(lp_llama_forward_tokens(t->m, b, SEQ, 7, lb, pool, &err), LOUPE_OK);
@@ -680,7 +695,7 @@ static void test_kv_f16(void **state) {
     double ref[6 * 64];
     ref_forward(t, SEQ, 6, ref);
     lp_error err = {0};
-    lp_llama_state *st = lp_llama_state_new(t->m, 8, &err);
+    lp_llama_state *st = exact_state_new(t->m, 8, &err);
     lp_llama_state_set_kv_f16(st, true);
     float lg[64];
     assert_int_equal(lp_llama_forward_tokens(t->m, st, SEQ, 6, lg, NULL, &err), LOUPE_OK);

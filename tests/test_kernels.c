@@ -157,6 +157,71 @@ static void *make_weights(lp_type t, int64_t rows, int64_t cols, size_t *row_byt
     return W;
 }
 
+// lp_matvec for a type whose x it quantizes to q8_0 (ggml's vec_dot_type):
+//   - x's blocks are quantized as ggml's x86 quantize_row_q8_0 does
+//     (checked here value by value: d = f16(amax/127), q = rint(x*127/amax));
+//   - the SIMD result equals the scalar reference lp_matvec_q8_ref bit for
+//     bit, for every thread count (one fixed accumulation layout);
+//   - against a double dot with the *quantized* x, the error is f32 rounding
+//     only: dot_tol (every lane sum is an exact integer; d_w*d_x, the fma and
+//     the reduction tree round at most cols/32 + 6 times per term);
+//   - against the f32-x reference, the extra error is x's quantization: each
+//     x_j moves by at most d_x/2, so |err| <= sum_b d_x_b/2 * sum_j |w_bj|.
+static void check_matvec_q8(lp_type t, const uint8_t *W, size_t rb, const float *x, int64_t rows, int64_t cols,
+                            const double *ref, const double *tol) {
+    const int64_t nb = cols / 32;
+    uint8_t *xq = malloc((size_t)nb * 34);   // (nb) q8_0 blocks of x
+    float *xd = malloc((size_t)cols * sizeof(float));
+    float *wf = malloc((size_t)cols * sizeof(float));
+    float *y = malloc((size_t)rows * sizeof(float)), *yr = malloc((size_t)rows * sizeof(float));
+    assert_true(xq && xd && wf && y && yr);
+    lp_quantize_row_q8_0_act(x, xq, cols);
+    assert_true(lp_dequantize_row(LP_TYPE_Q8_0, xq, xd, cols));
+    for (int64_t b = 0; b < nb; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        uint16_t h;
+        memcpy(&h, xq + b * 34, 2);
+        assert_true(lp_f16_to_f32(h) == lp_f16_to_f32(lp_f32_to_f16(amax / 127.f)));
+        for (int j = 0; j < 32; j++) {
+            float v = rintf(x[b * 32 + j] * (amax != 0 ? 127.f / amax : 0.f));
+            assert_int_equal(((const int8_t *)(xq + b * 34 + 2))[j], (int)v);
+        }
+    }
+    char what[64];
+    snprintf(what, sizeof what, "matvec q8 %s", lp_type_name(t));
+    assert_true(lp_matvec_q8_ref(t, W, x, yr, rows, cols));
+    assert_true(lp_matvec(t, W, x, y, rows, cols, NULL));
+    assert_memory_equal(y, yr, (size_t)rows * sizeof(float));
+    for (int nt = 1; nt <= 3; nt++) {
+        lp_pool *pool = lp_pool_new(nt);
+        assert_non_null(pool);
+        memset(y, 0xff, (size_t)rows * sizeof(float));
+        assert_true(lp_matvec(t, W, x, y, rows, cols, pool));
+        assert_memory_equal(y, yr, (size_t)rows * sizeof(float));
+        lp_pool_free(pool);
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        assert_true(lp_dequantize_row(t, W + (size_t)r * rb, wf, cols));
+        double s = 0, a = 0, qerr = 0;
+        for (int64_t b = 0; b < nb; b++) {
+            uint16_t h;
+            memcpy(&h, xq + b * 34, 2);
+            double wsum = 0;
+            for (int j = 0; j < 32; j++) {
+                int64_t c = b * 32 + j;
+                s += (double)wf[c] * xd[c];
+                a += fabs((double)wf[c] * xd[c]);
+                wsum += fabs((double)wf[c]);
+            }
+            qerr += 0.5 * lp_f16_to_f32(h) * wsum * (1 + 1e-6); // (1 + 1e-6): rint(x*id) vs x/d rounding
+        }
+        assert_close(y[r], s, 0, dot_tol(cols, a), what, r);
+        assert_close(y[r], ref[r], 0, qerr + tol[r] + dot_tol(cols, a), what, r);
+    }
+    free(xq); free(xd); free(wf); free(y); free(yr);
+}
+
 static void check_matvec_type(lp_type t, int64_t rows, int64_t cols) {
     size_t rb;
     uint8_t *W = make_weights(t, rows, cols, &rb);  // (rows, rb)
@@ -177,24 +242,34 @@ static void check_matvec_type(lp_type t, int64_t rows, int64_t cols) {
         tol[r] = dot_tol(cols, a);
     }
 
-    // matvec with no pool, 1, 2 and 3 threads: within tolerance, bitwise equal
+    // matvec (exact path) with no pool, 1, 2 and 3 threads: within tolerance, bitwise equal
     float *y0 = malloc((size_t)rows * sizeof(float));  // (rows)
     float *y1 = malloc((size_t)rows * sizeof(float));  // (rows)
     assert_true(y0 && y1);
-    assert_true(lp_matvec(t, W, x, y0, rows, cols, NULL));
+    assert_true(lp_matvec_exact(t, W, x, y0, rows, cols, NULL));
     char what[64];
-    snprintf(what, sizeof what, "matvec %s", lp_type_name(t));
+    snprintf(what, sizeof what, "matvec_exact %s", lp_type_name(t));
     for (int64_t r = 0; r < rows; r++) assert_close(y0[r], ref[r], 0, tol[r], what, r);
     for (int nt = 1; nt <= 3; nt++) {
         lp_pool *pool = lp_pool_new(nt);
         assert_non_null(pool);
         memset(y1, 0xff, (size_t)rows * sizeof(float));
-        assert_true(lp_matvec(t, W, x, y1, rows, cols, pool));
+        assert_true(lp_matvec_exact(t, W, x, y1, rows, cols, pool));
         assert_memory_equal(y0, y1, (size_t)rows * sizeof(float));
         lp_pool_free(pool);
     }
 
-    // matmul_w: M = 1 (matvec path) and M = 5 (panels + sgemm), 2 threads
+    // the default path: f32 x for the types it does not quantize (then it
+    // must equal the exact path bit for bit), q8_0 x for q4_0 / q8_0
+    assert_true(lp_matvec(t, W, x, y1, rows, cols, NULL));
+    if (!lp_matvec_quantizes_x(t)) {
+        assert_memory_equal(y0, y1, (size_t)rows * sizeof(float));
+    } else {
+        check_matvec_q8(t, W, rb, x, rows, cols, ref, tol);
+    }
+    assert_false(lp_matvec_q8_ref(t == LP_TYPE_Q4_0 || t == LP_TYPE_Q8_0 ? LP_TYPE_Q4_1 : t, W, x, y1, rows, cols));
+
+    // matmul_w: M = 1 (exact matvec path) and M = 5 (panels + sgemm), 2 threads
     const int M = 5;
     float *X = rand_vec((int64_t)M * cols, -1, 1);      // (M, cols)
     float *Y = malloc((size_t)M * rows * sizeof(float)); // (M, rows)
@@ -250,6 +325,50 @@ static void test_matmul_w_panels(void **state) {
     // more rows than one panel (256) with a partial last panel, f32 and q8_0
     check_matvec_type(LP_TYPE_F32, 300, 64);
     check_matvec_type(LP_TYPE_Q8_0, 531, 96);
+}
+
+// The quantized-x path at its edges: an odd number of blocks (SIMD pair
+// tail), more than 256 blocks (scale passes) and more than
+// LP_MATVEC_STACK_COLS columns (heap activations), q8_0 weights over the
+// whole int8 range (-128 included), x with all-zero blocks and blocks of
+// wildly different magnitude.
+static void test_matvec_q8_edges(void **state) {
+    (void)state;
+    static const int64_t colss[] = {32, 96, 8224};
+    for (size_t ci = 0; ci < 3; ci++) {
+        const int64_t cols = colss[ci], rows = 9;
+        for (int ti = 0; ti < 2; ti++) {
+            lp_type t = ti ? LP_TYPE_Q8_0 : LP_TYPE_Q4_0;
+            size_t rb = lp_row_size(t, cols), bb = lp_type_block_bytes(t);
+            uint8_t *W = malloc(rb * (size_t)rows);
+            assert_non_null(W);
+            for (size_t i = 0; i < rb * (size_t)rows; i++) W[i] = (uint8_t)rng_u64();
+            for (size_t b = 0; b < rb * (size_t)rows / bb; b++) {
+                uint16_t h = lp_f32_to_f16(rng_f(0.001f, 0.03f));
+                memcpy(W + b * bb, &h, 2);
+            }
+            float *x = rand_vec(cols, -1, 1);
+            for (int64_t b = 0; b < cols / 32; b++) {
+                float m = (b % 3 == 1) ? 0.0f : (b % 3 == 2) ? 1e3f : 1e-3f;
+                for (int j = 0; j < 32; j++) x[b * 32 + j] *= m;
+            }
+            double *ref = malloc((size_t)rows * sizeof(double)), *tol = malloc((size_t)rows * sizeof(double));
+            float *wf = malloc((size_t)cols * sizeof(float));
+            assert_true(ref && tol && wf);
+            for (int64_t r = 0; r < rows; r++) {
+                assert_true(lp_dequantize_row(t, W + (size_t)r * rb, wf, cols));
+                double sm = 0, a = 0;
+                for (int64_t c = 0; c < cols; c++) {
+                    sm += (double)wf[c] * x[c];
+                    a += fabs((double)wf[c] * x[c]);
+                }
+                ref[r] = sm;
+                tol[r] = dot_tol(cols, a);
+            }
+            check_matvec_q8(t, W, rb, x, rows, cols, ref, tol);
+            free(W); free(x); free(ref); free(tol); free(wf);
+        }
+    }
 }
 
 static void test_matvec_rejects(void **state) {
@@ -577,11 +696,46 @@ static void test_attention_decode(void **state) {
     check_attention(2, 10, 2, 1, 8, 3, true);
 }
 
+// The gemm schedule (n_q >= LP_ATTN_GEMM_MIN_Q): several score blocks per
+// head (n_kv large enough that a block holds fewer rows than n_q), causal
+// with a cache offset, GQA; and caller scratch: reused across calls, too
+// small refused.
+static void test_attention_gemm(void **state) {
+    (void)state;
+    for (int c = 0; c < 2; c++) {
+        check_attention(LP_ATTN_GEMM_MIN_Q, 20, 2, 1, 16, 4, c);
+        check_attention(70, 75, 4, 2, 64, 5, c);
+        check_attention(40, 16400, 2, 1, 8, 16360, c); // 2 blocks of 20 rows
+    }
+    const int n_q = 24, n_kv = 30, nh = 4, hd = 16;
+    float *q = rand_vec(n_q * nh * hd, -1, 1), *k = rand_vec(n_kv * nh * hd, -1, 1), *v = rand_vec(n_kv * nh * hd, -1, 1);
+    float *o1 = malloc(sizeof(float) * n_q * nh * hd), *o2 = malloc(sizeof(float) * n_q * nh * hd);
+    lp_pool *pool = lp_pool_new(2);
+    assert_true(o1 && o2 && pool);
+    size_t bytes = lp_attention_scratch_size(n_q, n_kv, nh, hd, pool);
+    size_t bytes1 = lp_attention_scratch_size(1, n_kv, nh, hd, pool); // decode schedule
+    assert_true(bytes >= (size_t)n_q * n_kv * sizeof(float) && bytes1 >= 2 * (size_t)n_kv * sizeof(float));
+    unsigned char *scratch = malloc(bytes + 1);
+    assert_non_null(scratch);
+    assert_true(lp_attention(o1, q, k, v, n_q, n_kv, nh, nh, hd, n_kv - n_q, true, 0.25f, pool));
+    for (int rep = 0; rep < 2; rep++) {
+        memset(o2, 0, sizeof(float) * n_q * nh * hd);
+        // rep 1: an odd address, which the kernel aligns inside the size's slack
+        assert_true(lp_attention_ex(o2, q, k, v, n_q, n_kv, nh, nh, hd, n_kv - n_q, true, 0.25f, scratch + rep, bytes, pool));
+        assert_memory_equal(o1, o2, sizeof(float) * n_q * nh * hd);
+    }
+    assert_false(lp_attention_ex(o2, q, k, v, n_q, n_kv, nh, nh, hd, 0, true, 0.25f, scratch, bytes - 1, pool));
+    assert_false(lp_attention_ex(o2, q, k, v, n_q, n_kv, nh, nh, hd, 0, true, 0.25f, NULL, bytes, pool));
+    lp_pool_free(pool);
+    free(q); free(k); free(v); free(o1); free(o2); free(scratch);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_sizes),
         cmocka_unit_test(test_matvec_all_types),
         cmocka_unit_test(test_matmul_w_panels),
+        cmocka_unit_test(test_matvec_q8_edges),
         cmocka_unit_test(test_matvec_rejects),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_rmsnorm),
@@ -592,6 +746,7 @@ int main(void) {
         cmocka_unit_test(test_attention_causal_full),
         cmocka_unit_test(test_attention_gqa),
         cmocka_unit_test(test_attention_decode),
+        cmocka_unit_test(test_attention_gemm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

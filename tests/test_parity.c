@@ -244,13 +244,18 @@ static int build_embd(const pair *p, const lp_gguf *ref, const float *img, int n
 }
 
 /* Prefill embd (T rows) into a fresh state, writing the last logits, then
- * N_GEN greedy tokens. dec_dumps (may be NULL) receives the prefill's dumps. */
-static void run_decoder(pair *p, const float *embd, int T, float *logits, int32_t *greedy, dumps *dec_dumps) {
+ * N_GEN greedy tokens. dec_dumps (may be NULL) receives the prefill's dumps.
+ * exact: decode keeps activations in f32 (as the PyTorch reference does);
+ * otherwise loupe's default decode path, which quantizes activations to q8_0
+ * for q8_0 weights as llama.cpp does. */
+static void run_decoder(pair *p, const float *embd, int T, float *logits, int32_t *greedy, dumps *dec_dumps,
+                        bool exact) {
     lp_error err;
     lp_error_clear(&err);
     lp_llama_state *s = lp_llama_state_new(p->lm, N_CTX, &err);
     assert_non_null(s);
     lp_llama_state_set_kv_f16(s, false);
+    lp_llama_state_set_exact_matvec(s, exact);
     if (dec_dumps) lp_llama_state_set_dump(s, dump_cb, dec_dumps);
     loupe_status st = lp_llama_forward(p->lm, s, embd, T, logits, p->pool, &err);
     if (st) fprintf(stderr, "%s\n", err.msg);
@@ -351,7 +356,7 @@ static void check_pytorch(const char *variant, bool hf) {
     assert_non_null(logits);
     int32_t greedy[N_GEN];
     dumps dd = {0};
-    run_decoder(&p, embd_in, T, logits, greedy, &dd);
+    run_decoder(&p, embd_in, T, logits, greedy, &dd, true);
     n_checked = 0;
     for (int64_t i = 0; i < (int64_t)ref->n_tensors; i++) {
         const char *tn = ref->tensors[i].name;
@@ -375,7 +380,7 @@ static void check_pytorch(const char *variant, bool hf) {
     assert_int_equal(T2, T);
     expect_close("decoder input", embd, (int64_t)T * E, ref, (snprintf(nm, sizeof nm, "%sembd_in", pre), nm),
                  REL_TOL, 0);
-    run_decoder(&p, embd, T, logits, greedy, NULL);
+    run_decoder(&p, embd, T, logits, greedy, NULL, true);
     snprintf(nm, sizeof nm, "%slogits", pre);
     expect_close("logits (pipeline)", logits, V, ref, nm, REL_TOL, 0);
     snprintf(nm, sizeof nm, "%sgreedy.tokens", pre);
@@ -439,7 +444,7 @@ static void check_llamacpp(const char *variant, bool values) {
     assert_non_null(logits);
     int T = build_embd(&p, ref, img, n_img, &embd);
     int32_t greedy[N_GEN];
-    run_decoder(&p, embd, T, logits, greedy, NULL);
+    run_decoder(&p, embd, T, logits, greedy, NULL, false);
     if (values) expect_close("logits", logits, V, lc, "logits", 0, ABS_TOL);
     expect_tokens("greedy 32 tokens", greedy, lc, "greedy.tokens");
 

@@ -68,6 +68,8 @@ typedef struct clip_acts {
     float *stack;    // (n_pos, feature_dim) stacked hidden states, or NULL
     float *proj_in;  // (N, feature_dim)  projector input
     float *mm_hid;   // (N, hidden_dim)   projector hidden (mlp)
+    void *attn_scratch;       // lp_attention_ex scratch, sized for T tokens and this pool
+    size_t attn_scratch_bytes;
 } clip_acts;
 
 /* ------------------------------------------------------------------------ */
@@ -549,9 +551,10 @@ static void acts_free(clip_acts *a) {
     free(a->stack);
     free(a->proj_in);
     free(a->mm_hid);
+    free(a->attn_scratch);
 }
 
-static bool acts_alloc(const lp_clip *c, clip_acts *a) {
+static bool acts_alloc(const lp_clip *c, clip_acts *a, const lp_pool *pool) {
     memset(a, 0, sizeof *a);
     const size_t N = (size_t)c->n_patches, T = (size_t)c->n_pos, E = (size_t)c->n_embd;
     const size_t K = 3 * (size_t)c->patch_size * (size_t)c->patch_size;
@@ -573,7 +576,9 @@ static bool acts_alloc(const lp_clip *c, clip_acts *a) {
     a->stack = c->n_feature_layers > 0 ? malloc(T * D * f) : NULL;
     a->proj_in = malloc(N * D * f);
     a->mm_hid = c->proj.type == LP_PROJECTOR_MLP ? malloc(N * (size_t)c->proj.hidden_dim * f) : NULL;
-    return a->cols && a->pe && a->x && a->xn && a->q && a->k && a->v && a->att && a->tmp && a->ff && a->rnd &&
+    a->attn_scratch_bytes = lp_attention_scratch_size(c->n_pos, c->n_pos, c->n_head, c->head_dim, pool);
+    a->attn_scratch = malloc(a->attn_scratch_bytes);
+    return a->attn_scratch && a->cols && a->pe && a->x && a->xn && a->q && a->k && a->v && a->att && a->tmp && a->ff && a->rnd &&
            (a->stack || c->n_feature_layers == 0) && a->proj_in && (a->mm_hid || c->proj.type != LP_PROJECTOR_MLP);
 }
 
@@ -626,8 +631,9 @@ static loupe_status block_forward(const lp_clip *c, const clip_layer *L, clip_ac
     if ((st = lp_dense_forward(&L->k, c->ws, a->xn, a->k, T, rnd, a->rnd, pool, err))) return st;
     if ((st = lp_dense_forward(&L->v, c->ws, a->xn, a->v, T, rnd, a->rnd, pool, err))) return st;
     const float scale = 1.0f / sqrtf((float)c->head_dim);
-    if (!lp_attention(a->att, a->q, a->k, a->v, T, T, c->n_head, c->n_head, c->head_dim, 0, false, scale, pool)) {
-        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: attention: out of memory", c->path);
+    if (!lp_attention_ex(a->att, a->q, a->k, a->v, T, T, c->n_head, c->n_head, c->head_dim, 0, false, scale,
+                         a->attn_scratch, a->attn_scratch_bytes, pool)) {
+        return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: attention failed", c->path);
     }
     if ((st = lp_dense_forward(&L->o, c->ws, a->att, a->tmp, T, rnd, a->rnd, pool, err))) return st;
     lp_add(a->x, a->tmp, (int64_t)T * E);
@@ -714,7 +720,7 @@ loupe_status lp_clip_encode_ex(const lp_clip *c, const float *pixels, float *out
                                lp_error *err) {
     if (!c || !pixels) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "clip: NULL argument");
     clip_acts a;
-    if (!acts_alloc(c, &a)) {
+    if (!acts_alloc(c, &a, pool)) {
         acts_free(&a);
         return lp_fail(err, LOUPE_ERR_NOMEM, "%s: encode: out of memory", c->path);
     }
