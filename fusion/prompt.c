@@ -98,3 +98,34 @@ loupe_status lp_prompt_embed(const lp_prompt *p, const lp_llama *m, const float 
     }
     return LOUPE_OK;
 }
+
+int lp_prompt_count_token(const lp_prompt *p, int32_t id) {
+    int n = 0;
+    for (int i = 0; i < p->n_seg; i++) {
+        const lp_segment *s = &p->seg[i];
+        if (s->kind != LP_SEGMENT_TOKENS) continue;
+        for (int j = 0; j < s->n_pos; j++) n += s->tokens[j] == id;
+    }
+    return n;
+}
+
+loupe_status lp_prompt_splice_marker(const lp_prompt *p, int32_t marker_id, const float *extra, int n_extra, int n_embd,
+                                     float *out, lp_error *err) {
+    // out (n_pos, n_embd), extra (n_extra, n_embd)
+    if (!p || !out || n_embd <= 0 || n_extra < 0 || (n_extra > 0 && !extra))
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_prompt_splice_marker: bad arguments");
+    const int have = lp_prompt_count_token(p, marker_id);
+    if (have != n_extra)
+        return lp_fail(err, LOUPE_ERR_MISMATCH, "prompt has %d marker tokens (id %d) but %d embeddings were given", have,
+                       (int)marker_id, n_extra);
+    const size_t E = (size_t)n_embd;
+    size_t row = 0;
+    int k = 0;
+    for (int i = 0; i < p->n_seg; i++) {
+        const lp_segment *s = &p->seg[i];
+        for (int j = 0; j < s->n_pos; j++, row++)
+            if (s->kind == LP_SEGMENT_TOKENS && s->tokens[j] == marker_id)
+                memcpy(out + row * E, extra + (size_t)k++ * E, E * sizeof *out);
+    }
+    return LOUPE_OK;
+}

@@ -63,4 +63,16 @@ loupe_status lp_prompt_check_ctx(const lp_prompt *p, int n_ctx, lp_error *err);
 loupe_status lp_prompt_embed(const lp_prompt *p, const lp_llama *m, const float *image_embd, float *out,
                              lp_error *err);
 
+/* How many times token `id` occurs in the prompt's token segments (e.g. the
+ * `<region_fea>` marker; see fusion/region_sampler.h). */
+int lp_prompt_count_token(const lp_prompt *p, int32_t id);
+
+/* Ferret's region splice: after lp_prompt_embed, overwrite the rows of out
+ * (n_pos, n_embd) that hold token `marker_id` with the rows of extra
+ * (n_extra, n_embd), the i-th marker (in prompt order) getting row i.
+ * LOUPE_ERR_MISMATCH "prompt has M <marker> tokens but N embeddings were
+ * given" when the counts differ; nothing is written then. */
+loupe_status lp_prompt_splice_marker(const lp_prompt *p, int32_t marker_id, const float *extra, int n_extra, int n_embd,
+                                     float *out, lp_error *err);
+
 #endif
