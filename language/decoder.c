@@ -398,6 +398,7 @@ void lp_llama_state_free(lp_llama_state *s) {
     free(s->emb);
     free(s->emb_rows);
     free(s->emb_ids);
+    free(s->att_scratch);
     free(s);
 }
 
@@ -494,6 +495,28 @@ static void round_f16(float *x, int64_t n) {
 
 /* Self-attention of block il over s->x (B, n_embd) at positions
  * n_past..n_past+B-1; adds its output to s->x and appends k, v to the cache. */
+/* The attention scratch is sized once for the worst case this state can
+ * see (n_batch queries or one query, against n_ctx keys) with this pool, so
+ * decoding allocates nothing per token. It is re-sized only if the caller
+ * switches to a pool of another size. */
+static loupe_status attention_scratch(lp_llama_state *s, lp_pool *pool, lp_error *err) {
+    const lp_llama_config *c = &s->model->cfg;
+    int nth = lp_pool_size(pool);
+    if (s->att_scratch && s->att_scratch_threads == nth) return LOUPE_OK;
+    size_t a = lp_attention_scratch_size(s->n_batch, s->n_ctx, c->n_head, c->head_dim, pool);
+    size_t b = lp_attention_scratch_size(1, s->n_ctx, c->n_head, c->head_dim, pool);
+    size_t need = a > b ? a : b;
+    free(s->att_scratch);
+    s->att_scratch = malloc(need ? need : 1);
+    if (!s->att_scratch) {
+        s->att_scratch_bytes = 0;
+        return lp_fail(err, LOUPE_ERR_NOMEM, "attention scratch: out of memory (%zu bytes)", need);
+    }
+    s->att_scratch_bytes = need;
+    s->att_scratch_threads = nth;
+    return LOUPE_OK;
+}
+
 static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
     const lp_llama_config *c = &m->cfg;
     const lp_llama_layer *L = &m->w.layers[il];
@@ -531,8 +554,9 @@ static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, in
 
     // causal grouped-query attention over positions 0..pos0+B-1
     const float scale = 1.0f / sqrtf((float)c->head_dim);
-    if (!lp_attention(s->att, s->q, k_layer, v_layer, B, (int)(pos0 + B), c->n_head, c->n_head_kv, c->head_dim,
-                      pos0, true, scale, pool)) {
+    if ((st = attention_scratch(s, pool, err)) != LOUPE_OK) return st;
+    if (!lp_attention_ex(s->att, s->q, k_layer, v_layer, B, (int)(pos0 + B), c->n_head, c->n_head_kv, c->head_dim,
+                         pos0, true, scale, s->att_scratch, s->att_scratch_bytes, pool)) {
         return lp_fail(err, LOUPE_ERR_NOMEM, "%s: blk.%d: attention failed (out of memory)", model_path(m->ws), il);
     }
 

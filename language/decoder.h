@@ -129,6 +129,10 @@ typedef struct lp_llama_state {
     float *emb;       // (n_batch, n_embd) embeddings of the chunk
     void *emb_rows;   // (n_batch, token_embd.row_bytes) raw token_embd rows
     int64_t *emb_ids; // (n_batch) row indices
+    /* attention scratch, sized on first use for (n_batch or 1) x n_ctx with the pool in use */
+    void *att_scratch;
+    size_t att_scratch_bytes;
+    int att_scratch_threads;
 } lp_llama_state;
 
 #define LP_LLAMA_DEFAULT_BATCH 512
