@@ -21,5 +21,6 @@ int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(print
 
 int cmd_ask(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@ typedef struct cli_cmd {
 static const cli_cmd COMMANDS[] = {
     {"ask", "IMAGE QUESTION", "answer a question about an image (-m MODEL --mmproj MMPROJ)", cmd_ask},
     {"info", "FILE.gguf...", "print a GGUF file's header, metadata and tensor table", cmd_info},
+    {"synth", "--seed S --n N --out DIR", "write a synthetic grounding dataset (scenes, boxes, expressions)", cmd_synth},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
