@@ -45,10 +45,15 @@ int cli_usage(const char *cmd, const char *fmt, ...) {
 static void help(FILE *out) {
     fprintf(out, "loupe %s — on-device visual grounding\n\n", loupe_version());
     fprintf(out, "usage: loupe <command> [args]\n       loupe --help | --version\n       loupe <command> --help\n\ncommands:\n");
+    int width = 0; /* align the summaries on the longest "name args" */
     for (size_t i = 0; i < N_COMMANDS; i++) {
-        char lhs[64];
+        int n = (int)(strlen(COMMANDS[i].name) + 1 + strlen(COMMANDS[i].args));
+        if (n > width) width = n;
+    }
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        char lhs[128];
         snprintf(lhs, sizeof lhs, "%s %s", COMMANDS[i].name, COMMANDS[i].args);
-        fprintf(out, "  %-24s %s\n", lhs, COMMANDS[i].summary);
+        fprintf(out, "  %-*s  %s\n", width, lhs, COMMANDS[i].summary);
     }
     fprintf(out, "\nexit codes:\n  0   success\n  1   usage error (bad command or arguments)\n");
     for (int s = LOUPE_ERR_INVALID_ARG; s <= LOUPE_ERR_INTERNAL; s++)

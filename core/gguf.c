@@ -1192,3 +1192,24 @@ loupe_status lp_gguf_writer_write(lp_gguf_writer *w, const char *path, lp_error 
     free(tmp);
     return LOUPE_OK;
 }
+
+bool lp_gguf_arr_int(const lp_gguf_value *v, uint64_t i, int64_t *out) {
+    if (!v || v->type != LP_GGUF_ARRAY || i >= v->v.arr.n || !v->v.arr.data) return false;
+    const void *d = v->v.arr.data;
+    switch (v->v.arr.elem) {
+    case LP_GGUF_UINT8: *out = ((const uint8_t *)d)[i]; return true;
+    case LP_GGUF_INT8: *out = ((const int8_t *)d)[i]; return true;
+    case LP_GGUF_UINT16: *out = ((const uint16_t *)d)[i]; return true;
+    case LP_GGUF_INT16: *out = ((const int16_t *)d)[i]; return true;
+    case LP_GGUF_UINT32: *out = ((const uint32_t *)d)[i]; return true;
+    case LP_GGUF_INT32: *out = ((const int32_t *)d)[i]; return true;
+    case LP_GGUF_INT64: *out = ((const int64_t *)d)[i]; return true;
+    case LP_GGUF_UINT64: {
+        uint64_t u = ((const uint64_t *)d)[i];
+        if (u > INT64_MAX) return false;
+        *out = (int64_t)u;
+        return true;
+    }
+    default: return false;
+    }
+}

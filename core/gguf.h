@@ -128,6 +128,11 @@ loupe_status lp_gguf_get_str_opt(const lp_gguf *g, const char *key, const char *
 /* An array: its element type must be `elem`; returns the value. */
 loupe_status lp_gguf_get_arr(const lp_gguf *g, const char *key, lp_gguf_vtype elem, const lp_gguf_value **out, lp_error *err);
 
+/* Element i of a scalar integer array value (any of u8..i64, bool excluded),
+ * widened to int64. false if the array holds no integers, i is out of range,
+ * or a u64 element exceeds INT64_MAX. */
+bool lp_gguf_arr_int(const lp_gguf_value *v, uint64_t i, int64_t *out);
+
 /* Element count of a tensor. */
 int64_t lp_gguf_tensor_nelements(const lp_gguf_tensor *t);
 

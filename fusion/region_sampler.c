@@ -72,16 +72,8 @@ static loupe_status get_int_arr(const lp_gguf *g, const char *key, int *out, int
         return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: %llu stages, expected 1..%d", gpath(g), key,
                        (unsigned long long)v->v.arr.n, max);
     for (uint64_t i = 0; i < v->v.arr.n; i++) {
-        int64_t x;
-        switch (e) {
-        case LP_GGUF_INT32: x = ((const int32_t *)v->v.arr.data)[i]; break;
-        case LP_GGUF_UINT32: x = ((const uint32_t *)v->v.arr.data)[i]; break;
-        case LP_GGUF_INT64: x = ((const int64_t *)v->v.arr.data)[i]; break;
-        default: {
-            uint64_t u = ((const uint64_t *)v->v.arr.data)[i];
-            x = u > INT32_MAX ? -1 : (int64_t)u;
-        }
-        }
+        int64_t x = -1;
+        if (!lp_gguf_arr_int(v, i, &x)) x = -1;
         if (x < 1 || x > LP_REGION_MAX_POINTS)
             return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: element %llu is %lld, expected 1..%d", gpath(g), key,
                            (unsigned long long)i, (long long)x, LP_REGION_MAX_POINTS);

@@ -116,21 +116,6 @@ bool lp_tok_merge(const lp_tokenizer *t, int32_t left, int32_t right, int32_t *r
 
 static const char *gname(const lp_gguf *g) { return g->path ? g->path : "(gguf)"; }
 
-/* Element i of an integer array of any integer type. */
-static bool arr_int(const lp_gguf_value *v, uint64_t i, int64_t *out) {
-    const void *d = v->v.arr.data;
-    switch (v->v.arr.elem) {
-    case LP_GGUF_UINT8: *out = ((const uint8_t *)d)[i]; return true;
-    case LP_GGUF_INT8: *out = ((const int8_t *)d)[i]; return true;
-    case LP_GGUF_UINT16: *out = ((const uint16_t *)d)[i]; return true;
-    case LP_GGUF_INT16: *out = ((const int16_t *)d)[i]; return true;
-    case LP_GGUF_UINT32: *out = ((const uint32_t *)d)[i]; return true;
-    case LP_GGUF_INT32: *out = ((const int32_t *)d)[i]; return true;
-    case LP_GGUF_UINT64: *out = (int64_t)((const uint64_t *)d)[i]; return true;
-    case LP_GGUF_INT64: *out = ((const int64_t *)d)[i]; return true;
-    default: return false;
-    }
-}
 
 /* An optional token id key: absent -> *id unchanged; present -> must be a
  * valid id. */
@@ -312,7 +297,7 @@ lp_tokenizer *lp_tokenizer_load(const lp_gguf *g, lp_error *err) {
     if (typv) {
         bool ok = typv->type == LP_GGUF_ARRAY;
         int64_t probe;
-        if (ok && typv->v.arr.n > 0) ok = arr_int(typv, 0, &probe);
+        if (ok && typv->v.arr.n > 0) ok = lp_gguf_arr_int(typv, 0, &probe);
         if (!ok) {
             st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s: expected an array of integers", gname(g), KEY_TYPES);
             goto fail;
@@ -359,7 +344,7 @@ lp_tokenizer *lp_tokenizer_load(const lp_gguf *g, lp_error *err) {
         t->len[i] = (uint32_t)s->len;
         o += s->len;
         int64_t ty = LP_TOKEN_NORMAL;
-        if (typv) arr_int(typv, i, &ty);
+        if (typv) lp_gguf_arr_int(typv, i, &ty);
         t->type[i] = (uint8_t)(ty >= 0 && ty <= LP_TOKEN_BYTE ? ty : LP_TOKEN_UNDEFINED);
         if (scov) t->score[i] = ((const float *)scov->v.arr.data)[i];
         /* text -> id; on duplicate texts the later id wins, as in llama.cpp */

@@ -946,9 +946,40 @@ static void test_llama_fixture_rewrite(void **state) {
     free(b);
 }
 
+/* lp_gguf_arr_int widens every integer element type and refuses the rest. */
+static void test_arr_int(void **state) {
+    (void)state;
+    int64_t x = 0;
+    const int16_t i16[3] = {-5, 7, 32767};
+    lp_gguf_value v = {.type = LP_GGUF_ARRAY};
+    v.v.arr.elem = LP_GGUF_INT16;
+    v.v.arr.n = 3;
+    v.v.arr.data = (void *)i16;
+    assert_true(lp_gguf_arr_int(&v, 0, &x));
+    assert_int_equal(x, -5);
+    assert_true(lp_gguf_arr_int(&v, 2, &x));
+    assert_int_equal(x, 32767);
+    assert_false(lp_gguf_arr_int(&v, 3, &x)); /* out of range */
+    const uint64_t u64[2] = {UINT64_C(1) << 40, UINT64_MAX};
+    v.v.arr.elem = LP_GGUF_UINT64;
+    v.v.arr.n = 2;
+    v.v.arr.data = (void *)u64;
+    assert_true(lp_gguf_arr_int(&v, 0, &x));
+    assert_int_equal(x, (int64_t)1 << 40);
+    assert_false(lp_gguf_arr_int(&v, 1, &x)); /* does not fit int64 */
+    const float f[1] = {1.0f};
+    v.v.arr.elem = LP_GGUF_FLOAT32;
+    v.v.arr.n = 1;
+    v.v.arr.data = (void *)f;
+    assert_false(lp_gguf_arr_int(&v, 0, &x)); /* not an integer array */
+    lp_gguf_value scalar = {.type = LP_GGUF_UINT32};
+    assert_false(lp_gguf_arr_int(&scalar, 0, &x));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_all_types),
+        cmocka_unit_test(test_arr_int),
         cmocka_unit_test(test_rewrite_identical),
         cmocka_unit_test(test_tensors_and_alignment),
         cmocka_unit_test(test_writer_rejects),

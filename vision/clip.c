@@ -127,26 +127,6 @@ static loupe_status get_vec3(const lp_gguf *g, const char *key, float out[3], lp
     return LOUPE_OK;
 }
 
-/* One integer element of a scalar array value, any integer type. */
-static bool arr_int(const lp_gguf_value *v, uint64_t i, int64_t *out) {
-    const void *d = v->v.arr.data;
-    switch (v->v.arr.elem) {
-    case LP_GGUF_UINT8: *out = ((const uint8_t *)d)[i]; return true;
-    case LP_GGUF_INT8: *out = ((const int8_t *)d)[i]; return true;
-    case LP_GGUF_UINT16: *out = ((const uint16_t *)d)[i]; return true;
-    case LP_GGUF_INT16: *out = ((const int16_t *)d)[i]; return true;
-    case LP_GGUF_UINT32: *out = ((const uint32_t *)d)[i]; return true;
-    case LP_GGUF_INT32: *out = ((const int32_t *)d)[i]; return true;
-    case LP_GGUF_INT64: *out = ((const int64_t *)d)[i]; return true;
-    case LP_GGUF_UINT64: {
-        uint64_t u = ((const uint64_t *)d)[i];
-        if (u > INT64_MAX) return false;
-        *out = (int64_t)u;
-        return true;
-    }
-    default: return false;
-    }
-}
 
 static int cmp_int(const void *a, const void *b) {
     int x = *(const int *)a, y = *(const int *)b;
@@ -251,7 +231,7 @@ static loupe_status load_hparams(lp_clip *c, lp_error *err) {
         int n = 0;
         for (uint64_t i = 0; i < fl->v.arr.n; i++) {
             int64_t val;
-            if (!fl->v.arr.data || !arr_int(fl, i, &val)) {
+            if (!fl->v.arr.data || !lp_gguf_arr_int(fl, i, &val)) {
                 return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: expected an array of integers", cpath(g), key_fl);
             }
             if (val < 0 || val > c->n_layer) {
