@@ -1,5 +1,8 @@
 /* cli/cmd_ask.c — `loupe ask -m MODEL.gguf --mmproj MMPROJ.gguf IMAGE "question"`:
- * answer a question about an image, streaming the answer to stdout. */
+ * answer a question about an image, streaming the answer to stdout.
+ * `--region x1,y1,x2,y2` / `--mask FILE` point at parts of the image
+ * (Ferret-style referring; fusion/vlm.h describes the region text and
+ * geometry). */
 #include "cli.h"
 #include "../fusion/vlm.h"
 #include "../vision/clip.h"
@@ -7,6 +10,7 @@
 #include <errno.h>
 #include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,9 +41,29 @@ static void ask_help(FILE *out) {
             "  --llamacpp-compat    reproduce llama.cpp: its image preprocessing and the\n"
             "                       CLIP quirks of its LLaVA graph (default: the model's\n"
             "                       PyTorch behaviour, LLaVA pad-to-square preprocessing)\n"
+            "  --prep MODE          image preprocessing: pad (LLaVA expand-to-square, the\n"
+            "                       default), squash (stretch to the input size: Ferret's)\n"
+            "                       or llamacpp (llama.cpp's resize-then-pad)\n"
+            "\nregions (Ferret-style referring; the mmproj needs a region sampler and the\n"
+            "model a <region_fea> token):\n"
+            "  --region X1,Y1,X2,Y2 a box in pixels of the original image, pixel edges: the\n"
+            "                       whole image is 0,0,W,H; X1 < X2 and Y1 < Y2; parts\n"
+            "                       outside the image are clipped, a box that does not\n"
+            "                       overlap the image is an error\n"
+            "  --mask FILE          a mask image of exactly the image's size (any format);\n"
+            "                       pixels with any nonzero channel are the region\n"
+            "                       Both may be repeated (at most %d regions, in order).\n"
+            "                       Each region becomes \"[x1, y1, x2, y2] <region_fea>\" in\n"
+            "                       the question (coordinates 0..999 relative to the original\n"
+            "                       image; a mask gives its bounding box): at each \"%s\"\n"
+            "                       in the question, one per region, or appended after the\n"
+            "                       question when it has none. Example:\n"
+            "                         loupe ask -m M.gguf --mmproj P.gguf --prep squash photo.png \\\n"
+            "                             --region 10,20,200,180 \"What is %s?\"\n\n"
             "  -v, --verbose        timings and peak memory on stderr\n"
             "  -h, --help           this text\n",
-            lp_template_names(), g.n_predict, g.sampling.top_k, g.sampling.top_p);
+            lp_template_names(), g.n_predict, g.sampling.top_k, g.sampling.top_p, LP_VLM_MAX_REGIONS,
+            LP_VLM_REGION_PLACEHOLDER, LP_VLM_REGION_PLACEHOLDER);
 }
 
 static bool parse_int(const char *s, long lo, long hi, long *out) {
@@ -68,6 +92,61 @@ static bool parse_float(const char *s, float lo, float hi, float *out) {
     if (errno || end == s || *end || !(v >= lo && v <= hi)) return false;
     *out = v;
     return true;
+}
+
+/* "x1,y1,x2,y2": four finite numbers, x1 < x2, y1 < y2. */
+static bool parse_box(const char *s, double box[4]) {
+    const char *p = s;
+    for (int i = 0; i < 4; i++) {
+        char *end;
+        errno = 0;
+        box[i] = strtod(p, &end);
+        if (errno || end == p || !isfinite(box[i])) return false;
+        while (*end == ' ') end++;
+        if (i < 3) {
+            if (*end != ',') return false;
+            p = end + 1;
+        } else if (*end) {
+            return false;
+        }
+    }
+    return box[0] < box[2] && box[1] < box[3];
+}
+
+/* A region as given on the command line: a box, or a mask file. */
+typedef struct region_arg {
+    const char *mask_path; /* NULL: a box */
+    double box[4];
+    uint8_t *mask;         /* loaded later */
+} region_arg;
+
+/* Load a mask file as w×h bytes (nonzero where any channel is). */
+static int load_mask(region_arg *r, const lp_image *img, const char *image_path, lp_vlm_region *out) {
+    lp_error err = {0};
+    lp_image m = {0};
+    if (lp_image_load(r->mask_path, &m, &err)) return cli_error(err.status, "--mask: %s", err.msg);
+    if (m.w != img->w || m.h != img->h) {
+        int rc = cli_error(LOUPE_ERR_INVALID_ARG, "--mask %s: the mask is %dx%d but the image %s is %dx%d (they must match)",
+                           r->mask_path, m.w, m.h, image_path, img->w, img->h);
+        lp_image_free(&m);
+        return rc;
+    }
+    const size_t n = (size_t)m.w * m.h;
+    r->mask = malloc(n);
+    if (!r->mask) {
+        lp_image_free(&m);
+        return cli_error(LOUPE_ERR_NOMEM, "--mask %s: out of memory", r->mask_path);
+    }
+    size_t inside = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *px = m.rgb + 3 * i;
+        r->mask[i] = (px[0] | px[1] | px[2]) ? 1 : 0;
+        inside += r->mask[i];
+    }
+    lp_image_free(&m);
+    if (inside == 0) return cli_error(LOUPE_ERR_INVALID_ARG, "--mask %s: the mask is empty (every pixel is 0)", r->mask_path);
+    *out = (lp_vlm_region){.kind = LP_VLM_REGION_MASK, .mask = r->mask, .mask_w = img->w, .mask_h = img->h};
+    return CLI_EXIT_OK;
 }
 
 typedef struct stream_state {
@@ -101,6 +180,8 @@ static void print_stats(const lp_vlm *vlm, const lp_vlm_stats *s) {
             s->prefill_tokens, s->n_text_tokens, s->n_image_tokens, s->prefill_tok_s);
     fprintf(stderr, "decode    %9.1f ms %6d tokens %30.1f tok/s\n", s->decode_ms, s->decode_tokens,
             s->decode_tok_s);
+    if (s->n_regions > 0)
+        fprintf(stderr, "regions   %9.1f ms %6d (region sampler, inside encode)\n", s->region_ms, s->n_regions);
     fprintf(stderr, "stopped   %s (context %d positions)\n", lp_vlm_stop_name(s->stop), s->n_ctx);
     fprintf(stderr, "peak RSS  %9.1f MiB\n", s->peak_rss_kb / 1024.0);
 }
@@ -112,6 +193,8 @@ int cmd_ask(int argc, char **argv) {
     lp_vlm_gen_params gp = lp_vlm_gen_default_params();
     bool verbose = false, only_pos = false;
     int n_pos = 0;
+    region_arg rargs[LP_VLM_MAX_REGIONS];
+    int n_reg = 0;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -135,6 +218,23 @@ int cmd_ask(int argc, char **argv) {
         else if (!strcmp(a, "--mmproj")) mmproj = val;
         else if (!strcmp(a, "--template")) vp.template_name = val;
         else if (!strcmp(a, "--system")) gp.system = val;
+        else if (!strcmp(a, "--prep")) {
+            if (!strcmp(val, "pad")) vp.prep = LP_PREP_PAD_PIL;
+            else if (!strcmp(val, "squash") || !strcmp(val, "squeeze")) vp.prep = LP_PREP_SQUASH_PIL;
+            else if (!strcmp(val, "llamacpp")) vp.prep = LP_PREP_LLAMACPP;
+            else return cli_usage("ask", "--prep: '%s' is not a mode (pad, squash, llamacpp)", val);
+        } else if (!strcmp(a, "--region") || !strcmp(a, "--mask")) {
+            if (n_reg >= LP_VLM_MAX_REGIONS) return cli_usage("ask", "at most %d regions", LP_VLM_MAX_REGIONS);
+            region_arg *r = &rargs[n_reg];
+            memset(r, 0, sizeof *r);
+            if (a[2] == 'm') r->mask_path = val;
+            else if (!parse_box(val, r->box))
+                return cli_usage("ask",
+                                 "--region: '%s' is not a box X1,Y1,X2,Y2 (four numbers, pixels of the original "
+                                 "image, with X1 < X2 and Y1 < Y2)",
+                                 val);
+            n_reg++;
+        }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
             if (!parse_int(val, -1, INT_MAX, &n)) return cli_usage("ask", "%s: '%s' is not a token count (-1 or more)", a, val);
             gp.n_predict = (int)n;
@@ -172,14 +272,37 @@ int cmd_ask(int argc, char **argv) {
     char *answer = NULL;
     lp_vlm_stats stats = {0};
     stream_state ss = {0};
+    lp_vlm_region regions[LP_VLM_MAX_REGIONS];
     int rc;
 
-    /* The image first: it is the cheapest thing to get wrong. */
+    /* The image first: it is the cheapest thing to get wrong; then the
+     * regions against it. */
     if (lp_image_load(image_path, &img, &err)) { rc = cli_error(err.status, "%s", err.msg); goto out; }
+    for (int i = 0; i < n_reg; i++) {
+        if (rargs[i].mask_path) {
+            if ((rc = load_mask(&rargs[i], &img, image_path, &regions[i])) != CLI_EXIT_OK) goto out;
+        } else {
+            regions[i] = (lp_vlm_region){.kind = LP_VLM_REGION_BOX};
+            memcpy(regions[i].box, rargs[i].box, sizeof regions[i].box);
+        }
+        double clipped[4];
+        if (lp_vlm_region_box(&regions[i], img.w, img.h, clipped, &err)) {
+            if (rargs[i].mask_path) rc = cli_error(err.status, "--mask %s: %s", rargs[i].mask_path, err.msg);
+            else rc = cli_error(err.status, "--region: %s", err.msg);
+            goto out;
+        }
+    }
     if (!(vlm = lp_vlm_load(model, mmproj, &vp, &err))) { rc = cli_error(err.status, "%s", err.msg); goto out; }
     if (!(ctx = lp_vlm_ctx_new(vlm, &cp, &err))) { rc = cli_error(err.status, "%s", err.msg); goto out; }
 
-    loupe_status st = lp_vlm_ask(vlm, ctx, &img, question, &gp, on_text, &ss, &answer, &stats, &err);
+    if (verbose && n_reg > 0) {
+        char *q = NULL;
+        if (lp_vlm_region_question(question, regions, n_reg, img.w, img.h, &q, &err) == LOUPE_OK)
+            fprintf(stderr, "question  %s\n", q);
+        free(q);
+    }
+    loupe_status st =
+        lp_vlm_ask_regions(vlm, ctx, &img, question, regions, n_reg, &gp, on_text, &ss, &answer, &stats, &err);
     if (ss.written > 0 || st == LOUPE_OK) fputc('\n', stdout);
     fflush(stdout);
     if (verbose && stats.prefill_tokens > 0) print_stats(vlm, &stats);
@@ -187,6 +310,7 @@ int cmd_ask(int argc, char **argv) {
     else if (st) rc = cli_error(st, "%s", err.msg);
     else rc = CLI_EXIT_OK;
 out:
+    for (int i = 0; i < n_reg; i++) free(rargs[i].mask);
     free(answer);
     lp_vlm_ctx_free(ctx);
     lp_vlm_free(vlm);

@@ -9,7 +9,10 @@
 #include "../language/weights.h"
 #include "../vision/clip.h"
 #include "prompt.h"
+#include "region_sampler.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -29,6 +32,8 @@ struct lp_vlm {
     lp_tokenizer *tok;
     lp_llama *llama;
     lp_clip *clip;
+    lp_region_sampler *rs; /* NULL: the mmproj has none */
+    int32_t region_id;     /* "<region_fea>" (control or user-defined), -1: none */
     const lp_template *tmpl;
     lp_prep_mode prep;
     int32_t *eog;   /* ids that end generation */
@@ -42,6 +47,8 @@ struct lp_vlm_ctx {
     lp_vlm_ctx_params p;
     lp_pool *pool;
     lp_llama_state *st; /* NULL until the first question when n_ctx is automatic */
+    lp_llama_dump_fn dump;
+    void *dump_user;
 };
 
 static double now_ms(void) {
@@ -128,6 +135,42 @@ static loupe_status choose_template(lp_vlm *v, const char *name, lp_error *err) 
     return LOUPE_OK;
 }
 
+/* The "<region_fea>" id: one vocabulary entry, matched as a special token
+ * (control or user-defined), that tokenizes alone to exactly itself. */
+static int32_t find_region_token(const lp_tokenizer *tok) {
+    const int32_t id = lp_tokenizer_find(tok, LP_REGION_TOKEN);
+    if (id < 0) return -1;
+    const lp_token_type ty = lp_tokenizer_token_type(tok, id);
+    if (ty != LP_TOKEN_CONTROL && ty != LP_TOKEN_USER_DEFINED) return -1;
+    int32_t ids[4];
+    lp_error e = {0};
+    const int n = lp_tokenize(tok, LP_REGION_TOKEN, strlen(LP_REGION_TOKEN), false, true, ids, 4, &e);
+    return n == 1 && ids[0] == id ? id : -1;
+}
+
+/* The sampler, when the mmproj has one, checked against CLIP and the LM. */
+static loupe_status load_region_sampler(lp_vlm *v, lp_error *err) {
+    lp_error e = {0};
+    v->region_id = find_region_token(v->tok);
+    v->rs = lp_region_sampler_load(v->mm_gguf, v->mm_ws, &e);
+    if (!v->rs) {
+        if (e.status == LOUPE_OK) return LOUPE_OK; /* none: plain LLaVA */
+        if (err) *err = e;
+        return e.status;
+    }
+    const int in_dim = lp_region_sampler_in_dim(v->rs), feat = lp_clip_feature_dim(v->clip);
+    if (in_dim != feat)
+        return lp_fail(err, LOUPE_ERR_MISMATCH,
+                       "%s: region sampler input width %d does not match the CLIP feature width %d", v->mm_path,
+                       in_dim, feat);
+    const int out_dim = lp_region_sampler_out_dim(v->rs), n_embd = lp_llama_n_embd(v->llama);
+    if (out_dim != n_embd)
+        return lp_fail(err, LOUPE_ERR_MISMATCH,
+                       "%s: region sampler output width %d does not match the embedding width %d of %s", v->mm_path,
+                       out_dim, n_embd, v->lm_path);
+    return LOUPE_OK;
+}
+
 lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_params *params, lp_error *err) {
     const double t0 = now_ms();
     if (!lm_path || !mmproj_path) {
@@ -176,6 +219,7 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
         lp_error_prefix(err, "%s", mmproj_path);
         goto fail;
     }
+    if (load_region_sampler(v, err)) goto fail;
     if (choose_template(v, p.template_name, err)) goto fail;
     if (collect_eog(v, err)) goto fail;
     v->load_ms = now_ms() - t0;
@@ -187,6 +231,7 @@ fail:
 
 void lp_vlm_free(lp_vlm *v) {
     if (!v) return;
+    lp_region_sampler_free(v->rs);
     lp_clip_free(v->clip);
     lp_llama_free(v->llama);
     lp_tokenizer_free(v->tok);
@@ -241,6 +286,12 @@ void lp_vlm_ctx_free(lp_vlm_ctx *c) {
     free(c);
 }
 
+void lp_vlm_ctx_set_dump(lp_vlm_ctx *c, lp_llama_dump_fn fn, void *user) {
+    if (!c) return;
+    c->dump = fn;
+    c->dump_user = user;
+}
+
 /* The cache capacity this question gets, and the state to match. */
 static loupe_status ensure_state(lp_vlm_ctx *c, const lp_prompt *pr, int n_predict, lp_error *err) {
     const lp_vlm *v = c->vlm;
@@ -257,14 +308,228 @@ static loupe_status ensure_state(lp_vlm_ctx *c, const lp_prompt *pr, int n_predi
     return c->st ? LOUPE_OK : (err ? err->status : LOUPE_ERR_NOMEM);
 }
 
-/* Image -> (n_image, n_embd) rows for the prompt. */
-static loupe_status encode_image(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd, lp_error *err) {
+/* Image -> (n_image, n_embd) rows for the prompt; with `features`, also the
+ * (N, feature_dim) patch features; `geom` (may be NULL) gets the
+ * preprocessing geometry. */
+static loupe_status encode_image(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd, float *features,
+                                 lp_prep_geom *geom, lp_error *err) {
     const int S = lp_clip_image_size(v->clip);
     float *pixels = malloc((size_t)3 * S * S * sizeof *pixels);
     if (!pixels) return lp_fail(err, LOUPE_ERR_NOMEM, "preprocessing the image: out of memory");
-    loupe_status st = lp_clip_preprocess(v->clip, img, v->prep, pixels, NULL, err);
-    if (!st && (st = lp_clip_encode(v->clip, pixels, embd, c->pool, err))) lp_error_prefix(err, "%s", v->mm_path);
+    loupe_status st = lp_clip_preprocess(v->clip, img, v->prep, pixels, geom, err);
+    if (!st) {
+        st = features ? lp_clip_encode_ex(v->clip, pixels, embd, features, c->pool, err)
+                      : lp_clip_encode(v->clip, pixels, embd, c->pool, err);
+        if (st) lp_error_prefix(err, "%s", v->mm_path);
+    }
     free(pixels);
+    return st;
+}
+
+/* ---- regions ---- */
+
+bool lp_vlm_has_region_sampler(const lp_vlm *v) { return v && v->rs; }
+int32_t lp_vlm_region_token(const lp_vlm *v) { return v ? v->region_id : -1; }
+
+void lp_vlm_set_region_dump(lp_vlm *v, lp_region_dump_fn fn, void *user) {
+    if (v && v->rs) lp_region_sampler_set_dump(v->rs, fn, user);
+}
+
+static double clampd(double x, double lo, double hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+loupe_status lp_vlm_region_box(const lp_vlm_region *r, int W, int H, double box[4], lp_error *err) {
+    if (!r || !box) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_region_box: NULL argument");
+    if (W <= 0 || H <= 0) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region: bad image size %dx%d", W, H);
+    if (r->kind == LP_VLM_REGION_BOX) {
+        const double *b = r->box;
+        for (int i = 0; i < 4; i++)
+            if (!isfinite(b[i])) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region box: coordinate %d is not finite", i + 1);
+        if (!(b[0] < b[2]) || !(b[1] < b[3]))
+            return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region box [%g, %g, %g, %g]: needs x1 < x2 and y1 < y2", b[0],
+                           b[1], b[2], b[3]);
+        box[0] = clampd(b[0], 0, W);
+        box[1] = clampd(b[1], 0, H);
+        box[2] = clampd(b[2], 0, W);
+        box[3] = clampd(b[3], 0, H);
+        if (!(box[0] < box[2]) || !(box[1] < box[3]))
+            return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region box [%g, %g, %g, %g] lies outside the %dx%d image", b[0],
+                           b[1], b[2], b[3], W, H);
+        return LOUPE_OK;
+    }
+    if (r->kind != LP_VLM_REGION_MASK) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region: unknown kind %d", (int)r->kind);
+    if (!r->mask) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region mask: no data");
+    if (r->mask_w != W || r->mask_h != H)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region mask is %dx%d but the image is %dx%d (they must match)",
+                       r->mask_w, r->mask_h, W, H);
+    int x0 = W, y0 = H, x1 = -1, y1 = -1;
+    for (int y = 0; y < H; y++) {
+        const uint8_t *row = r->mask + (size_t)y * W;
+        for (int x = 0; x < W; x++)
+            if (row[x]) {
+                if (x < x0) x0 = x;
+                if (x > x1) x1 = x;
+                if (y < y0) y0 = y;
+                y1 = y;
+            }
+    }
+    if (x1 < 0) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "region mask %dx%d is empty (no nonzero pixel)", W, H);
+    box[0] = x0;
+    box[1] = y0;
+    box[2] = x1 + 1;
+    box[3] = y1 + 1;
+    return LOUPE_OK;
+}
+
+/* "[x1, y1, x2, y2] <region_fea>" for region i. */
+static loupe_status region_text(const lp_vlm_region *r, int i, int W, int H, char *buf, size_t cap, lp_error *err) {
+    double box[4];
+    loupe_status st = lp_vlm_region_box(r, W, H, box, err);
+    if (st) {
+        lp_error_prefix(err, "region %d", i + 1);
+        return st;
+    }
+    if ((st = lp_region_format(box, W, H, buf, cap, err))) return st;
+    size_t n = strlen(buf);
+    if (n + 1 + strlen(LP_REGION_TOKEN) + 1 > cap) return lp_fail(err, LOUPE_ERR_INTERNAL, "region text too long");
+    snprintf(buf + n, cap - n, " %s", LP_REGION_TOKEN);
+    return LOUPE_OK;
+}
+
+static size_t count_sub(const char *s, const char *sub) {
+    size_t n = 0, k = strlen(sub);
+    for (const char *p = strstr(s, sub); p; p = strstr(p + k, sub)) n++;
+    return n;
+}
+
+loupe_status lp_vlm_region_question(const char *q, const lp_vlm_region *regions, int n_regions, int W, int H,
+                                    char **out, lp_error *err) {
+    if (out) *out = NULL;
+    if (!q || !out || n_regions < 0 || (n_regions > 0 && !regions))
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_region_question: bad arguments");
+    if (n_regions > LP_VLM_MAX_REGIONS)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%d regions, at most %d", n_regions, LP_VLM_MAX_REGIONS);
+    enum { CAP = 96 };
+    char(*texts)[CAP] = n_regions > 0 ? malloc((size_t)n_regions * sizeof *texts) : NULL;
+    if (n_regions > 0 && !texts) return lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
+    loupe_status st = LOUPE_OK;
+    for (int i = 0; i < n_regions && !st; i++) st = region_text(&regions[i], i, W, H, texts[i], CAP, err);
+    const size_t ph = strlen(LP_VLM_REGION_PLACEHOLDER), ql = strlen(q);
+    const size_t n_ph = n_regions > 0 ? count_sub(q, LP_VLM_REGION_PLACEHOLDER) : 0;
+    if (!st && n_ph > 0 && n_ph != (size_t)n_regions)
+        st = lp_fail(err, LOUPE_ERR_INVALID_ARG,
+                     "the question has %zu " LP_VLM_REGION_PLACEHOLDER " placeholders but %d regions were given "
+                     "(one placeholder per region, or none to append the regions)",
+                     n_ph, n_regions);
+    char *res = NULL;
+    if (!st) {
+        res = malloc(ql + (size_t)n_regions * (CAP + 1) + 1);
+        if (!res) st = lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
+    }
+    if (!st) {
+        char *w = res;
+        if (n_ph == 0) {
+            memcpy(w, q, ql);
+            w += ql;
+            for (int i = 0; i < n_regions; i++) w += sprintf(w, " %s", texts[i]);
+        } else {
+            const char *p = q;
+            for (int i = 0; i < n_regions; i++) {
+                const char *at = strstr(p, LP_VLM_REGION_PLACEHOLDER);
+                memcpy(w, p, (size_t)(at - p));
+                w += at - p;
+                w += sprintf(w, "%s", texts[i]);
+                p = at + ph;
+            }
+            const size_t rest = strlen(p);
+            memcpy(w, p, rest);
+            w += rest;
+        }
+        *w = '\0';
+        *out = res;
+    }
+    free(texts);
+    return st;
+}
+
+/* Original pixel -> feature-map [0, 1] coordinate: u = a·x + b per axis. */
+typedef struct fmap_map {
+    double ax, bx, ay, by;
+    bool identity; /* squeeze: u = x / W exactly (Ferret) */
+} fmap_map;
+
+static fmap_map fmap_map_from(const lp_clip *clip, const lp_prep_geom *g, int W, int H) {
+    const double cover = (double)lp_clip_n_side(clip) * lp_clip_patch_size(clip);
+    fmap_map m = {g->scale_x / cover, g->off_x / cover, g->scale_y / cover, g->off_y / cover, false};
+    m.identity = fabs(m.ax * W - 1.0) < 1e-12 && fabs(m.bx) < 1e-12 && fabs(m.ay * H - 1.0) < 1e-12 &&
+                 fabs(m.by) < 1e-12;
+    return m;
+}
+
+static float map_u(double a, double b, double x, int size, bool identity) {
+    const double u = identity ? x / size : a * x + b;
+    return (float)clampd(u, 0.0, 1.0);
+}
+
+static void map_box(const fmap_map *m, const double box[4], int W, int H, float out[4]) {
+    out[0] = map_u(m->ax, m->bx, box[0], W, m->identity);
+    out[1] = map_u(m->ay, m->by, box[1], H, m->identity);
+    out[2] = map_u(m->ax, m->bx, box[2], W, m->identity);
+    out[3] = map_u(m->ay, m->by, box[3], H, m->identity);
+}
+
+loupe_status lp_vlm_region_feature_box(const lp_vlm *v, const lp_image *img, const lp_vlm_region *r, float fbox[4],
+                                       lp_error *err) {
+    if (!v || !img || !img->rgb || !r || !fbox)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_region_feature_box: NULL argument");
+    double box[4];
+    loupe_status st = lp_vlm_region_box(r, img->w, img->h, box, err);
+    if (st) return st;
+    const int S = lp_clip_image_size(v->clip);
+    float *pixels = malloc((size_t)3 * S * S * sizeof *pixels);
+    if (!pixels) return lp_fail(err, LOUPE_ERR_NOMEM, "preprocessing the image: out of memory");
+    lp_prep_geom g;
+    st = lp_clip_preprocess(v->clip, img, v->prep, pixels, &g, err);
+    free(pixels);
+    if (st) return st;
+    const fmap_map m = fmap_map_from(v->clip, &g, img->w, img->h);
+    map_box(&m, box, img->w, img->h, fbox);
+    return LOUPE_OK;
+}
+
+/* One region -> one embedding (out_dim = n_embd) from the patch features. */
+static loupe_status embed_region(const lp_vlm *v, lp_vlm_ctx *c, const lp_vlm_region *r, int i, const lp_image *img,
+                                 const lp_prep_geom *g, const float *features, float *out, lp_error *err) {
+    const int W = img->w, H = img->h, n = lp_region_sampler_n_points(v->rs);
+    double box[4];
+    loupe_status st = lp_vlm_region_box(r, W, H, box, err);
+    if (st) {
+        lp_error_prefix(err, "region %d", i + 1);
+        return st;
+    }
+    float *xy = malloc((size_t)n * 2 * sizeof *xy); // (n, 2)
+    if (!xy) return lp_fail(err, LOUPE_ERR_NOMEM, "region %d: out of memory", i + 1);
+    const fmap_map m = fmap_map_from(v->clip, g, W, H);
+    lp_region reg = {0};
+    if (r->kind == LP_VLM_REGION_BOX) {
+        reg.kind = LP_REGION_BOX;
+        map_box(&m, box, W, H, reg.box);
+        st = lp_region_sample_points(&reg, n, LP_VLM_REGION_SEED, xy, err);
+    } else {
+        reg.kind = LP_REGION_MASK;
+        reg.mask = r->mask;
+        reg.mask_w = W;
+        reg.mask_h = H;
+        st = lp_region_sample_points(&reg, n, LP_VLM_REGION_SEED, xy, err);
+        if (!st && !m.identity)
+            for (int k = 0; k < n; k++) { /* (x / W, y / H) -> the pixel -> the feature map */
+                const double px = nearbyint((double)xy[2 * k] * W), py = nearbyint((double)xy[2 * k + 1] * H);
+                xy[2 * k] = map_u(m.ax, m.bx, px, W, false);
+                xy[2 * k + 1] = map_u(m.ay, m.by, py, H, false);
+            }
+    }
+    if (!st) st = lp_region_sampler_forward(v->rs, features, lp_clip_n_side(v->clip), xy, n, out, c->pool, err);
+    if (st) lp_error_prefix(err, "region %d", i + 1);
+    free(xy);
     return st;
 }
 
@@ -278,12 +543,33 @@ static loupe_status emit(lp_vlm_text_fn fn, void *user, const lp_stop_result *r,
 loupe_status lp_vlm_ask(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *image, const char *question,
                         const lp_vlm_gen_params *gen, lp_vlm_text_fn on_text, void *user, char **answer,
                         lp_vlm_stats *stats, lp_error *err) {
+    return lp_vlm_ask_regions(v, c, image, question, NULL, 0, gen, on_text, user, answer, stats, err);
+}
+
+loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *image, const char *question,
+                                const lp_vlm_region *regions, int n_regions, const lp_vlm_gen_params *gen,
+                                lp_vlm_text_fn on_text, void *user, char **answer, lp_vlm_stats *stats,
+                                lp_error *err) {
     lp_vlm_stats S = {0};
     if (answer) *answer = NULL;
-    if (!v || !c || !image || !image->rgb || !question || !answer) {
+    if (!v || !c || !image || !image->rgb || !question || !answer || n_regions < 0 || (n_regions > 0 && !regions)) {
         lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_ask: NULL argument");
         if (stats) *stats = S;
         return LOUPE_ERR_INVALID_ARG;
+    }
+    if (n_regions > 0 && !v->rs) {
+        if (stats) *stats = S;
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED,
+                       "%s: this mmproj has no region sampler (no " LP_REGION_PREFIX ".* tensors): it cannot take "
+                       "regions",
+                       v->mm_path);
+    }
+    if (n_regions > 0 && v->region_id < 0) {
+        if (stats) *stats = S;
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED,
+                       "%s: model has no " LP_REGION_TOKEN " token (needed as one control or user-defined token to "
+                       "ask about regions)",
+                       v->lm_path);
     }
     if (c->vlm != v) {
         if (stats) *stats = S;
@@ -298,10 +584,11 @@ loupe_status lp_vlm_ask(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *image, c
     S.n_image_tokens = lp_clip_n_out_tokens(v->clip);
 
     loupe_status st;
-    char *text = NULL;
+    char *text = NULL, *q = NULL;
     size_t image_at = 0;
     lp_prompt pr = {0};
-    float *img_embd = NULL, *embd = NULL, *logits = NULL;
+    float *img_embd = NULL, *embd = NULL, *logits = NULL, *features = NULL, *reg_embd = NULL;
+    lp_prep_geom geom;
     lp_sampler *smp = NULL;
     lp_stop_checker *stop = NULL;
     lp_detok dt;
@@ -310,11 +597,24 @@ loupe_status lp_vlm_ask(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *image, c
     double t = 0;
 
     /* Prompt first: an over-long one is refused before any heavy work. */
-    if ((st = lp_template_render(v->tmpl, g.system, question, &text, &image_at, err))) goto done;
+    if ((st = lp_vlm_region_question(question, regions, n_regions, image->w, image->h, &q, err))) goto done;
+    if ((st = lp_template_render(v->tmpl, g.system, q, &text, &image_at, err))) goto done;
     if ((st = lp_prompt_build(&pr, v->tok, text, strlen(text), image_at, strlen(LP_IMAGE_MARKER), S.n_image_tokens,
                               err)))
         goto done;
     S.n_text_tokens = pr.n_text;
+    if (v->region_id >= 0) {
+        /* One marker per region: a "<region_fea>" typed in the question or
+         * the system text would otherwise get no embedding. */
+        const int have = lp_prompt_count_token(&pr, v->region_id);
+        if (have != n_regions) {
+            st = lp_fail(err, LOUPE_ERR_INVALID_ARG,
+                         "the prompt holds %d " LP_REGION_TOKEN " tokens but %d regions were given (write "
+                         LP_VLM_REGION_PLACEHOLDER " where a region goes, not " LP_REGION_TOKEN ")",
+                         have, n_regions);
+            goto done;
+        }
+    }
     if ((st = ensure_state(c, &pr, g.n_predict, err))) goto done;
     S.n_ctx = c->st->n_ctx;
 
@@ -326,15 +626,34 @@ loupe_status lp_vlm_ask(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *image, c
         st = lp_fail(err, LOUPE_ERR_NOMEM, "out of memory for a %d-position prompt", pr.n_pos);
         goto done;
     }
-    if ((st = encode_image(v, c, image, img_embd, err))) goto done;
+    if (n_regions > 0) {
+        features = malloc((size_t)lp_clip_n_patches(v->clip) * lp_clip_feature_dim(v->clip) * sizeof *features);
+        reg_embd = malloc((size_t)n_regions * E * sizeof *reg_embd);
+        if (!features || !reg_embd) {
+            st = lp_fail(err, LOUPE_ERR_NOMEM, "out of memory for the region features");
+            goto done;
+        }
+    }
+    if ((st = encode_image(v, c, image, img_embd, features, &geom, err))) goto done;
+    if (n_regions > 0) {
+        const double t_reg = now_ms();
+        for (int i = 0; i < n_regions; i++)
+            if ((st = embed_region(v, c, &regions[i], i, image, &geom, features, reg_embd + (size_t)i * E, err)))
+                goto done;
+        S.n_regions = n_regions;
+        S.region_ms = now_ms() - t_reg;
+    }
     S.encode_ms = now_ms() - t;
 
     /* Prefill: the whole prompt in one call (matrix-matrix passes). */
     t = now_ms();
     if ((st = lp_prompt_embed(&pr, llama, img_embd, embd, err))) goto done;
+    if (n_regions > 0 && (st = lp_prompt_splice_marker(&pr, v->region_id, reg_embd, n_regions, E, embd, err)))
+        goto done;
     lp_llama_state_reset(c->st);
     lp_llama_state_set_logits_all(c->st, false);
     lp_llama_state_set_kv_f16(c->st, c->p.kv_f16);
+    lp_llama_state_set_dump(c->st, c->dump, c->dump_user);
     if ((st = lp_llama_forward(llama, c->st, embd, pr.n_pos, logits, c->pool, err))) goto done;
     S.prefill_tokens = pr.n_pos;
     S.prefill_ms = now_ms() - t;
@@ -426,7 +745,10 @@ done:
     free(logits);
     free(embd);
     free(img_embd);
+    free(reg_embd);
+    free(features);
     lp_prompt_free(&pr);
     free(text);
+    free(q);
     return st;
 }

@@ -19,14 +19,78 @@
  *
  * CLIP defaults to the model's PyTorch semantics (LP_CLIP_QUIRKS_NONE); the
  * `llamacpp` parameter switches on every llama.cpp quirk and llama.cpp's own
- * preprocessing, for parity runs against llama.cpp (see vision/clip.h). */
+ * preprocessing, for parity runs against llama.cpp (see vision/clip.h).
+ *
+ * Regions (Ferret's referring input, lp_vlm_ask_regions): when the mmproj
+ * carries a region sampler (mm.region.* tensors, fusion/region_sampler.h) a
+ * question may point at parts of the image, each a box or a mask:
+ *
+ *   lp_vlm_region r = {.kind = LP_VLM_REGION_BOX, .box = {0, 0, 150, 100}};
+ *   lp_vlm_ask_regions(vlm, ctx, &image, "What is <region>?", &r, 1, ...);
+ *   -> on a 300×100 image the user turn reads
+ *      "What is [0, 0, 500, 999] <region_fea>?" and the <region_fea>
+ *      token's embedding is replaced by the sampler's output.
+ *
+ * Region text. Each region becomes Ferret's "[x1, y1, x2, y2] <region_fea>"
+ * (lp_region_format: int(v · 1000 / size) clipped to 0..999). The
+ * coordinates are ALWAYS relative to the ORIGINAL image (x over its width, y
+ * over its height), whatever the preprocessing. Ferret squeezes the image to
+ * S×S, so for Ferret this is also relative to the model input. For pad-mode
+ * (LLaVA expand2square) and llama.cpp-mode (letterbox) models the text still
+ * describes the original image, not the padded square: the model is told
+ * where the region is in the photo, while the region EMBEDDING is taken from
+ * the right place of the padded feature map (below). A model trained on
+ * padded-square coordinates would need its own text; loupe has none such.
+ *
+ * Where the text goes: every "<region>" placeholder in the question is
+ * replaced by the text of the next region, in order (the number of
+ * placeholders must then equal the number of regions); a question without
+ * placeholders gets " [x1, y1, x2, y2] <region_fea>" appended for each
+ * region, in order ("What is this?" -> "What is this? [..] <region_fea>").
+ * Without regions the question is used as it is.
+ *
+ * Region geometry. A BOX is (x1, y1, x2, y2) in original-image pixels,
+ * pixel EDGES: the whole image is (0, 0, W, H); x1 < x2 and y1 < y2. It is
+ * clipped to the image; a box with nothing left after clipping (no overlap
+ * of positive area with the image) is LOUPE_ERR_INVALID_ARG. A MASK is
+ * W × H bytes, row-major, nonzero = inside, exactly the image's size (no
+ * resizing: a mask of another size is LOUPE_ERR_INVALID_ARG, as is an empty
+ * one); its text box is its pixel-edge bounding box (min x, min y, max x + 1,
+ * max y + 1).
+ * The sampler's points live in [0, 1] coordinates of the ViT feature map,
+ * which covers the whole S×S model input — the PADDED square in pad mode
+ * and llama.cpp mode. An original pixel coordinate x maps to
+ *   u = (x · scale_x + off_x) / (n_side · P)      (likewise v with y)
+ * with scale/off from lp_clip_preprocess's geometry (vision/preprocess.h)
+ * and n_side · P the input pixels the patch grid covers (= S for every real
+ * model). Squeeze: u = x / W, exactly Ferret's. Pad (LLaVA): a 300×100
+ * image sits at rows 100..200 of a 300×300 square, so the box
+ * (0, 0, 150, 100) becomes (0, 1/3, 1/2, 2/3). A box is mapped corner by
+ * corner and its points are drawn in the mapped box; a mask's points are
+ * drawn from the mask (pixel (x, y) -> (x / W, y / H), Ferret's rule) and
+ * mapped point by point. Points: lp_region_sample_points with the fixed seed
+ * LP_VLM_REGION_SEED, so one region always gives the same embedding. The
+ * feature map is lp_clip_encode_ex's patch features (before the projector);
+ * lp_region_sampler_forward gives one embedding per region, spliced at its
+ * <region_fea> token (lp_prompt_splice_marker).
+ *
+ * Requirements, checked in this order when regions are given:
+ * LOUPE_ERR_UNSUPPORTED naming the mmproj when it has no sampler;
+ * LOUPE_ERR_UNSUPPORTED "model has no <region_fea> token" naming the
+ * language model when its vocabulary lacks "<region_fea>" as one control or
+ * user-defined token; LOUPE_ERR_INVALID_ARG for a bad region or placeholder
+ * count. At load, a sampler whose input width is not the CLIP feature width,
+ * or whose output width is not the language model's embedding width, is
+ * LOUPE_ERR_MISMATCH naming the file and both widths. */
 #ifndef LP_VLM_H
 #define LP_VLM_H
 
 #include "../core/error.h"
+#include "../language/decoder.h"
 #include "../language/sampling.h"
 #include "../vision/image.h"
 #include "../vision/preprocess.h"
+#include "region_sampler.h"
 #include "template.h"
 
 #include <stdbool.h>
@@ -76,6 +140,11 @@ lp_vlm_ctx_params lp_vlm_ctx_default_params(void);
 lp_vlm_ctx *lp_vlm_ctx_new(const lp_vlm *vlm, const lp_vlm_ctx_params *params, lp_error *err);
 void lp_vlm_ctx_free(lp_vlm_ctx *ctx);
 
+/* Decoder activation dump for this context's asks (language/decoder.h:
+ * "embd_in" of the prefill holds every prompt row, image and region rows
+ * included; "logits"). NULL turns it off. */
+void lp_vlm_ctx_set_dump(lp_vlm_ctx *ctx, lp_llama_dump_fn fn, void *user);
+
 typedef struct lp_vlm_gen_params {
     const char *system;          /* NULL: the template's default; "": none */
     int n_predict;               /* most new tokens; < 0: until a stop or a full context. default 256 */
@@ -109,6 +178,8 @@ typedef struct lp_vlm_stats {
     lp_vlm_stop stop;
     int n_ctx;                 /* KV-cache capacity used */
     long peak_rss_kb;          /* getrusage ru_maxrss of the process */
+    int n_regions;             /* regions embedded (lp_vlm_ask_regions) */
+    double region_ms;          /* point sampling + region sampler, all regions (inside encode_ms) */
 } lp_vlm_stats;
 
 /* Called with each new piece of the answer, always whole UTF-8 characters
@@ -123,5 +194,57 @@ typedef int (*lp_vlm_text_fn)(void *user, const char *text, size_t len);
 loupe_status lp_vlm_ask(const lp_vlm *vlm, lp_vlm_ctx *ctx, const lp_image *image, const char *question,
                         const lp_vlm_gen_params *gen, lp_vlm_text_fn on_text, void *user, char **answer,
                         lp_vlm_stats *stats, lp_error *err);
+
+/* ---- regions (see the top of this file) ---- */
+
+#define LP_VLM_REGION_PLACEHOLDER "<region>"
+#define LP_VLM_REGION_SEED 0u /* lp_region_sample_points seed, every region */
+#define LP_VLM_MAX_REGIONS 64
+
+typedef enum lp_vlm_region_kind {
+    LP_VLM_REGION_BOX = 0,
+    LP_VLM_REGION_MASK = 1
+} lp_vlm_region_kind;
+
+typedef struct lp_vlm_region {
+    lp_vlm_region_kind kind;
+    double box[4];        /* BOX: x1, y1, x2, y2, original-image pixel edges */
+    const uint8_t *mask;  /* MASK: mask_w × mask_h bytes, row-major, nonzero = inside */
+    int mask_w, mask_h;   /* must equal the image's w × h */
+} lp_vlm_region;
+
+/* lp_vlm_ask with regions (0..LP_VLM_MAX_REGIONS; 0 is lp_vlm_ask). stats
+ * also gets n_regions and region_ms. */
+loupe_status lp_vlm_ask_regions(const lp_vlm *vlm, lp_vlm_ctx *ctx, const lp_image *image, const char *question,
+                                const lp_vlm_region *regions, int n_regions, const lp_vlm_gen_params *gen,
+                                lp_vlm_text_fn on_text, void *user, char **answer, lp_vlm_stats *stats,
+                                lp_error *err);
+
+/* true when the mmproj has a region sampler (regions can be asked about). */
+bool lp_vlm_has_region_sampler(const lp_vlm *vlm);
+/* The id of the model's "<region_fea>" token, or -1 when it has none usable. */
+int32_t lp_vlm_region_token(const lp_vlm *vlm);
+
+/* Validate a region against a w × h image (LOUPE_ERR_INVALID_ARG with the
+ * reason) and give its box in original pixels after clipping (a mask: its
+ * pixel-edge bounding box) — the box the region text describes. */
+loupe_status lp_vlm_region_box(const lp_vlm_region *region, int img_w, int img_h, double box[4], lp_error *err);
+
+/* The question with the region text placed as described at the top
+ * (*out malloc'd). Validates every region; LOUPE_ERR_INVALID_ARG when the
+ * question has placeholders but not one per region. */
+loupe_status lp_vlm_region_question(const char *question, const lp_vlm_region *regions, int n_regions, int img_w,
+                                    int img_h, char **out, lp_error *err);
+
+/* Where a region lands on the ViT feature map: its box (lp_vlm_region_box)
+ * mapped through this model's preprocessing of `image` into the sampler's
+ * [0, 1] coordinates (u1, v1, u2, v2). For a box these are the bounds its
+ * points are drawn in. Runs the preprocessing (for its geometry). */
+loupe_status lp_vlm_region_feature_box(const lp_vlm *vlm, const lp_image *image, const lp_vlm_region *region,
+                                       float fbox[4], lp_error *err);
+
+/* Set the sampler's dump hook (fusion/region_sampler.h: "out" is a region's
+ * embedding). Not while asks run on the model. No-op without a sampler. */
+void lp_vlm_set_region_dump(lp_vlm *vlm, lp_region_dump_fn fn, void *user);
 
 #endif

@@ -8,7 +8,11 @@
  * that every broken input is refused with the right status and a message
  * naming the file. Broken and edited variants of the fixture (a projector of
  * the wrong width, an EOS-biased head, a chat template in the metadata, ...)
- * are written to a temporary directory with lp_gguf_writer.
+ * are written to a temporary directory with lp_gguf_writer, and so is the
+ * Ferret-style pair for the region tests: the fixture LM with
+ * "<region_fea>" as its last vocabulary entry (what gen_model
+ * --region-sampler writes) and the fixture mmproj plus a random region
+ * sampler (64 points, sub_points [16, 4], neighbors [8, 4], 64 -> 64).
  * Run from the repository root. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +20,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -658,6 +663,510 @@ static void test_corrupt_files(void **state) {
 }
 
 // ----------------------------------------------------------------------------
+// regions (Ferret's referring input): a sampler added to copies of the
+// fixture pair, built here with lp_gguf_writer
+
+#define REG_LM "region-lm.gguf"          /* LM with "<region_fea>" (CONTROL) as its last id */
+#define REG_LM_USER "region-lm-user.gguf" /* the same, USER_DEFINED */
+#define REG_LM_NORMAL "region-lm-normal.gguf" /* the same text, NORMAL: not usable */
+#define REG_MM "region-mmproj.gguf"      /* MMPROJ + a sampler C = 64 -> 64 */
+#define REG_MM_IN "region-mmproj-in32.gguf"   /* sampler input width 32 */
+#define REG_MM_OUT "region-mmproj-out32.gguf" /* sampler output width 32 */
+
+static uint64_t rng_state;
+
+static double rnd_gauss(void) { /* splitmix64 + Box-Muller, one value per call */
+    uint64_t z[2];
+    for (int i = 0; i < 2; i++) {
+        uint64_t x = (rng_state += 0x9E3779B97F4A7C15ull);
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+        z[i] = x ^ (x >> 31);
+    }
+    const double u = ((double)(z[0] >> 11) + 0.5) / 9007199254740992.0, v = (double)(z[1] >> 11) / 9007199254740992.0;
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* Random f32 tensor kept alive in `keep` until the file is written. */
+static void add_rand(lp_gguf_writer *w, float **keep, int *n_keep, const char *name, int n_dims, int64_t ne0,
+                     int64_t ne1, double sd, double mean) {
+    const int64_t n = ne0 * (n_dims > 1 ? ne1 : 1);
+    float *d = malloc((size_t)n * sizeof *d);
+    assert_non_null(d);
+    for (int64_t i = 0; i < n; i++) d[i] = (float)(mean + sd * rnd_gauss());
+    keep[(*n_keep)++] = d;
+    int64_t ne[2] = {ne0, ne1};
+    assert_int_equal(lp_gguf_writer_add_tensor(w, name, LP_TYPE_F32, (uint32_t)n_dims, ne, d), LOUPE_OK);
+}
+
+/* MMPROJ + a random sampler: 64 points, sub_points [16, 4], neighbors
+ * [8, 4], max pooling, input width C, output width out. */
+static void write_region_mmproj(const char *path, int C, int out) {
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(MMPROJ, &err);
+    assert_non_null(g);
+    lp_gguf_writer *w = copy_gguf(g, NULL, 0);
+    const int32_t sub[2] = {16, 4}, nb[2] = {8, 4};
+    assert_int_equal(lp_gguf_writer_set_u32(w, "clip.vision.region.num_points", 64), LOUPE_OK);
+    assert_int_equal(lp_gguf_writer_set_arr(w, "clip.vision.region.sub_points", LP_GGUF_INT32, sub, 2), LOUPE_OK);
+    assert_int_equal(lp_gguf_writer_set_arr(w, "clip.vision.region.neighbors", LP_GGUF_INT32, nb, 2), LOUPE_OK);
+    assert_int_equal(lp_gguf_writer_set_u32(w, "clip.vision.region.input_dim", (uint32_t)C), LOUPE_OK);
+    assert_int_equal(lp_gguf_writer_set_u32(w, "clip.vision.region.output_dim", (uint32_t)out), LOUPE_OK);
+    assert_int_equal(lp_gguf_writer_set_str(w, "clip.vision.region.pooler", "max"), LOUPE_OK);
+    rng_state = 4242;
+    float *keep[32];
+    int nk = 0;
+    const int D = C + 2;
+    char nm[64];
+    for (int s = 0; s < 2; s++) {
+        snprintf(nm, sizeof nm, "mm.region.%d.diff.weight", s);
+        add_rand(w, keep, &nk, nm, 2, D, D, 1.0 / sqrt(D), 0.0);
+        snprintf(nm, sizeof nm, "mm.region.%d.diff.bias", s);
+        add_rand(w, keep, &nk, nm, 1, D, 1, 0.1, 0.0);
+        snprintf(nm, sizeof nm, "mm.region.%d.agg.weight", s);
+        add_rand(w, keep, &nk, nm, 2, 2 * D, C, 1.0 / sqrt(2 * D), 0.0);
+        snprintf(nm, sizeof nm, "mm.region.%d.agg.bias", s);
+        add_rand(w, keep, &nk, nm, 1, C, 1, 0.1, 0.0);
+        snprintf(nm, sizeof nm, "mm.region.%d.norm.weight", s);
+        add_rand(w, keep, &nk, nm, 1, C, 1, 0.1, 1.0);
+        snprintf(nm, sizeof nm, "mm.region.%d.norm.bias", s);
+        add_rand(w, keep, &nk, nm, 1, C, 1, 0.1, 0.0);
+    }
+    add_rand(w, keep, &nk, "mm.region.flatten.weight", 2, 4 * C, C, 1.0 / sqrt(4 * C), 0.0);
+    add_rand(w, keep, &nk, "mm.region.flatten.bias", 1, C, 1, 0.1, 0.0);
+    /* a strong projection: the region row should stand out in the prompt */
+    add_rand(w, keep, &nk, "mm.region.proj.weight", 2, C, out, 4.0 / sqrt(C), 0.0);
+    add_rand(w, keep, &nk, "mm.region.proj.bias", 1, out, 1, 0.1, 0.0);
+    write_gguf(w, path);
+    for (int i = 0; i < nk; i++) free(keep[i]);
+    lp_gguf_close(g);
+}
+
+/* LM whose last vocabulary entry is "<region_fea>" of the given type (as
+ * gen_model --region-sampler writes it). */
+static void write_region_lm(const char *path, int32_t type) {
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(LM, &err);
+    assert_non_null(g);
+    const lp_gguf_value *toks = lp_gguf_get(g, "tokenizer.ggml.tokens");
+    const lp_gguf_value *types = lp_gguf_get(g, "tokenizer.ggml.token_type");
+    assert_non_null(toks);
+    assert_non_null(types);
+    const int n = (int)toks->v.arr.n;
+    const char **strs = malloc((size_t)n * sizeof *strs);
+    int32_t *ty = malloc((size_t)n * sizeof *ty);
+    for (int i = 0; i < n; i++) {
+        strs[i] = toks->v.arr.strs[i].s;
+        int64_t x = 0;
+        assert_true(lp_gguf_arr_int(types, (uint64_t)i, &x));
+        ty[i] = (int32_t)x;
+    }
+    strs[n - 1] = "<region_fea>";
+    ty[n - 1] = type;
+    lp_gguf_writer *w = copy_gguf(g, NULL, 0);
+    assert_int_equal(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", strs, (uint64_t)n), LOUPE_OK);
+    assert_int_equal(lp_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", LP_GGUF_INT32, ty, (uint64_t)n), LOUPE_OK);
+    write_gguf(w, path);
+    free(strs);
+    free(ty);
+    lp_gguf_close(g);
+}
+
+static int region_setup(void **state) {
+    (void)state;
+    write_region_lm(tmp_path(REG_LM), LP_TOKEN_CONTROL);
+    write_region_lm(tmp_path(REG_LM_USER), LP_TOKEN_USER_DEFINED);
+    write_region_lm(tmp_path(REG_LM_NORMAL), LP_TOKEN_NORMAL);
+    write_region_mmproj(tmp_path(REG_MM), 64, 64);
+    write_region_mmproj(tmp_path(REG_MM_IN), 32, 64);
+    write_region_mmproj(tmp_path(REG_MM_OUT), 64, 32);
+    return 0;
+}
+
+/* Collects the sampler's "out" dumps (one per region). */
+typedef struct region_dumps {
+    float out[4][64];
+    int n;
+} region_dumps;
+
+static void on_region_dump(void *user, const char *name, lp_type type, const void *data, int64_t n) {
+    region_dumps *d = user;
+    if (strcmp(name, "out") != 0) return;
+    assert_int_equal(type, LP_TYPE_F32);
+    assert_int_equal(n, 64);
+    assert_true(d->n < 4);
+    memcpy(d->out[d->n++], data, sizeof d->out[0]);
+}
+
+/* Collects the decoder's "embd_in" rows (prefill, then each decoded token)
+ * and the first "logits" row (the prefill's). */
+typedef struct llama_dumps {
+    float *embd;
+    int64_t n;
+    float logits[512];
+    bool have_logits;
+} llama_dumps;
+
+static void on_llama_dump(void *user, const char *name, const float *data, int64_t n) {
+    llama_dumps *d = user;
+    if (!strcmp(name, "embd_in")) {
+        d->embd = realloc(d->embd, (size_t)(d->n + n) * sizeof *d->embd);
+        assert_non_null(d->embd);
+        memcpy(d->embd + d->n, data, (size_t)n * sizeof *data);
+        d->n += n;
+    } else if (!strcmp(name, "logits") && !d->have_logits) {
+        assert_true(n >= 512);
+        memcpy(d->logits, data + (n - 512), sizeof d->logits); /* the last row */
+        d->have_logits = true;
+    }
+}
+
+static void llama_dumps_reset(llama_dumps *d) {
+    free(d->embd);
+    memset(d, 0, sizeof *d);
+}
+
+/* Prefill rows (of n_pos) equal to emb (64 floats); *at: the last one. */
+static int rows_equal(const llama_dumps *d, int n_pos, const float *emb, int *at) {
+    int k = 0;
+    assert_true(d->n >= (int64_t)n_pos * 64);
+    for (int i = 0; i < n_pos; i++)
+        if (memcmp(d->embd + (size_t)i * 64, emb, 64 * sizeof *emb) == 0) {
+            k++;
+            if (at) *at = i;
+        }
+    return k;
+}
+
+static char *ask_regions_ok(fixture *f, const char *q, const lp_vlm_region *r, int n, int n_predict,
+                            lp_vlm_stats *stats) {
+    lp_error err = {0};
+    char *answer = NULL;
+    lp_vlm_gen_params g = greedy(n_predict);
+    loupe_status st = lp_vlm_ask_regions(f->vlm, f->ctx, &f->img, q, r, n, &g, NULL, NULL, &answer, stats, &err);
+    if (st) fail_msg("lp_vlm_ask_regions: %s", err.msg);
+    assert_non_null(answer);
+    return answer;
+}
+
+static double max_abs_diff(const float *a, const float *b, int n) {
+    double m = 0;
+    for (int i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+
+static void test_region_load(void **state) {
+    (void)state;
+    lp_error err = {0};
+    /* A plain pair: no sampler, no token. */
+    lp_vlm *v = lp_vlm_load(LM, MMPROJ, NULL, &err);
+    assert_non_null(v);
+    assert_false(lp_vlm_has_region_sampler(v));
+    assert_int_equal(lp_vlm_region_token(v), -1);
+    lp_vlm_free(v);
+    /* CONTROL and USER_DEFINED tokens are usable; a NORMAL one is text. */
+    v = lp_vlm_load(tmp_path(REG_LM), tmp_path(REG_MM), NULL, &err);
+    if (!v) fail_msg("%s", err.msg);
+    assert_true(lp_vlm_has_region_sampler(v));
+    assert_int_equal(lp_vlm_region_token(v), 511);
+    lp_vlm_free(v);
+    v = lp_vlm_load(tmp_path(REG_LM_USER), tmp_path(REG_MM), NULL, &err);
+    assert_non_null(v);
+    assert_int_equal(lp_vlm_region_token(v), 511);
+    lp_vlm_free(v);
+    v = lp_vlm_load(tmp_path(REG_LM_NORMAL), tmp_path(REG_MM), NULL, &err);
+    assert_non_null(v);
+    assert_int_equal(lp_vlm_region_token(v), -1);
+    lp_vlm_free(v);
+
+    /* Widths: sampler input vs CLIP features, output vs the LM. */
+    assert_null(lp_vlm_load(tmp_path(REG_LM), tmp_path(REG_MM_IN), NULL, &err));
+    assert_int_equal(err.status, LOUPE_ERR_MISMATCH);
+    assert_non_null(strstr(err.msg, tmp_path(REG_MM_IN)));
+    assert_non_null(strstr(err.msg, "input width 32"));
+    assert_non_null(strstr(err.msg, "feature width 64"));
+    assert_null(lp_vlm_load(tmp_path(REG_LM), tmp_path(REG_MM_OUT), NULL, &err));
+    assert_int_equal(err.status, LOUPE_ERR_MISMATCH);
+    assert_non_null(strstr(err.msg, tmp_path(REG_MM_OUT)));
+    assert_non_null(strstr(err.msg, "output width 32"));
+    assert_non_null(strstr(err.msg, "embedding width 64"));
+    assert_non_null(strstr(err.msg, tmp_path(REG_LM)));
+}
+
+static void test_region_question(void **state) {
+    (void)state;
+    lp_error err = {0};
+    char *q = NULL;
+    lp_vlm_region r[2] = {{.kind = LP_VLM_REGION_BOX, .box = {0, 0, 150, 100}},
+                          {.kind = LP_VLM_REGION_BOX, .box = {-20, 50, 400, 99.5}}}; /* clipped */
+    /* No placeholder: appended. */
+    assert_int_equal(lp_vlm_region_question("What is this?", r, 1, 300, 100, &q, &err), LOUPE_OK);
+    assert_string_equal(q, "What is this? [0, 0, 500, 999] <region_fea>");
+    free(q);
+    assert_int_equal(lp_vlm_region_question("Compare", r, 2, 300, 100, &q, &err), LOUPE_OK);
+    assert_string_equal(q, "Compare [0, 0, 500, 999] <region_fea> [0, 500, 999, 995] <region_fea>");
+    free(q);
+    /* Placeholders: replaced in order. */
+    assert_int_equal(lp_vlm_region_question("Is <region> left of <region>?", r, 2, 300, 100, &q, &err), LOUPE_OK);
+    assert_string_equal(q, "Is [0, 0, 500, 999] <region_fea> left of [0, 500, 999, 995] <region_fea>?");
+    free(q);
+    /* No regions: the question as it is, placeholders included. */
+    assert_int_equal(lp_vlm_region_question("What is <region>?", NULL, 0, 300, 100, &q, &err), LOUPE_OK);
+    assert_string_equal(q, "What is <region>?");
+    free(q);
+    /* Placeholder count mismatch. */
+    assert_int_equal(lp_vlm_region_question("<region> and <region>", r, 1, 300, 100, &q, &err), LOUPE_ERR_INVALID_ARG);
+    assert_null(q);
+    assert_non_null(strstr(err.msg, "2 <region> placeholders but 1 regions"));
+    /* A mask's text is its pixel-edge bounding box. */
+    uint8_t *m = calloc(300 * 100, 1);
+    for (int y = 20; y < 40; y++)
+        for (int x = 30; x < 60; x++) m[y * 300 + x] = 255;
+    lp_vlm_region mr = {.kind = LP_VLM_REGION_MASK, .mask = m, .mask_w = 300, .mask_h = 100};
+    double box[4];
+    assert_int_equal(lp_vlm_region_box(&mr, 300, 100, box, &err), LOUPE_OK);
+    assert_true(box[0] == 30 && box[1] == 20 && box[2] == 60 && box[3] == 40);
+    assert_int_equal(lp_vlm_region_question("What is <region>?", &mr, 1, 300, 100, &q, &err), LOUPE_OK);
+    assert_string_equal(q, "What is [100, 200, 200, 400] <region_fea>?");
+    free(q);
+    free(m);
+}
+
+/* The box -> feature-map mapping on an asymmetric 300x100 image (S = 32,
+ * P = 8: the feature map covers the 32x32 input). */
+static void test_region_geometry(void **state) {
+    (void)state;
+    lp_error err = {0};
+    lp_image wide = {0};
+    assert_int_equal(lp_image_alloc(&wide, 300, 100, &err), LOUPE_OK);
+    for (size_t i = 0; i < (size_t)300 * 100 * 3; i++) wide.rgb[i] = (uint8_t)(i * 7);
+    const lp_vlm_region left = {.kind = LP_VLM_REGION_BOX, .box = {0, 0, 150, 100}};
+    uint8_t *m = calloc(300 * 100, 1);
+    for (int y = 0; y < 100; y++)
+        for (int x = 0; x < 150; x++) m[y * 300 + x] = 1;
+    const lp_vlm_region left_mask = {.kind = LP_VLM_REGION_MASK, .mask = m, .mask_w = 300, .mask_h = 100};
+    static const struct {
+        lp_prep_mode prep;
+        bool llamacpp;
+        float want[4];
+    } cases[] = {
+        /* pad: the image sits at rows 100..200 of the 300x300 square */
+        {LP_PREP_PAD_PIL, false, {0.0f, 1.0f / 3.0f, 0.5f, 2.0f / 3.0f}},
+        /* squeeze (Ferret): relative to the image itself */
+        {LP_PREP_SQUASH_PIL, false, {0.0f, 0.0f, 0.5f, 1.0f}},
+        /* llama.cpp: resized to 32x11 (ceil), pasted at row (32-11)/2 = 10 */
+        {LP_PREP_LLAMACPP, true, {0.0f, 10.0f / 32.0f, 0.5f, 21.0f / 32.0f}},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        lp_vlm_params vp = lp_vlm_default_params();
+        vp.prep = cases[k].prep;
+        vp.llamacpp = cases[k].llamacpp;
+        fixture f;
+        open_fixture(&f, tmp_path(REG_LM), tmp_path(REG_MM), &vp, 0);
+        float fb[4];
+        assert_int_equal(lp_vlm_region_feature_box(f.vlm, &wide, &left, fb, &err), LOUPE_OK);
+        for (int i = 0; i < 4; i++) assert_float_equal(fb[i], cases[k].want[i], 1e-6);
+        assert_int_equal(lp_vlm_region_feature_box(f.vlm, &wide, &left_mask, fb, &err), LOUPE_OK);
+        for (int i = 0; i < 4; i++) assert_float_equal(fb[i], cases[k].want[i], 1e-6);
+        /* Clipped: a box sticking out of the image maps like its inside part. */
+        const lp_vlm_region big = {.kind = LP_VLM_REGION_BOX, .box = {-50, -10, 150, 140}};
+        assert_int_equal(lp_vlm_region_feature_box(f.vlm, &wide, &big, fb, &err), LOUPE_OK);
+        for (int i = 0; i < 4; i++) assert_float_equal(fb[i], cases[k].want[i], 1e-6);
+        /* The whole ask runs on the wide image in this mode, box and mask. */
+        lp_image_free(&f.img);
+        assert_int_equal(lp_image_from_rgb(wide.rgb, 300, 100, 300 * 3, &f.img, &err), LOUPE_OK);
+        lp_vlm_stats s;
+        free(ask_regions_ok(&f, "What is <region>?", &left, 1, 4, &s));
+        assert_int_equal(s.n_regions, 1);
+        free(ask_regions_ok(&f, "What is <region>?", &left_mask, 1, 4, &s));
+        close_fixture(&f);
+    }
+    free(m);
+    lp_image_free(&wide);
+}
+
+static void test_region_ask(void **state) {
+    (void)state;
+    fixture f;
+    open_fixture(&f, tmp_path(REG_LM), tmp_path(REG_MM), NULL, 0);
+    region_dumps d = {0};
+    lp_vlm_set_region_dump(f.vlm, on_region_dump, &d);
+    const lp_vlm_region a = {.kind = LP_VLM_REGION_BOX, .box = {0, 0, 16, 16}};
+    const lp_vlm_region b = {.kind = LP_VLM_REGION_BOX, .box = {16, 16, 32, 32}};
+    lp_vlm_stats s1, s2, s0;
+    char *plain = ask_ok(&f, QUESTION, NULL, &s0);
+    assert_int_equal(s0.n_regions, 0);
+    assert_int_equal(d.n, 0);
+
+    /* Deterministic: the same region twice gives the same embedding and answer. */
+    char *a1 = ask_regions_ok(&f, "What is <region>?", &a, 1, 16, &s1);
+    char *a2 = ask_regions_ok(&f, "What is <region>?", &a, 1, 16, &s2);
+    assert_string_equal(a1, a2);
+    assert_int_equal(d.n, 2);
+    assert_memory_equal(d.out[0], d.out[1], sizeof d.out[0]);
+    assert_int_equal(s1.n_regions, 1);
+    assert_true(s1.region_ms >= 0 && s1.region_ms <= s1.encode_ms);
+    assert_int_equal(s1.prefill_tokens, s2.prefill_tokens);
+    /* A different region: a different embedding. */
+    char *b1 = ask_regions_ok(&f, "What is <region>?", &b, 1, 16, NULL);
+    assert_int_equal(d.n, 3);
+    assert_true(max_abs_diff(d.out[0], d.out[2], 64) > 1e-3);
+
+    /* Two masks with the same bounding box (so the same text) but other
+     * pixels: only the spliced embedding differs, and so does the answer. */
+    uint8_t full[32 * 32] = {0}, ring[32 * 32] = {0};
+    for (int y = 4; y < 28; y++)
+        for (int x = 4; x < 28; x++) {
+            full[y * 32 + x] = 1;
+            ring[y * 32 + x] = (x < 6 || x >= 26 || y < 6 || y >= 26) ? 255 : 0;
+        }
+    const lp_vlm_region mf = {.kind = LP_VLM_REGION_MASK, .mask = full, .mask_w = 32, .mask_h = 32};
+    const lp_vlm_region mr = {.kind = LP_VLM_REGION_MASK, .mask = ring, .mask_w = 32, .mask_h = 32};
+    d.n = 0;
+    llama_dumps L1 = {0}, L2 = {0}, L0 = {0};
+    lp_vlm_ctx_set_dump(f.ctx, on_llama_dump, &L1);
+    char *m1 = ask_regions_ok(&f, QUESTION, &mf, 1, 16, &s1);
+    lp_vlm_ctx_set_dump(f.ctx, on_llama_dump, &L2);
+    char *m2 = ask_regions_ok(&f, QUESTION, &mr, 1, 16, &s2);
+    lp_vlm_ctx_set_dump(f.ctx, NULL, NULL);
+    char *m3 = ask_regions_ok(&f, QUESTION, &mf, 1, 16, NULL);
+    assert_int_equal(d.n, 3);
+    assert_int_equal(s1.n_text_tokens, s2.n_text_tokens);
+    assert_true(max_abs_diff(d.out[0], d.out[1], 64) > 1e-3);
+    assert_memory_equal(d.out[0], d.out[2], sizeof d.out[0]);
+    assert_string_equal(m1, m3);
+    /* The embedding is spliced: exactly one prefill row is the sampler's
+     * output, at the same place in both, after the image rows and before
+     * " ASSISTANT:". */
+    int at1 = -1, at2 = -2;
+    assert_int_equal(rows_equal(&L1, s1.prefill_tokens, d.out[0], &at1), 1);
+    assert_int_equal(rows_equal(&L2, s2.prefill_tokens, d.out[1], &at2), 1);
+    assert_int_equal(at1, at2);
+    assert_true(at1 > s1.n_image_tokens && at1 < s1.prefill_tokens - 3);
+    /* Every other row is the same in both asks; the logits differ. */
+    assert_int_equal(s1.prefill_tokens, s2.prefill_tokens);
+    for (int i = 0; i < s1.prefill_tokens; i++)
+        if (i != at1)
+            assert_memory_equal(L1.embd + (size_t)i * 64, L2.embd + (size_t)i * 64, 64 * sizeof(float));
+    assert_true(L1.have_logits && L2.have_logits);
+    assert_true(max_abs_diff(L1.logits, L2.logits, 512) > 1e-4);
+    /* The plain question has no such row. */
+    lp_vlm_ctx_set_dump(f.ctx, on_llama_dump, &L0);
+    free(ask_ok(&f, QUESTION, NULL, &s0));
+    lp_vlm_ctx_set_dump(f.ctx, NULL, NULL);
+    assert_int_equal(rows_equal(&L0, s0.prefill_tokens, d.out[0], NULL), 0);
+    llama_dumps_reset(&L0);
+    llama_dumps_reset(&L1);
+    llama_dumps_reset(&L2);
+    /* One more text token than the plain question: " [..] <region_fea>" is
+     * several; at least the marker. */
+    assert_true(s1.n_text_tokens > s0.n_text_tokens);
+
+    /* Two regions in one question: two embeddings, in order. */
+    d.n = 0;
+    const lp_vlm_region two[2] = {b, a};
+    free(ask_regions_ok(&f, "Is <region> like <region>?", two, 2, 4, &s1));
+    assert_int_equal(s1.n_regions, 2);
+    assert_int_equal(d.n, 2);
+
+    /* The same ask through a shared model on another context (threads
+     * share the sampler): same answer. */
+    lp_vlm_set_region_dump(f.vlm, NULL, NULL);
+    lp_error err = {0};
+    lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
+    cp.n_threads = 2;
+    lp_vlm_ctx *c2 = lp_vlm_ctx_new(f.vlm, &cp, &err);
+    assert_non_null(c2);
+    char *ans = NULL;
+    lp_vlm_gen_params g = greedy(16);
+    assert_int_equal(lp_vlm_ask_regions(f.vlm, c2, &f.img, "What is <region>?", &a, 1, &g, NULL, NULL, &ans, NULL, &err),
+                     LOUPE_OK);
+    assert_string_equal(ans, a1);
+    free(ans);
+    lp_vlm_ctx_free(c2);
+
+    free(plain);
+    free(a1);
+    free(a2);
+    free(b1);
+    free(m1);
+    free(m2);
+    free(m3);
+    close_fixture(&f);
+}
+
+static void expect_region_error(fixture *f, const char *q, const lp_vlm_region *r, int n, loupe_status want,
+                                const char *msg1, const char *msg2) {
+    lp_error err = {0};
+    char *answer = (char *)1;
+    lp_vlm_gen_params g = greedy(4);
+    lp_vlm_stats s;
+    assert_int_equal(lp_vlm_ask_regions(f->vlm, f->ctx, &f->img, q, r, n, &g, NULL, NULL, &answer, &s, &err), want);
+    assert_null(answer);
+    assert_int_equal(err.status, want);
+    if (msg1 && !strstr(err.msg, msg1)) fail_msg("'%s' not in '%s'", msg1, err.msg);
+    if (msg2 && !strstr(err.msg, msg2)) fail_msg("'%s' not in '%s'", msg2, err.msg);
+}
+
+static void test_region_errors(void **state) {
+    (void)state;
+    const lp_vlm_region box = {.kind = LP_VLM_REGION_BOX, .box = {2, 2, 20, 20}};
+    fixture f;
+    /* No sampler in the mmproj. */
+    open_fixture(&f, tmp_path(REG_LM), MMPROJ, NULL, 0);
+    expect_region_error(&f, "What is <region>?", &box, 1, LOUPE_ERR_UNSUPPORTED, MMPROJ, "no region sampler");
+    free(ask_ok(&f, QUESTION, NULL, NULL)); /* plain questions still work */
+    close_fixture(&f);
+    /* No <region_fea> token in the model (and one that is a NORMAL token). */
+    open_fixture(&f, LM, tmp_path(REG_MM), NULL, 0);
+    expect_region_error(&f, "What is <region>?", &box, 1, LOUPE_ERR_UNSUPPORTED, "model has no <region_fea> token", LM);
+    free(ask_ok(&f, QUESTION, NULL, NULL));
+    close_fixture(&f);
+    open_fixture(&f, tmp_path(REG_LM_NORMAL), tmp_path(REG_MM), NULL, 0);
+    expect_region_error(&f, "What is <region>?", &box, 1, LOUPE_ERR_UNSUPPORTED, "model has no <region_fea> token",
+                        tmp_path(REG_LM_NORMAL));
+    close_fixture(&f);
+
+    open_fixture(&f, tmp_path(REG_LM), tmp_path(REG_MM), NULL, 0);
+    /* Boxes: outside the 32x32 image, inverted, empty, not finite. */
+    lp_vlm_region r = {.kind = LP_VLM_REGION_BOX, .box = {40, 0, 60, 10}};
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "region 1", "lies outside the 32x32 image");
+    r = (lp_vlm_region){.kind = LP_VLM_REGION_BOX, .box = {-10, -10, 0, 5}}; /* touches the edge only */
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "lies outside", NULL);
+    r = (lp_vlm_region){.kind = LP_VLM_REGION_BOX, .box = {10, 0, 5, 10}};
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "x1 < x2", NULL);
+    r = (lp_vlm_region){.kind = LP_VLM_REGION_BOX, .box = {5, 5, 5, 10}};
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "x1 < x2", NULL);
+    r = (lp_vlm_region){.kind = LP_VLM_REGION_BOX, .box = {0, NAN, 5, 10}};
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "not finite", NULL);
+    /* The second of two regions is bad: named. */
+    const lp_vlm_region pair[2] = {box, {.kind = LP_VLM_REGION_BOX, .box = {0, 33, 5, 40}}};
+    expect_region_error(&f, QUESTION, pair, 2, LOUPE_ERR_INVALID_ARG, "region 2", "outside");
+    /* Masks: size mismatch, empty, missing. */
+    uint8_t m[32 * 32] = {0};
+    r = (lp_vlm_region){.kind = LP_VLM_REGION_MASK, .mask = m, .mask_w = 16, .mask_h = 64};
+    m[5] = 1;
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "mask is 16x64 but the image is 32x32", NULL);
+    m[5] = 0;
+    r = (lp_vlm_region){.kind = LP_VLM_REGION_MASK, .mask = m, .mask_w = 32, .mask_h = 32};
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "empty", NULL);
+    r.mask = NULL;
+    expect_region_error(&f, QUESTION, &r, 1, LOUPE_ERR_INVALID_ARG, "no data", NULL);
+    /* Placeholders that do not match the regions. */
+    expect_region_error(&f, "<region> or <region>?", &box, 1, LOUPE_ERR_INVALID_ARG, "placeholders", NULL);
+    /* A literal <region_fea> in the question would get no embedding. */
+    expect_region_error(&f, "What is <region_fea>?", NULL, 0, LOUPE_ERR_INVALID_ARG, "1 <region_fea> tokens but 0",
+                        NULL);
+    expect_region_error(&f, "What is <region_fea>?", &box, 1, LOUPE_ERR_INVALID_ARG, "2 <region_fea> tokens but 1",
+                        NULL);
+    /* A single-pixel mask works (all points coincide). */
+    m[3 * 32 + 7] = 1;
+    r.mask = m;
+    free(ask_regions_ok(&f, QUESTION, &r, 1, 2, NULL));
+    close_fixture(&f);
+}
+
+// ----------------------------------------------------------------------------
 // one model, several threads
 
 typedef struct worker {
@@ -718,14 +1227,16 @@ static void test_shared_model(void **state) {
 static int setup(void **state) {
     (void)state;
     snprintf(tmpdir, sizeof tmpdir, "/tmp/loupe-test-vlm-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    if (!mkdtemp(tmpdir)) return -1;
+    return region_setup(state);
 }
 
 static int teardown(void **state) {
     (void)state;
     static const char *files[] = {"eos.gguf",        "stop.gguf",         "chatml.gguf",       "gemma.gguf",
                                   "mmproj-32.gguf",  "truncated.png",     "mmproj-cut.gguf",   "mmproj-head.gguf",
-                                  "mmproj-magic.gguf", "lm-cut.gguf"};
+                                  "mmproj-magic.gguf", "lm-cut.gguf",      REG_LM,              REG_LM_USER,
+                                  REG_LM_NORMAL,     REG_MM,              REG_MM_IN,           REG_MM_OUT};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(tmp_path(files[i]));
     return rmdir(tmpdir);
 }
@@ -738,7 +1249,9 @@ int main(void) {
         cmocka_unit_test(test_stop_string),       cmocka_unit_test(test_template_metadata),
         cmocka_unit_test(test_prompt_too_long),   cmocka_unit_test(test_mismatch),
         cmocka_unit_test(test_bad_image),         cmocka_unit_test(test_corrupt_files),
-        cmocka_unit_test(test_shared_model),
+        cmocka_unit_test(test_shared_model),      cmocka_unit_test(test_region_load),
+        cmocka_unit_test(test_region_question),   cmocka_unit_test(test_region_geometry),
+        cmocka_unit_test(test_region_ask),        cmocka_unit_test(test_region_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

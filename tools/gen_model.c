@@ -2,12 +2,30 @@
  * GGUF conventions, for parity tests and benchmarks.
  *
  *   gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K
- *             --seed S --out PREFIX
+ *             --seed S --out PREFIX [--region-sampler]
  *
  * writes PREFIX.gguf (general.architecture "llama", with a synthetic
  * SentencePiece vocabulary) and PREFIX-mmproj.gguf (clip.projector_type
  * "mlp", as tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py writes
  * for LLaVA-1.5).
+ *
+ * --region-sampler makes a Ferret-style pair: the mmproj also gets a random
+ * spatial-aware region sampler, with the tensor and key names of
+ * fusion/region_sampler.h (= tools/reference/region_sampler.py's
+ * export_gguf): clip.vision.region.{num_points, sub_points, neighbors,
+ * input_dim, output_dim, pooler "max", layer_norm_epsilon 1e-5,
+ * ferret_transpose false} written after the CLIP keys, and
+ * mm.region.{s}.{diff,agg,norm}.{weight,bias}, mm.region.{flatten,proj}.
+ * {weight,bias} written after the CLIP tensors, from the same random stream
+ * continued (so every CLIP tensor is unchanged). C = the ViT width (the
+ * feature width without clip.vision.feature_layer), out_dim = the LM's
+ * n_embd. Geometry: tiny 128 points, sub_points [32, 8], neighbors [8, 8];
+ * llava-7b Ferret's 512, [128, 32], [24, 24]. Matrices in --type (with the
+ * row-length fallback below), norms and biases f32. The vocabulary's last
+ * entry becomes "<region_fea>" (CONTROL, as Ferret's added special token
+ * converts), so the vocabulary size and every weight of the LM stay the
+ * same. Without the option both files are byte-identical to before it
+ * existed.
  *
  * Conventions reproduced from llama.cpp (see tests/fixtures/README.md):
  *   - mmproj: the CLIP ViT is generated with n_vit_gen layers and, like the
@@ -252,11 +270,15 @@ static void vocab_add(vocab *v, const char *s, float score, int32_t type) {
     v->n++;
 }
 
-static void make_vocab(vocab *v, int n_vocab) {
+#define REGION_TOKEN "<region_fea>"
+
+/* region: the last id is "<region_fea>" (CONTROL) instead of a syllable. */
+static void make_vocab(vocab *v, int n_vocab, int region) {
     v->tok = calloc((size_t)n_vocab, sizeof *v->tok);
     v->score = calloc((size_t)n_vocab, sizeof *v->score);
     v->type = calloc((size_t)n_vocab, sizeof *v->type);
     v->n = 0;
+    const int n_fill = region ? n_vocab - 1 : n_vocab;
     vocab_add(v, "<unk>", 0.0f, 2); /* UNKNOWN */
     vocab_add(v, "<s>", 0.0f, 3);   /* CONTROL */
     vocab_add(v, "</s>", 0.0f, 3);
@@ -266,22 +288,22 @@ static void make_vocab(vocab *v, int n_vocab) {
         vocab_add(v, s, 0.0f, 6); /* BYTE */
     }
     int k = 0;
-    for (size_t i = 0; i < sizeof WORDS / sizeof WORDS[0] && v->n < n_vocab; i++)
+    for (size_t i = 0; i < sizeof WORDS / sizeof WORDS[0] && v->n < n_fill; i++)
         vocab_add(v, WORDS[i], -(float)(k++), 1);
     /* single characters, bare and with the ▁ prefix */
-    for (int c = 'a'; c <= 'z' && v->n < n_vocab; c++) {
+    for (int c = 'a'; c <= 'z' && v->n < n_fill; c++) {
         char s[8];
         snprintf(s, sizeof s, "%c", c);
         vocab_add(v, s, -(float)(k++), 1);
         snprintf(s, sizeof s, SP "%c", c);
-        if (v->n < n_vocab) vocab_add(v, s, -(float)(k++), 1);
+        if (v->n < n_fill) vocab_add(v, s, -(float)(k++), 1);
     }
-    for (int c = 'A'; c <= 'Z' && v->n < n_vocab; c++) {
+    for (int c = 'A'; c <= 'Z' && v->n < n_fill; c++) {
         char s[8];
         snprintf(s, sizeof s, "%c", c);
         vocab_add(v, s, -(float)(k++), 1);
     }
-    for (int c = '0'; c <= '9' && v->n < n_vocab; c++) {
+    for (int c = '0'; c <= '9' && v->n < n_fill; c++) {
         char s[8];
         snprintf(s, sizeof s, "%c", c);
         vocab_add(v, s, -(float)(k++), 1);
@@ -289,7 +311,7 @@ static void make_vocab(vocab *v, int n_vocab) {
     /* syllables: a mixed-radix spelling of a counter (consonant, vowel, ...),
      * with and without the ▁ prefix; distinct counters give distinct pieces */
     static const char *C = "bcdfghjklmnprstvwz", *V = "aeiou";
-    for (uint64_t ctr = 0; v->n < n_vocab; ctr++) {
+    for (uint64_t ctr = 0; v->n < n_fill; ctr++) {
         char s[64];
         int len = (ctr & 1) ? snprintf(s, sizeof s, SP) : 0;
         uint64_t q = ctr >> 1;
@@ -304,6 +326,7 @@ static void make_vocab(vocab *v, int n_vocab) {
         vocab_add(v, s, -(float)k, 1);
         if (v->n > before) k++;
     }
+    if (region) vocab_add(v, REGION_TOKEN, 0.0f, 3); /* CONTROL */
 }
 
 static void free_vocab(vocab *v) {
@@ -315,7 +338,7 @@ static void free_vocab(vocab *v) {
 
 /* ---------------------------------------------------------------- models */
 
-static void gen_llm(const shape *sh, lp_type t, const char *path, const char *name) {
+static void gen_llm(const shape *sh, lp_type t, const char *path, const char *name, int region) {
     gen g = {lp_gguf_writer_new(), {0}, path};
     lp_gguf_writer *w = g.w;
     check(lp_gguf_writer_set_str(w, "general.architecture", "llama"), "kv");
@@ -334,7 +357,7 @@ static void gen_llm(const shape *sh, lp_type t, const char *path, const char *na
     check(lp_gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f), "kv");
 
     vocab v;
-    make_vocab(&v, sh->n_vocab);
+    make_vocab(&v, sh->n_vocab, region);
     check(lp_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama"), "kv");
     check(lp_gguf_writer_set_str(w, "tokenizer.ggml.pre", "default"), "kv");
     check(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tok, (uint64_t)v.n), "kv");
@@ -380,7 +403,55 @@ static void gen_llm(const shape *sh, lp_type t, const char *path, const char *na
     write_file(&g, path);
 }
 
-static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char *name) {
+/* Region-sampler geometry per shape (see the top of the file). */
+typedef struct region_geom {
+    int num_points, n_stages, sub[2], nb[2];
+} region_geom;
+
+static region_geom region_geom_of(const shape *sh) {
+    if (!strcmp(sh->name, "tiny")) return (region_geom){128, 2, {32, 8}, {8, 8}};
+    return (region_geom){512, 2, {128, 32}, {24, 24}}; /* Ferret */
+}
+
+static void region_keys(gen *g, const shape *sh) {
+    const region_geom rg = region_geom_of(sh);
+    lp_gguf_writer *w = g->w;
+    check(lp_gguf_writer_set_u32(w, "clip.vision.region.num_points", (uint32_t)rg.num_points), "kv");
+    check(lp_gguf_writer_set_arr(w, "clip.vision.region.sub_points", LP_GGUF_INT32, rg.sub, (uint64_t)rg.n_stages),
+          "kv");
+    check(lp_gguf_writer_set_arr(w, "clip.vision.region.neighbors", LP_GGUF_INT32, rg.nb, (uint64_t)rg.n_stages), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.region.input_dim", (uint32_t)sh->v_embd), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.region.output_dim", (uint32_t)sh->n_embd), "kv");
+    check(lp_gguf_writer_set_str(w, "clip.vision.region.pooler", "max"), "kv");
+    check(lp_gguf_writer_set_f32(w, "clip.vision.region.layer_norm_epsilon", 1e-5f), "kv");
+    check(lp_gguf_writer_set_bool(w, "clip.vision.region.ferret_transpose", false), "kv");
+}
+
+static void region_tensors(gen *g, const shape *sh, lp_type t) {
+    const region_geom rg = region_geom_of(sh);
+    const int64_t C = sh->v_embd, D = C + 2;
+    char nm[96];
+    for (int s = 0; s < rg.n_stages; s++) {
+        snprintf(nm, sizeof nm, "mm.region.%d.diff.weight", s);
+        add_mat(g, nm, t, D, D, 1.0);
+        snprintf(nm, sizeof nm, "mm.region.%d.diff.bias", s);
+        add_vec(g, nm, D, INIT_BIAS);
+        snprintf(nm, sizeof nm, "mm.region.%d.agg.weight", s);
+        add_mat(g, nm, t, 2 * D, C, 1.0);
+        snprintf(nm, sizeof nm, "mm.region.%d.agg.bias", s);
+        add_vec(g, nm, C, INIT_BIAS);
+        snprintf(nm, sizeof nm, "mm.region.%d.norm.weight", s);
+        add_vec(g, nm, C, INIT_NORM);
+        snprintf(nm, sizeof nm, "mm.region.%d.norm.bias", s);
+        add_vec(g, nm, C, INIT_BIAS);
+    }
+    add_mat(g, "mm.region.flatten.weight", t, (int64_t)rg.sub[rg.n_stages - 1] * C, C, 1.0);
+    add_vec(g, "mm.region.flatten.bias", C, INIT_BIAS);
+    add_mat(g, "mm.region.proj.weight", t, C, sh->n_embd, 1.0);
+    add_vec(g, "mm.region.proj.bias", sh->n_embd, INIT_BIAS);
+}
+
+static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char *name, int region) {
     gen g = {lp_gguf_writer_new(), {0}, path};
     lp_gguf_writer *w = g.w;
     const int64_t D = sh->v_embd, F = sh->v_ff, P = sh->patch_size, S = sh->image_size;
@@ -408,6 +479,7 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
     check(lp_gguf_writer_set_arr(w, "clip.vision.image_mean", LP_GGUF_FLOAT32, mean, 3), "kv");
     check(lp_gguf_writer_set_arr(w, "clip.vision.image_std", LP_GGUF_FLOAT32, stdv, 3), "kv");
     check(lp_gguf_writer_set_bool(w, "clip.use_gelu", false), "kv");
+    if (region) region_keys(&g, sh);
 
     /* projector first, as the converter writes it */
     add_mat(&g, "mm.0.weight", t, D, E, 1.0);
@@ -460,6 +532,7 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
         snprintf(nm, sizeof nm, "v.blk.%d.ln2.bias", l);
         add_vec(&g, nm, D, INIT_BIAS);
     }
+    if (region) region_tensors(&g, sh, t);
     write_file(&g, path);
 }
 
@@ -467,18 +540,25 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
 
 static void usage(void) {
     fprintf(stderr, "usage: gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K "
-                    "--seed S --out PREFIX\n"
-                    "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n");
+                    "--seed S --out PREFIX [--region-sampler]\n"
+                    "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n"
+                    "--region-sampler: also a random Ferret region sampler (mm.region.*) in the mmproj and a\n"
+                    "<region_fea> token (the vocabulary's last id) in the model\n");
 }
 
 int main(int argc, char **argv) {
     const char *family = "llava", *shape_name = "tiny", *type_name = "f32", *out = NULL;
     unsigned long long seed = 1;
+    int region = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
+        }
+        if (!strcmp(a, "--region-sampler")) {
+            region = 1;
+            continue;
         }
         if (i + 1 >= argc) {
             usage();
@@ -519,12 +599,14 @@ int main(int argc, char **argv) {
     /* two independent streams so either file can be regenerated alone */
     g_rng = (uint64_t)seed * 0x100000001B3ull + 1;
     g_have_spare = 0;
-    snprintf(name, sizeof name, "loupe-random-llava-%s-%s-seed%llu", sh->name, lp_type_name(t), seed);
-    gen_llm(sh, t, p_llm, name);
+    snprintf(name, sizeof name, "loupe-random-llava-%s-%s-seed%llu%s", sh->name, lp_type_name(t), seed,
+             region ? "-region" : "");
+    gen_llm(sh, t, p_llm, name, region);
     g_rng = (uint64_t)seed * 0x100000001B3ull + 2;
     g_have_spare = 0;
-    snprintf(name, sizeof name, "loupe-random-llava-%s-mmproj-%s-seed%llu", sh->name, lp_type_name(t), seed);
-    gen_mmproj(sh, t, p_mm, name);
+    snprintf(name, sizeof name, "loupe-random-llava-%s-mmproj-%s-seed%llu%s", sh->name, lp_type_name(t), seed,
+             region ? "-region" : "");
+    gen_mmproj(sh, t, p_mm, name, region);
     free(p_llm);
     free(p_mm);
     return 0;
