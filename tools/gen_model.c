@@ -61,6 +61,7 @@
 #include "types.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -543,13 +544,55 @@ static void usage(void) {
                     "--seed S --out PREFIX [--region-sampler]\n"
                     "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n"
                     "--region-sampler: also a random Ferret region sampler (mm.region.*) in the mmproj and a\n"
-                    "<region_fea> token (the vocabulary's last id) in the model\n");
+                    "<region_fea> token (the vocabulary's last id) in the model\n"
+                    "--set NAME=VALUE (repeatable) overrides one dimension of the shape, for any shape:\n"
+                    "  image_size patch_size v_embd v_ff v_head v_layers n_embd n_layer n_head n_head_kv n_ff\n"
+                    "  n_ctx n_vocab   (v_layers = CLIP layers generated; the file keeps v_layers - 1)\n");
+}
+
+/* --set NAME=VALUE: one field of the shape. Returns 0 on success. */
+static int shape_set(shape *sh, const char *kv) {
+    static const struct { const char *name; size_t off; } F[] = {
+        {"image_size", offsetof(shape, image_size)}, {"patch_size", offsetof(shape, patch_size)},
+        {"v_embd", offsetof(shape, v_embd)},         {"v_ff", offsetof(shape, v_ff)},
+        {"v_head", offsetof(shape, v_head)},         {"v_layers", offsetof(shape, n_vit_gen)},
+        {"n_embd", offsetof(shape, n_embd)},         {"n_layer", offsetof(shape, n_layer)},
+        {"n_head", offsetof(shape, n_head)},         {"n_head_kv", offsetof(shape, n_head_kv)},
+        {"n_ff", offsetof(shape, n_ff)},             {"n_ctx", offsetof(shape, n_ctx)},
+        {"n_vocab", offsetof(shape, n_vocab)},
+    };
+    const char *eq = strchr(kv, '=');
+    if (!eq) return -1;
+    char *end;
+    long v = strtol(eq + 1, &end, 10);
+    if (*end || v <= 0 || v > (1L << 24)) return -1;
+    for (size_t i = 0; i < sizeof F / sizeof F[0]; i++) {
+        if (strlen(F[i].name) == (size_t)(eq - kv) && !strncmp(F[i].name, kv, (size_t)(eq - kv))) {
+            *(int *)((char *)sh + F[i].off) = (int)v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The constraints llama.cpp and loupe put on a shape. */
+static const char *shape_check(const shape *sh) {
+    if (sh->v_embd % sh->v_head) return "v_embd must be a multiple of v_head";
+    if (sh->n_embd % sh->n_head) return "n_embd must be a multiple of n_head";
+    if (sh->n_head % sh->n_head_kv) return "n_head must be a multiple of n_head_kv";
+    if ((sh->n_embd / sh->n_head) % 2) return "n_embd / n_head must be even (RoPE)";
+    if (sh->n_vit_gen < 2) return "v_layers must be at least 2 (the converter drops the last)";
+    if (sh->patch_size > sh->image_size) return "patch_size must not exceed image_size";
+    if (sh->n_vocab < 300) return "n_vocab must be at least 300 (control + 256 byte tokens + pieces)";
+    return NULL;
 }
 
 int main(int argc, char **argv) {
     const char *family = "llava", *shape_name = "tiny", *type_name = "f32", *out = NULL;
     unsigned long long seed = 1;
     int region = 0;
+    const char *sets[32];
+    int n_sets = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -570,6 +613,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--type")) type_name = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 0);
         else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--set") && n_sets < 32) sets[n_sets++] = v;
         else {
             usage();
             return 2;
@@ -579,9 +623,26 @@ int main(int argc, char **argv) {
         usage();
         return 2;
     }
-    const shape *sh = NULL;
+    const shape *base = NULL;
     for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++)
-        if (!strcmp(SHAPES[i].name, shape_name)) sh = &SHAPES[i];
+        if (!strcmp(SHAPES[i].name, shape_name)) base = &SHAPES[i];
+    if (!base) {
+        usage();
+        return 2;
+    }
+    shape custom = *base;
+    const shape *sh = &custom;
+    for (int i = 0; i < n_sets; i++) {
+        if (shape_set(&custom, sets[i])) {
+            fprintf(stderr, "gen_model: bad --set '%s'\n", sets[i]);
+            return 2;
+        }
+    }
+    const char *why = shape_check(sh);
+    if (why) {
+        fprintf(stderr, "gen_model: bad shape: %s\n", why);
+        return 2;
+    }
     int ti = lp_type_from_name(type_name);
     if (!sh || ti < 0 ||
         (ti != LP_TYPE_F32 && ti != LP_TYPE_F16 && ti != LP_TYPE_Q8_0 && ti != LP_TYPE_Q4_0 && ti != LP_TYPE_Q4_K)) {
