@@ -65,6 +65,7 @@
  * with a 1e-3-step guard so that parse -> format gives back the same grid
  * values (no x.9999 -> x-1 drift through float pixels). */
 #include "boxes.h"
+#include "../vision/preprocess.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -180,13 +181,8 @@ loupe_status lp_box_geom_letterbox(lp_box_geom *g, int w, int h, int S, lp_error
         geom_set(g, LP_GEOM_LETTERBOX, w, h, S, S, 1.0, 1.0, 0.0, 0.0);
         return LOUPE_OK;
     }
-    const float sw = (float)S / (float)w, sh = (float)S / (float)h;
-    const float scale = sw < sh ? sw : sh;
-    int nw = (int)ceilf((float)w * scale), nh = (int)ceilf((float)h * scale);
-    if (nw > S) nw = S;
-    if (nh > S) nh = S;
-    if (nw < 1) nw = 1;
-    if (nh < 1) nh = 1;
+    int nw, nh;
+    lp_fit_inside(w, h, S, &nw, &nh); /* the same sizing as the preprocessing */
     geom_set(g, LP_GEOM_LETTERBOX, w, h, S, S, (double)nw / w, (double)nh / h, (S - nw) / 2, (S - nh) / 2);
     return LOUPE_OK;
 }

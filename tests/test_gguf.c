@@ -1,5 +1,6 @@
 /* tests/test_gguf.c — GGUF reader/writer: round trips, layout, typed getters,
  * a table of corrupt files, truncation at every byte, and the llama.cpp fixture. */
+#include "support/testutil.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,17 +49,10 @@ static const char *tmp_path(const char *name) {
     return p[k];
 }
 
+/* The whole file; the test fails if it cannot be read. */
 static uint8_t *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(sz ? (size_t)sz : 1);
+    uint8_t *b = (uint8_t *)tu_read_file(path, n);
     assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)sz, f), (size_t)sz);
-    fclose(f);
-    *n = (size_t)sz;
     return b;
 }
 

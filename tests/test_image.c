@@ -1,6 +1,7 @@
 /* tests/test_image.c — loading, PNG writing, PIL-exact resize, normalization
  * and drawing. Run from the repository root (fixtures are found by relative
  * path); the fixtures come from tools/make_image_fixtures.py. */
+#include "support/testutil.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,17 +21,6 @@
 
 #define FIX "tests/fixtures/images/"
 
-static uint8_t *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(len > 0 ? (size_t)len : 1);
-    *n = fread(b, 1, (size_t)len, f);
-    fclose(f);
-    return b;
-}
 
 /* A scratch directory per run, removed by the test that made it. */
 static char *scratch_dir(char *buf, size_t n) {
@@ -40,7 +30,7 @@ static char *scratch_dir(char *buf, size_t n) {
 
 static void expect_rgb_file(const lp_image *img, const char *ref_path) {
     size_t n = 0;
-    uint8_t *ref = read_all(ref_path, &n);
+    uint8_t *ref = (uint8_t *)tu_read_file(ref_path, &n);
     assert_non_null(ref);
     assert_int_equal(n, (size_t)img->w * img->h * 3);
     assert_memory_equal(img->rgb, ref, n);
@@ -85,7 +75,7 @@ static void test_load_jpeg(void **state) {
     assert_int_equal(img.w, 12);
     assert_int_equal(img.h, 9);
     size_t n = 0;
-    uint8_t *ref = read_all(FIX "tiny_jpg_pil.rgb", &n); /* what PIL (libjpeg) decodes */
+    uint8_t *ref = (uint8_t *)tu_read_file(FIX "tiny_jpg_pil.rgb", &n); /* what PIL (libjpeg) decodes */
     assert_int_equal(n, (size_t)12 * 9 * 3);
     /* stb's IDCT and chroma upsampler are not libjpeg's: close, not equal. */
     long diff = 0;
@@ -113,7 +103,7 @@ static void test_load_gray(void **state) {
     lp_image img;
     assert_int_equal(lp_image_load(FIX "tiny_gray.png", &img, NULL), LOUPE_OK);
     size_t n = 0;
-    uint8_t *g = read_all(FIX "tiny_gray.raw", &n);
+    uint8_t *g = (uint8_t *)tu_read_file(FIX "tiny_gray.raw", &n);
     assert_int_equal(n, (size_t)img.w * img.h);
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(img.rgb[i * 3 + 0], g[i]);
@@ -239,7 +229,7 @@ static void test_load_mem_args(void **state) {
     assert_int_equal(lp_image_load(NULL, &img, &err), LOUPE_ERR_INVALID_ARG);
 
     size_t n = 0;
-    uint8_t *png = read_all(FIX "tiny.png", &n);
+    uint8_t *png = (uint8_t *)tu_read_file(FIX "tiny.png", &n);
     assert_int_equal(lp_image_load_mem(png, n, "mem.png", &img, NULL), LOUPE_OK);
     expect_rgb_file(&img, FIX "tiny.rgb");
     lp_image_free(&img);

@@ -6,6 +6,7 @@
  * parses each sentence's words and evaluates the documented semantics
  * (datasets/scene.c's header comment) against every object, in floating
  * point, from the object records alone. */
+#include "support/testutil.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -431,18 +432,6 @@ static void test_boxes_tight(void **state) {
     }
 }
 
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)len + 1);
-    *n = fread(b, 1, (size_t)len, f);
-    b[*n] = 0;
-    fclose(f);
-    return b;
-}
 
 static void rm_rf(const char *dir) {
     char cmd[512];
@@ -470,9 +459,9 @@ static void test_dataset_json(void **state) {
     char path[700];
     size_t n1, n2;
     snprintf(path, sizeof path, "%s/annotations.json", out1);
-    char *j1 = read_file(path, &n1);
+    char *j1 = tu_read_file(path, &n1);
     snprintf(path, sizeof path, "%s/annotations.json", out2);
-    char *j2 = read_file(path, &n2);
+    char *j2 = tu_read_file(path, &n2);
     assert_non_null(j1);
     assert_non_null(j2);
     assert_int_equal(n1, n2);
@@ -480,9 +469,9 @@ static void test_dataset_json(void **state) {
     for (int i = 1; i <= N; i++) {
         size_t a, b;
         snprintf(path, sizeof path, "%s/images/%06d.png", out1, i);
-        char *p1 = read_file(path, &a);
+        char *p1 = tu_read_file(path, &a);
         snprintf(path, sizeof path, "%s/images/%06d.png", out2, i);
-        char *p2 = read_file(path, &b);
+        char *p2 = tu_read_file(path, &b);
         assert_non_null(p1);
         assert_non_null(p2);
         assert_int_equal(a, b);

@@ -10,6 +10,7 @@
  * order, byte fallback, special-token splitting on and off, the streaming
  * decoder's UTF-8 hold-back, and that malformed metadata is refused with an
  * error naming the key. */
+#include "support/testutil.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,24 +31,6 @@
 
 /* ---- helpers ---- */
 
-static char *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)sz + 1);
-    if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) {
-        b[sz] = '\0';
-        if (n) *n = (size_t)sz;
-    }
-    return b;
-}
 
 static lp_tokenizer *load_fixture(const char *path) {
     lp_error err = {0};
@@ -90,7 +73,7 @@ static void print_ids(const char *what, const int32_t *v, int n) {
  * number of mismatches and prints them. Also checks the round trip. */
 static void run_reference(const char *gguf_path, const char *json_path, const char *const *exceptions) {
     lp_tokenizer *t = load_fixture(gguf_path);
-    char *txt = read_all(json_path, NULL);
+    char *txt = tu_read_file(json_path, NULL);
     if (!txt) fail_msg("cannot read %s", json_path);
     cJSON *root = cJSON_Parse(txt);
     assert_non_null(root);

@@ -103,20 +103,23 @@ static void set_geom(lp_prep_geom *g, double sx, double sy, double ox, double oy
     g->content_h = ch;
 }
 
+void lp_fit_inside(int w, int h, int S, int *nw, int *nh) {
+    /* PAD_CEIL sizing, in f32 like llama.cpp */
+    const float sw = (float)S / (float)w, sh = (float)S / (float)h;
+    const float scale = sw < sh ? sw : sh;
+    int x = (int)ceilf((float)w * scale), y = (int)ceilf((float)h * scale);
+    *nw = x > S ? S : x < 1 ? 1 : x;
+    *nh = y > S ? S : y < 1 ? 1 : y;
+}
+
 static loupe_status prep_llamacpp(const lp_image *img, int S, lp_image *dst, lp_prep_geom *geom, lp_error *err) {
     const int w = img->w, h = img->h;
     if (w == S && h == S) {
         set_geom(geom, 1.0, 1.0, 0.0, 0.0, 0, 0, S, S);
         return lp_image_from_rgb(img->rgb, w, h, (size_t)w * 3, dst, err);
     }
-    /* PAD_CEIL sizing, in f32 like llama.cpp */
-    const float sw = (float)S / (float)w, sh = (float)S / (float)h;
-    const float scale = sw < sh ? sw : sh;
-    int nw = (int)ceilf((float)w * scale), nh = (int)ceilf((float)h * scale);
-    if (nw > S) nw = S;
-    if (nh > S) nh = S;
-    if (nw < 1) nw = 1;
-    if (nh < 1) nh = 1;
+    int nw, nh;
+    lp_fit_inside(w, h, S, &nw, &nh);
     lp_image resized;
     loupe_status st = lp_resize_llamacpp_bicubic(img, &resized, nw, nh, err);
     if (st != LOUPE_OK) return st;

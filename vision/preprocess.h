@@ -78,6 +78,12 @@ loupe_status lp_preprocess_rgb(const lp_image *img, int S, const float mean[3], 
                                lp_prep_geom *geom, lp_error *err);
 
 /* llama.cpp's bicubic resize (see above) of src into a fresh w×h image. */
+/* The size (*nw, *nh) of a w x h image scaled to fit inside S x S with its
+ * aspect kept: llama.cpp's PAD_CEIL rule (f32 scale, sides rounded up,
+ * clamped to 1..S). Box geometry (fusion/boxes.c) uses the same rule so
+ * boxes map back exactly. */
+void lp_fit_inside(int w, int h, int S, int *nw, int *nh);
+
 loupe_status lp_resize_llamacpp_bicubic(const lp_image *src, lp_image *dst, int w, int h, lp_error *err);
 
 #endif
