@@ -67,6 +67,36 @@ static void test_load_pnm_refused(void **state) {
     assert_null(img.rgb);
 }
 
+/* A PNG whose first IDAT chunk is empty (legal, and it made stb 2.27 do
+ * NULL + 0) decodes to the same pixels as the file without it. */
+static void test_load_png_empty_idat(void **state) {
+    (void)state;
+    size_t n = 0;
+    uint8_t *png = (uint8_t *)tu_read_file(FIX "tiny.png", &n);
+    assert_non_null(png);
+    size_t at = 8; /* find the first IDAT */
+    while (at + 8 <= n && memcmp(png + at + 4, "IDAT", 4) != 0)
+        at += 12 + ((size_t)png[at] << 24 | (size_t)png[at + 1] << 16 | (size_t)png[at + 2] << 8 | png[at + 3]);
+    assert_true(at + 8 <= n);
+    uint8_t *bad = malloc(n + 12);
+    assert_non_null(bad);
+    memcpy(bad, png, at);
+    static const uint8_t empty_idat[12] = {0, 0, 0, 0, 'I', 'D', 'A', 'T', 0x35, 0xaf, 0x06, 0x1e};
+    memcpy(bad + at, empty_idat, 12);
+    memcpy(bad + at + 12, png + at, n - at);
+    lp_image a = {0}, b = {0};
+    lp_error err = {0};
+    assert_int_equal(lp_image_load_mem(png, n, "tiny.png", &a, &err), LOUPE_OK);
+    assert_int_equal(lp_image_load_mem(bad, n + 12, "empty_idat.png", &b, &err), LOUPE_OK);
+    assert_int_equal(a.w, b.w);
+    assert_int_equal(a.h, b.h);
+    assert_memory_equal(a.rgb, b.rgb, (size_t)a.w * a.h * 3);
+    lp_image_free(&a);
+    lp_image_free(&b);
+    free(bad);
+    free(png);
+}
+
 static void test_load_jpeg(void **state) {
     (void)state;
     lp_image img;
@@ -621,6 +651,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_lossless_formats),
         cmocka_unit_test(test_load_pnm_refused),
+        cmocka_unit_test(test_load_png_empty_idat),
         cmocka_unit_test(test_load_jpeg),
         cmocka_unit_test(test_load_alpha_dropped),
         cmocka_unit_test(test_load_gray),

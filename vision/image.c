@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -86,7 +87,7 @@ loupe_status lp_image_from_rgb(const uint8_t *rgb, int w, int h, size_t stride, 
 /* Map stb's short failure strings to a status and a readable reason. */
 static loupe_status stb_fail(lp_error *err, const char *name, const char *what) {
     const char *why = stbi_failure_reason();
-    if (!why) why = "unknown";
+    if (!why || !*why) why = "no reason given";
     if (!strcmp(why, "outofmem"))
         return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory while %s (stb: %s)", name, what, why);
     if (!strcmp(why, "too large"))
@@ -201,7 +202,54 @@ static int jpeg_screen(const uint8_t *b, size_t n) {
     }
 }
 
+/* PNG zero-length IDAT: when the first IDAT chunk is empty, stb computes
+ * NULL + 0 (undefined behaviour, flagged by UBSan; found by our fuzzer).
+ * Empty IDAT chunks carry no data, so a copy without them decodes to the
+ * same pixels: *copy gets that copy (caller frees) when there is any empty
+ * IDAT, else NULL. stb ignores CRCs, and every other byte is kept. Returns
+ * false only when the copy cannot be allocated. */
+static bool png_drop_empty_idat(const uint8_t *b, size_t n, uint8_t **copy, size_t *copy_n) {
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    *copy = NULL;
+    if (n < 8 || memcmp(b, sig, 8) != 0) return true;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t i = 8, o = 8, dropped = 0;
+        if (pass == 1) memcpy(*copy, b, 8);
+        while (i + 12 <= n) {
+            size_t len = (size_t)b[i] << 24 | (size_t)b[i + 1] << 16 | (size_t)b[i + 2] << 8 | b[i + 3];
+            if (len > n - i - 12) break; /* truncated: the rest is stb's to judge */
+            bool empty_idat = len == 0 && memcmp(b + i + 4, "IDAT", 4) == 0;
+            if (empty_idat) dropped++;
+            else if (pass == 1) {
+                memcpy(*copy + o, b + i, len + 12);
+                o += len + 12;
+            }
+            i += len + 12;
+        }
+        if (pass == 0) {
+            if (!dropped) return true;
+            if (!(*copy = malloc(n))) return false;
+        } else {
+            memcpy(*copy + o, b + i, n - i); /* any trailing bytes, verbatim */
+            *copy_n = o + (n - i);
+        }
+    }
+    return true;
+}
+
+static loupe_status load_mem(const void *buf, size_t size, const char *name, lp_image *out, lp_error *err);
+
 loupe_status lp_image_load_mem(const void *buf, size_t size, const char *name, lp_image *out, lp_error *err) {
+    uint8_t *copy = NULL;
+    size_t copy_n = 0;
+    if (buf && size && !png_drop_empty_idat(buf, size, &copy, &copy_n))
+        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", name ? name : "<memory>");
+    loupe_status st = copy ? load_mem(copy, copy_n, name, out, err) : load_mem(buf, size, name, out, err);
+    free(copy);
+    return st;
+}
+
+static loupe_status load_mem(const void *buf, size_t size, const char *name, lp_image *out, lp_error *err) {
     if (!name) name = "<memory>";
     if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: NULL output image", name);
     out->w = out->h = 0;
