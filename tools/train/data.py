@@ -1,0 +1,178 @@
+"""Synthetic training data: generate scenes with `loupe synth`, turn them into
+(image, prompt, answer) samples exactly as `loupe ask` will present them, and
+cache everything as tensors.
+
+Prompt (vicuna, fusion/template.c; the image is spliced at the marker and is
+no token, fusion/prompt.c):
+    BOS + tok("A chat ... questions. USER: ")      -- the shared prefix
+    <image rows>
+    tok("\\n" + question + " ASSISTANT:")           -- the suffix
+    tok(answer) + EOS                               -- the target (loss only here)
+Each text piece is tokenized on its own with SentencePiece's leading space,
+as loupe does; the answer is tokenized the same way (so its first token
+carries the '▁' the model emits after "ASSISTANT:"; loupe's decoder drops
+that leading space when it prints the answer).
+
+Tasks:
+  grounding  "What is the location of <expr> in the image?" -> "[x1, y1, x2, y2]"
+             (one sample per referring sentence)
+  referring  "What is in the region [x1, y1, x2, y2] <region_fea>?" -> "a green clock"
+             (one per region; the synthetic generator writes the question as
+             "What is in the region <region>?" and <region> becomes Ferret's
+             "[box] <region_fea>")
+Coordinates: Ferret's int(v * 1000 / size) clipped to 0..999 on the original
+image (lp_region_format), box = [x, y, x + w, y + h] from the COCO bbox.
+
+Images: squeezed (no padding, Ferret) to S x S with PIL BICUBIC, stored as
+uint8; normalisation with CLIP's mean/std happens in the model input step
+exactly as loupe's LP_PREP_SQUASH_PIL does it.
+"""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import torch
+from PIL import Image
+
+SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+PREFIX_TEXT = SYSTEM + " USER: "
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def q(v, size):
+    return min(max(int(v * (1000.0 / size)), 0), 999)
+
+
+def format_box(box, w, h):
+    """box [x1, y1, x2, y2] in pixels -> Ferret's "[a, b, c, d]"."""
+    return "[%d, %d, %d, %d]" % (q(box[0], w), q(box[1], h), q(box[2], w), q(box[3], h))
+
+
+def grounding_question(expr):
+    return "What is the location of %s in the image?" % expr
+
+
+def region_question(box_text):
+    return "What is in the region %s <region_fea>?" % box_text
+
+
+def suffix_text(question):
+    return "\n" + question + " ASSISTANT:"
+
+
+def synth(out_dir, seed, n, loupe=None):
+    """Run `loupe synth` (deterministic for seed, n) unless out_dir has it."""
+    if os.path.exists(os.path.join(out_dir, "annotations.json")):
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    loupe = loupe or os.path.join(REPO, "build", "loupe")
+    subprocess.run([loupe, "synth", "--seed", str(seed), "--n", str(n), "--out", out_dir, "--split", "auto"],
+                   check=True)
+
+
+def squeeze(path, S):
+    """PIL BICUBIC stretch to S x S (what LP_PREP_SQUASH_PIL does)."""
+    im = Image.open(path).convert("RGB")
+    return np.asarray(im.resize((S, S), Image.BICUBIC), dtype=np.uint8), im.size
+
+
+def normalize(u8):
+    """(B, S, S, 3) or (S, S, 3) uint8 tensor -> (B, 3, S, S) f32, as loupe:
+    v = f32(u8 * (1/255) in f64), (v - mean) / std in f32."""
+    x = (u8.double() * (1.0 / 255.0)).float()
+    x = (x - torch.from_numpy(MEAN)) / torch.from_numpy(STD)
+    return x.movedim(-1, -3).contiguous()
+
+
+def texts_of(ann):
+    """Every text the vocabulary must cover well."""
+    for _ in range(16):   # the fixed prefix: make its words whole tokens
+        yield PREFIX_TEXT
+    for r in ann["refs"]:
+        for s in r["sentences"]:
+            yield suffix_text(grounding_question(s["sent"]))
+    for g in ann["regions"]:
+        yield suffix_text(region_question("[1, 2, 3, 4]"))
+        yield g["answer"]
+    yield "[1, 2, 3, 4]"
+
+
+def build_samples(ann_dir, S, tok, cache=None):
+    """-> dict with images (N, S, S, 3) uint8, image sizes, image splits and
+    per-sample: img, kind (0 grounding, 1 referring), suffix ids, answer ids
+    (EOS appended), region box normalized to [0, 1] (referring) and the
+    answer box in pixels (grounding), the raw question/answer strings."""
+    if cache and os.path.exists(cache):
+        return torch.load(cache)
+    with open(os.path.join(ann_dir, "annotations.json")) as f:
+        ann = json.load(f)
+    imgs = ann["images"]
+    index = {im["id"]: i for i, im in enumerate(imgs)}
+    images = np.zeros((len(imgs), S, S, 3), np.uint8)
+    sizes = np.zeros((len(imgs), 2), np.int32)
+    for i, im in enumerate(imgs):
+        images[i], sz = squeeze(os.path.join(ann_dir, im["file_name"]), S)
+        sizes[i] = sz
+    boxes = {a["id"]: a["bbox"] for a in ann["annotations"]}
+    split_of = ["train"] * len(imgs)
+    smp = {"img": [], "kind": [], "suffix": [], "answer": [], "rbox": [], "abox": [], "question": [],
+           "answer_text": [], "split": []}
+
+    def add(i, kind, question, answer, rbox, abox, split):
+        smp["img"].append(i)
+        smp["kind"].append(kind)
+        smp["suffix"].append(tok.encode(suffix_text(question)))
+        smp["answer"].append(tok.encode(answer) + [tok.eos])
+        smp["rbox"].append(rbox)
+        smp["abox"].append(abox)
+        smp["question"].append(question)
+        smp["answer_text"].append(answer)
+        smp["split"].append(split)
+
+    for r in ann["refs"]:
+        i = index[r["image_id"]]
+        split_of[i] = r["split"]
+        w, h = sizes[i]
+        x, y, bw, bh = boxes[r["ann_id"]]
+        box = [x, y, x + bw, y + bh]
+        for s in r["sentences"]:
+            add(i, 0, grounding_question(s["sent"]), format_box(box, w, h), [0.0] * 4, box, r["split"])
+    for g in ann["regions"]:
+        i = index[g["image_id"]]
+        w, h = sizes[i]
+        x, y, bw, bh = g["bbox"]
+        box = [x, y, x + bw, y + bh]
+        # the region as loupe's --region gives it: the box normalized over the image
+        rbox = [x / w, y / h, (x + bw) / w, (y + bh) / h]
+        q_ = g["question"].replace("<region>", format_box(box, w, h) + " <region_fea>")
+        add(i, 1, q_, g["answer"], rbox, box, g["split"])
+    out = {"images": torch.from_numpy(images), "sizes": torch.from_numpy(sizes), "S": S,
+           "img_split": split_of, **smp}
+    out["rbox"] = torch.tensor(out["rbox"], dtype=torch.float32)
+    if cache:
+        torch.save(out, cache)
+    return out
+
+
+def grouped_batches(data, idx, n_per_img, n_img, seed):
+    """Deterministic batches: the samples idx are grouped by image, shuffled
+    within an image and cut into chunks of n_per_img (the ViT then encodes
+    each image once per batch); chunks are shuffled and n_img of them form a
+    batch."""
+    rng = np.random.RandomState(seed)
+    by_img = {}
+    for j in idx:
+        by_img.setdefault(data["img"][j], []).append(j)
+    chunks = []
+    for i in sorted(by_img):
+        js = by_img[i]
+        js = [js[k] for k in rng.permutation(len(js))]
+        chunks += [js[k:k + n_per_img] for k in range(0, len(js), n_per_img)]
+    order = rng.permutation(len(chunks))
+    chunks = [chunks[k] for k in order]
+    return [sum(chunks[k:k + n_img], []) for k in range(0, len(chunks), n_img)]
