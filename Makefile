@@ -8,6 +8,9 @@
 #   make tsan       tests under ThreadSanitizer
 #   make fuzz       libFuzzer targets (clang) in build/fuzz/
 #   make bench      benchmarks bench/*.c against the library, in $(BUILD)/bench/ (not run)
+#   make examples   examples/*.c against $(BUILD)/libloupe.a, public header only, in $(BUILD)/examples/
+#   make abi-test   install into a temporary prefix, build examples/*.c with only that prefix
+#                   and pkg-config, run photo_search on 3 synthetic scenes (part of `make test`)
 #   make install PREFIX=/usr/local
 #
 # Options: PORTABLE=1 for a generic x86-64 build instead of -march=native.
@@ -53,6 +56,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 # link a hand-built llama.cpp instead; they are never built here).
 TOOL_SRC := $(sort $(wildcard tools/*.c))
 BENCH_SRC := $(sort $(wildcard bench/*.c))
+EX_SRC   := $(sort $(wildcard examples/*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
@@ -61,12 +65,13 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 TOOLS    := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
 BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+EXAMPLES := $(EX_SRC:examples/%.c=$(BUILD)/examples/%)
 
 LIB_A    := $(BUILD)/libloupe.a
 LIB_SO   := $(BUILD)/libloupe.so
 LOUPE    := $(BUILD)/loupe
 
-.PHONY: all deps demo test check asan tsan fuzz fuzz-smoke bench install uninstall clean
+.PHONY: all deps demo test check asan tsan fuzz fuzz-smoke bench examples abi-test install uninstall clean
 .DEFAULT_GOAL := all
 
 all: $(LIB_A) $(LIB_SO) $(LOUPE) $(TOOLS)
@@ -84,6 +89,7 @@ demo: deps
 test: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all $(TESTS)
 	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory abi-test
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 # Build and run every suite; a failing suite fails the target after all have run.
@@ -131,6 +137,39 @@ bench: $(BENCHES)
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB_A) $(LDLIBS)
+
+# ---- examples: only include/loupe.h, linked as an installed user links
+# (libloupe.a + its Libs.private, i.e. `pkg-config --libs --static loupe`) ----
+EX_CFLAGS = -std=c11 $(OPT) -Wall -Wextra -Werror -pthread $(if $(SAN),-fsanitize=$(SAN))
+examples: $(EXAMPLES)
+$(BUILD)/examples/%: examples/%.c include/loupe.h $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(EX_CFLAGS) -Iinclude -o $@ $< $(LIB_A) $(PKG_LIBS) -lm -pthread
+
+# ---- ABI test: what a user of an installed loupe sees. Install into a fresh
+# prefix, compile each example there with nothing but that prefix's header and
+# `pkg-config --cflags --libs loupe` (the shared library), and run
+# photo_search on 3 synthetic scenes with the tiny random-weight pair (its
+# boxes mean nothing; the program must run and write every output). ----
+ABI_LM     := tests/fixtures/parity/tiny-f32.gguf
+ABI_MMPROJ := tests/fixtures/parity/tiny-f32-mmproj.gguf
+abi-test: all
+	@set -e; d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	$(MAKE) --no-print-directory install PREFIX=$$d/prefix >/dev/null; \
+	export PKG_CONFIG_PATH=$$d/prefix/lib/pkgconfig; \
+	flags=$$(pkg-config --cflags --libs loupe); \
+	for src in $(EX_SRC); do \
+	  n=$$(basename $$src .c); cp $$src $$d/$$n.c; \
+	  (cd $$d && $(CC) -std=c11 -Wall -Wextra -Werror $$n.c $$flags -o $$n); \
+	  echo "== abi-test: built $$n with $$flags"; \
+	done; \
+	LD_LIBRARY_PATH=$$d/prefix/lib ldd $$d/photo_search | grep -q "$$d/prefix/lib/libloupe.so.0"; \
+	$(LOUPE) synth --seed 1 --n 3 --out $$d/scenes >/dev/null; \
+	LD_LIBRARY_PATH=$$d/prefix/lib $$d/photo_search -m $(ABI_LM) --mmproj $(ABI_MMPROJ) -t 1 \
+	    "the red chair" $$d/scenes/images $$d/out; \
+	test $$(ls $$d/out/*.png | wc -l) -eq 3; \
+	if command -v python3 >/dev/null; then python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["images"]) == 3 and all("error" not in i for i in d["images"])' $$d/out/index.json; fi; \
+	echo "abi-test passed: 3 annotated PNGs and index.json written by an example built from the installed prefix"
 
 # ---- fuzzing (clang + libFuzzer); the library is rebuilt with coverage ----
 FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude -Icore -D_GNU_SOURCE $(PKG_CFLAGS)

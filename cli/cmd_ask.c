@@ -1,11 +1,17 @@
 /* cli/cmd_ask.c — `loupe ask -m MODEL.gguf --mmproj MMPROJ.gguf IMAGE "question"`:
- * answer a question about an image, streaming the answer to stdout.
+ * answer a question about an image, streaming the answer to stdout, then its
+ * boxes in original pixels; `--json` prints one JSON object instead and
+ * `--draw FILE.png` writes the image with the boxes drawn. Everything goes
+ * through the public API (include/loupe.h), so these boxes are the ones any
+ * program using loupe gets.
  * `--region x1,y1,x2,y2` / `--mask FILE` point at parts of the image
  * (Ferret-style referring; fusion/vlm.h describes the region text and
  * geometry). */
 #include "cli.h"
 #include "../fusion/vlm.h"
 #include "../vision/clip.h"
+
+#include <cJSON.h>
 
 #include <errno.h>
 #include <float.h>
@@ -60,6 +66,17 @@ static void ask_help(FILE *out) {
             "                       question when it has none. Example:\n"
             "                         loupe ask -m M.gguf --mmproj P.gguf --prep squash photo.png \\\n"
             "                             --region 10,20,200,180 \"What is %s?\"\n\n"
+            "\noutput:\n"
+            "  --json               print one JSON object instead of the streamed text:\n"
+            "                       answer, boxes [{x1, y1, x2, y2, label}] in pixels of the\n"
+            "                       original image, box_issues (box text that was skipped,\n"
+            "                       with the reason), image {path, width, height}, model\n"
+            "                       {name, path, mmproj_name, mmproj_path, template,\n"
+            "                       box_format, prep}, timings (ms, tok/s) and peak memory\n"
+            "  --draw FILE.png      also write the image with each box drawn in its own\n"
+            "                       colour and labelled\n"
+            "  Without --json the answer is followed by one line per box:\n"
+            "    box 1: [x1, y1, x2, y2] label      (original-image pixels)\n\n"
             "  -v, --verbose        timings and peak memory on stderr\n"
             "  -h, --help           this text\n",
             lp_template_names(), g.n_predict, g.sampling.top_k, g.sampling.top_p, LP_VLM_MAX_REGIONS,
@@ -121,13 +138,13 @@ typedef struct region_arg {
 } region_arg;
 
 /* Load a mask file as w×h bytes (nonzero where any channel is). */
-static int load_mask(region_arg *r, const lp_image *img, const char *image_path, lp_vlm_region *out) {
+static int load_mask(region_arg *r, int w, int h, const char *image_path, loupe_region *out) {
     lp_error err = {0};
     lp_image m = {0};
     if (lp_image_load(r->mask_path, &m, &err)) return cli_error(err.status, "--mask: %s", err.msg);
-    if (m.w != img->w || m.h != img->h) {
+    if (m.w != w || m.h != h) {
         int rc = cli_error(LOUPE_ERR_INVALID_ARG, "--mask %s: the mask is %dx%d but the image %s is %dx%d (they must match)",
-                           r->mask_path, m.w, m.h, image_path, img->w, img->h);
+                           r->mask_path, m.w, m.h, image_path, w, h);
         lp_image_free(&m);
         return rc;
     }
@@ -145,7 +162,7 @@ static int load_mask(region_arg *r, const lp_image *img, const char *image_path,
     }
     lp_image_free(&m);
     if (inside == 0) return cli_error(LOUPE_ERR_INVALID_ARG, "--mask %s: the mask is empty (every pixel is 0)", r->mask_path);
-    *out = (lp_vlm_region){.kind = LP_VLM_REGION_MASK, .mask = r->mask, .mask_w = img->w, .mask_h = img->h};
+    *out = (loupe_region){.kind = LOUPE_REGION_MASK, .mask = r->mask, .mask_w = w, .mask_h = h};
     return CLI_EXIT_OK;
 }
 
@@ -170,28 +187,96 @@ static void log_stderr(loupe_log_level level, const char *msg, void *user) {
     fprintf(stderr, "loupe: %s: %s\n", names[level <= LOUPE_LOG_DEBUG ? level : LOUPE_LOG_DEBUG], msg);
 }
 
-static void print_stats(const lp_vlm *vlm, const lp_vlm_stats *s) {
+static void print_stats(const loupe_model *m, const loupe_answer *a) {
+    const loupe_timings *t = loupe_answer_timings(a);
     fprintf(stderr, "\n");
-    fprintf(stderr, "template  %s\n", lp_vlm_template(vlm)->name);
-    fprintf(stderr, "load      %9.1f ms (model + mmproj)\n", s->load_ms);
-    fprintf(stderr, "encode    %9.1f ms (preprocess + ViT + projector, %d image tokens)\n", s->encode_ms,
-            s->n_image_tokens);
-    fprintf(stderr, "prefill   %9.1f ms %6d tokens (%d text + %d image) %9.1f tok/s\n", s->prefill_ms,
-            s->prefill_tokens, s->n_text_tokens, s->n_image_tokens, s->prefill_tok_s);
-    fprintf(stderr, "decode    %9.1f ms %6d tokens %30.1f tok/s\n", s->decode_ms, s->decode_tokens,
-            s->decode_tok_s);
-    if (s->n_regions > 0)
-        fprintf(stderr, "regions   %9.1f ms %6d (region sampler, inside encode)\n", s->region_ms, s->n_regions);
-    fprintf(stderr, "stopped   %s (context %d positions)\n", lp_vlm_stop_name(s->stop), s->n_ctx);
-    fprintf(stderr, "peak RSS  %9.1f MiB\n", s->peak_rss_kb / 1024.0);
+    fprintf(stderr, "template  %s, boxes %s\n", loupe_model_template(m), loupe_model_box_format(m));
+    fprintf(stderr, "load      %9.1f ms (model + mmproj)\n", t->load_ms);
+    fprintf(stderr, "encode    %9.1f ms (preprocess + ViT + projector, %d image tokens)\n", t->encode_ms,
+            t->image_tokens);
+    fprintf(stderr, "prefill   %9.1f ms %6d tokens (%d image) %9.1f tok/s\n", t->prefill_ms, t->prompt_tokens,
+            t->image_tokens, t->prefill_tok_s);
+    fprintf(stderr, "decode    %9.1f ms %6d tokens %21.1f tok/s\n", t->decode_ms, t->generated_tokens,
+            t->decode_tok_s);
+    fprintf(stderr, "stopped   %s\n", loupe_answer_stop_reason(a));
+    fprintf(stderr, "peak RSS  %9.1f MiB\n", t->peak_rss_bytes / 1048576.0);
+}
+
+/* Two decimals are plenty for pixels and keep float noise out of the JSON. */
+static double r2(double v) { return round(v * 100.0) / 100.0; }
+
+static const char *prep_name(loupe_prep p) {
+    switch (p) {
+    case LOUPE_PREP_PAD: return "pad";
+    case LOUPE_PREP_SQUASH: return "squash";
+    case LOUPE_PREP_LLAMACPP: return "llamacpp";
+    default: return "auto";
+    }
+}
+
+/* The whole result as one JSON object on stdout. */
+static int print_json(const loupe_model *m, const loupe_image *img, const char *image_path, const loupe_answer *a) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return cli_error(LOUPE_ERR_NOMEM, "--json: out of memory");
+    cJSON_AddStringToObject(o, "answer", loupe_answer_text(a));
+    cJSON_AddStringToObject(o, "question", loupe_answer_question(a));
+    cJSON *boxes = cJSON_AddArrayToObject(o, "boxes");
+    for (int i = 0; i < loupe_answer_n_boxes(a); i++) {
+        const loupe_box *b = loupe_answer_box(a, i);
+        cJSON *jb = cJSON_CreateObject();
+        cJSON_AddNumberToObject(jb, "x1", r2(b->x1));
+        cJSON_AddNumberToObject(jb, "y1", r2(b->y1));
+        cJSON_AddNumberToObject(jb, "x2", r2(b->x2));
+        cJSON_AddNumberToObject(jb, "y2", r2(b->y2));
+        cJSON_AddStringToObject(jb, "label", b->label);
+        cJSON_AddItemToArray(boxes, jb);
+    }
+    cJSON *issues = cJSON_AddArrayToObject(o, "box_issues");
+    for (int i = 0; i < loupe_answer_n_issues(a); i++) {
+        const loupe_box_issue *is = loupe_answer_issue(a, i);
+        cJSON *ji = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ji, "offset", is->offset);
+        cJSON_AddStringToObject(ji, "reason", is->reason);
+        cJSON_AddItemToArray(issues, ji);
+    }
+    cJSON *ji = cJSON_AddObjectToObject(o, "image");
+    cJSON_AddStringToObject(ji, "path", image_path);
+    cJSON_AddNumberToObject(ji, "width", loupe_image_width(img));
+    cJSON_AddNumberToObject(ji, "height", loupe_image_height(img));
+    cJSON *jm = cJSON_AddObjectToObject(o, "model");
+    cJSON_AddStringToObject(jm, "name", loupe_model_name(m, LOUPE_FILE_MODEL));
+    cJSON_AddStringToObject(jm, "path", loupe_model_path(m, LOUPE_FILE_MODEL));
+    cJSON_AddStringToObject(jm, "mmproj_name", loupe_model_name(m, LOUPE_FILE_MMPROJ));
+    cJSON_AddStringToObject(jm, "mmproj_path", loupe_model_path(m, LOUPE_FILE_MMPROJ));
+    cJSON_AddStringToObject(jm, "template", loupe_model_template(m));
+    cJSON_AddStringToObject(jm, "box_format", loupe_model_box_format(m));
+    cJSON_AddStringToObject(jm, "prep", prep_name(loupe_model_prep(m)));
+    const loupe_timings *t = loupe_answer_timings(a);
+    cJSON *jt = cJSON_AddObjectToObject(o, "timings");
+    cJSON_AddNumberToObject(jt, "load_ms", r2(t->load_ms));
+    cJSON_AddNumberToObject(jt, "encode_ms", r2(t->encode_ms));
+    cJSON_AddNumberToObject(jt, "prefill_ms", r2(t->prefill_ms));
+    cJSON_AddNumberToObject(jt, "prefill_tokens", t->prompt_tokens);
+    cJSON_AddNumberToObject(jt, "prefill_tok_s", r2(t->prefill_tok_s));
+    cJSON_AddNumberToObject(jt, "decode_ms", r2(t->decode_ms));
+    cJSON_AddNumberToObject(jt, "decode_tokens", t->generated_tokens);
+    cJSON_AddNumberToObject(jt, "decode_tok_s", r2(t->decode_tok_s));
+    cJSON_AddNumberToObject(jt, "image_tokens", t->image_tokens);
+    cJSON_AddStringToObject(o, "stop", loupe_answer_stop_reason(a));
+    cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)t->peak_rss_bytes);
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!text) return cli_error(LOUPE_ERR_NOMEM, "--json: out of memory");
+    int ok = fputs(text, stdout) >= 0 && fputc('\n', stdout) != EOF && fflush(stdout) == 0;
+    cJSON_free(text);
+    return ok ? CLI_EXIT_OK : cli_error(LOUPE_ERR_IO, "writing to stdout failed");
 }
 
 int cmd_ask(int argc, char **argv) {
-    const char *model = NULL, *mmproj = NULL, *image_path = NULL, *question = NULL;
-    lp_vlm_params vp = lp_vlm_default_params();
-    lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
-    lp_vlm_gen_params gp = lp_vlm_gen_default_params();
-    bool verbose = false, only_pos = false;
+    const char *model = NULL, *mmproj = NULL, *image_path = NULL, *question = NULL, *draw_path = NULL;
+    loupe_model_params mp = loupe_model_default_params();
+    loupe_context_params cp = loupe_context_default_params();
+    bool verbose = false, only_pos = false, json = false;
     int n_pos = 0;
     region_arg rargs[LP_VLM_MAX_REGIONS];
     int n_reg = 0;
@@ -208,7 +293,8 @@ int cmd_ask(int argc, char **argv) {
         if (!strcmp(a, "--")) { only_pos = true; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { ask_help(stdout); return CLI_EXIT_OK; }
         if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { verbose = true; continue; }
-        if (!strcmp(a, "--llamacpp-compat")) { vp.llamacpp = true; continue; }
+        if (!strcmp(a, "--json")) { json = true; continue; }
+        if (!strcmp(a, "--llamacpp-compat")) { mp.llamacpp_compat = 1; continue; }
         /* Everything else takes a value. */
         if (i + 1 >= argc) return cli_usage("ask", "option '%s' needs a value", a);
         const char *val = argv[++i];
@@ -216,12 +302,13 @@ int cmd_ask(int argc, char **argv) {
         unsigned long long u;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = val;
         else if (!strcmp(a, "--mmproj")) mmproj = val;
-        else if (!strcmp(a, "--template")) vp.template_name = val;
-        else if (!strcmp(a, "--system")) gp.system = val;
+        else if (!strcmp(a, "--template")) mp.template_name = val;
+        else if (!strcmp(a, "--system")) cp.system_prompt = val;
+        else if (!strcmp(a, "--draw")) draw_path = val;
         else if (!strcmp(a, "--prep")) {
-            if (!strcmp(val, "pad")) vp.prep = LP_PREP_PAD_PIL;
-            else if (!strcmp(val, "squash") || !strcmp(val, "squeeze")) vp.prep = LP_PREP_SQUASH_PIL;
-            else if (!strcmp(val, "llamacpp")) vp.prep = LP_PREP_LLAMACPP;
+            if (!strcmp(val, "pad")) mp.prep = LOUPE_PREP_PAD;
+            else if (!strcmp(val, "squash") || !strcmp(val, "squeeze")) mp.prep = LOUPE_PREP_SQUASH;
+            else if (!strcmp(val, "llamacpp")) mp.prep = LOUPE_PREP_LLAMACPP;
             else return cli_usage("ask", "--prep: '%s' is not a mode (pad, squash, llamacpp)", val);
         } else if (!strcmp(a, "--region") || !strcmp(a, "--mask")) {
             if (n_reg >= LP_VLM_MAX_REGIONS) return cli_usage("ask", "at most %d regions", LP_VLM_MAX_REGIONS);
@@ -237,17 +324,17 @@ int cmd_ask(int argc, char **argv) {
         }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
             if (!parse_int(val, -1, INT_MAX, &n)) return cli_usage("ask", "%s: '%s' is not a token count (-1 or more)", a, val);
-            gp.n_predict = (int)n;
+            cp.max_tokens = (int)n;
         } else if (!strcmp(a, "--temp")) {
-            if (!parse_float(val, 0.0f, 100.0f, &gp.sampling.temp)) return cli_usage("ask", "--temp: '%s' is not a temperature in [0, 100]", val);
+            if (!parse_float(val, 0.0f, 100.0f, &cp.temperature)) return cli_usage("ask", "--temp: '%s' is not a temperature in [0, 100]", val);
         } else if (!strcmp(a, "--top-k")) {
             if (!parse_int(val, 0, INT_MAX, &n)) return cli_usage("ask", "--top-k: '%s' is not a count (0 or more)", val);
-            gp.sampling.top_k = (int)n;
+            cp.top_k = (int)n;
         } else if (!strcmp(a, "--top-p")) {
-            if (!parse_float(val, 0.0f, 1.0f, &gp.sampling.top_p)) return cli_usage("ask", "--top-p: '%s' is not in [0, 1]", val);
+            if (!parse_float(val, 0.0f, 1.0f, &cp.top_p)) return cli_usage("ask", "--top-p: '%s' is not in [0, 1]", val);
         } else if (!strcmp(a, "--seed")) {
             if (!parse_u64(val, &u)) return cli_usage("ask", "--seed: '%s' is not a non-negative integer", val);
-            gp.sampling.seed = u;
+            cp.seed = u;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (!parse_int(val, 1, 1024, &n)) return cli_usage("ask", "%s: '%s' is not a thread count (1..1024)", a, val);
             cp.n_threads = (int)n;
@@ -265,55 +352,75 @@ int cmd_ask(int argc, char **argv) {
 
     if (verbose) loupe_log_set(log_stderr, NULL, LOUPE_LOG_INFO);
 
-    lp_error err = {0};
-    lp_image img = {0};
-    lp_vlm *vlm = NULL;
-    lp_vlm_ctx *ctx = NULL;
-    char *answer = NULL;
-    lp_vlm_stats stats = {0};
+    char emsg[LP_ERROR_MSG_MAX];
+    loupe_image *img = NULL;
+    loupe_model *m = NULL;
+    loupe_context *ctx = NULL;
+    loupe_answer *ans = NULL;
     stream_state ss = {0};
-    lp_vlm_region regions[LP_VLM_MAX_REGIONS];
+    loupe_region regions[LP_VLM_MAX_REGIONS];
+    loupe_status st;
     int rc;
 
     /* The image first: it is the cheapest thing to get wrong; then the
      * regions against it. */
-    if (lp_image_load(image_path, &img, &err)) { rc = cli_error(err.status, "%s", err.msg); goto out; }
+    if ((st = loupe_image_from_file(image_path, &img, emsg, sizeof emsg))) { rc = cli_error(st, "%s", emsg); goto out; }
+    const int W = loupe_image_width(img), H = loupe_image_height(img);
     for (int i = 0; i < n_reg; i++) {
         if (rargs[i].mask_path) {
-            if ((rc = load_mask(&rargs[i], &img, image_path, &regions[i])) != CLI_EXIT_OK) goto out;
+            if ((rc = load_mask(&rargs[i], W, H, image_path, &regions[i])) != CLI_EXIT_OK) goto out;
         } else {
-            regions[i] = (lp_vlm_region){.kind = LP_VLM_REGION_BOX};
+            regions[i] = (loupe_region){.kind = LOUPE_REGION_BOX};
             memcpy(regions[i].box, rargs[i].box, sizeof regions[i].box);
         }
+        const lp_vlm_region vr = {.kind = regions[i].kind == LOUPE_REGION_MASK ? LP_VLM_REGION_MASK : LP_VLM_REGION_BOX,
+                                  .box = {regions[i].box[0], regions[i].box[1], regions[i].box[2], regions[i].box[3]},
+                                  .mask = regions[i].mask, .mask_w = W, .mask_h = H};
         double clipped[4];
-        if (lp_vlm_region_box(&regions[i], img.w, img.h, clipped, &err)) {
+        lp_error err = {0};
+        if (lp_vlm_region_box(&vr, W, H, clipped, &err)) {
             if (rargs[i].mask_path) rc = cli_error(err.status, "--mask %s: %s", rargs[i].mask_path, err.msg);
             else rc = cli_error(err.status, "--region: %s", err.msg);
             goto out;
         }
     }
-    if (!(vlm = lp_vlm_load(model, mmproj, &vp, &err))) { rc = cli_error(err.status, "%s", err.msg); goto out; }
-    if (!(ctx = lp_vlm_ctx_new(vlm, &cp, &err))) { rc = cli_error(err.status, "%s", err.msg); goto out; }
-
-    if (verbose && n_reg > 0) {
-        char *q = NULL;
-        if (lp_vlm_region_question(question, regions, n_reg, img.w, img.h, &q, &err) == LOUPE_OK)
-            fprintf(stderr, "question  %s\n", q);
-        free(q);
+    if ((st = loupe_model_load(model, mmproj, &mp, &m, emsg, sizeof emsg))) { rc = cli_error(st, "%s", emsg); goto out; }
+    if (!json) { /* --json prints everything at the end */
+        cp.on_text = on_text;
+        cp.on_text_user = &ss;
     }
-    loupe_status st =
-        lp_vlm_ask_regions(vlm, ctx, &img, question, regions, n_reg, &gp, on_text, &ss, &answer, &stats, &err);
-    if (ss.written > 0 || st == LOUPE_OK) fputc('\n', stdout);
+    if ((st = loupe_context_new(m, &cp, &ctx))) { rc = cli_error(st, "%s", loupe_last_error()); goto out; }
+
+    st = loupe_ask_regions(ctx, img, question, regions, n_reg, &ans);
+    if (!json && (ss.written > 0 || st == LOUPE_OK)) fputc('\n', stdout);
     fflush(stdout);
-    if (verbose && stats.prefill_tokens > 0) print_stats(vlm, &stats);
-    if (ss.failed) rc = cli_error(LOUPE_ERR_IO, "writing to stdout failed");
-    else if (st) rc = cli_error(st, "%s", err.msg);
-    else rc = CLI_EXIT_OK;
+    if (verbose && ans) fprintf(stderr, "question  %s\n", loupe_answer_question(ans));
+    if (ss.failed) { rc = cli_error(LOUPE_ERR_IO, "writing to stdout failed"); goto out; }
+    if (st) { rc = cli_error(st, "%s", loupe_context_last_error(ctx)); goto out; }
+    if (verbose) print_stats(m, ans);
+    if (json) {
+        rc = print_json(m, img, image_path, ans);
+    } else {
+        for (int i = 0; i < loupe_answer_n_boxes(ans); i++) {
+            const loupe_box *b = loupe_answer_box(ans, i);
+            printf("box %d: [%.1f, %.1f, %.1f, %.1f]%s%s\n", i + 1, b->x1, b->y1, b->x2, b->y2, b->label[0] ? " " : "",
+                   b->label);
+        }
+        for (int i = 0; i < loupe_answer_n_issues(ans); i++) {
+            const loupe_box_issue *is = loupe_answer_issue(ans, i);
+            printf("skipped box text at byte %d: %s\n", is->offset, is->reason);
+        }
+        rc = fflush(stdout) == 0 ? CLI_EXIT_OK : cli_error(LOUPE_ERR_IO, "writing to stdout failed");
+    }
+    if (rc == CLI_EXIT_OK && draw_path) {
+        loupe_image_draw_answer(img, ans);
+        if ((st = loupe_image_write_png(img, draw_path, emsg, sizeof emsg))) rc = cli_error(st, "--draw: %s", emsg);
+    }
 out:
     for (int i = 0; i < n_reg; i++) free(rargs[i].mask);
-    free(answer);
-    lp_vlm_ctx_free(ctx);
-    lp_vlm_free(vlm);
-    lp_image_free(&img);
+    loupe_answer_free(ans);
+    loupe_context_free(ctx);
+    loupe_model_free(m);
+    loupe_image_free(img);
     return rc;
 }

@@ -249,6 +249,18 @@ const lp_template *lp_vlm_template(const lp_vlm *v) { return v->tmpl; }
 int lp_vlm_n_image_tokens(const lp_vlm *v) { return lp_clip_n_out_tokens(v->clip); }
 int lp_vlm_n_ctx_train(const lp_vlm *v) { return lp_llama_n_ctx_train(v->llama); }
 double lp_vlm_load_ms(const lp_vlm *v) { return v->load_ms; }
+int lp_vlm_image_size(const lp_vlm *v) { return lp_clip_image_size(v->clip); }
+lp_prep_mode lp_vlm_prep(const lp_vlm *v) { return v->prep; }
+const char *lp_vlm_lm_path(const lp_vlm *v) { return v->lm_path; }
+const char *lp_vlm_mmproj_path(const lp_vlm *v) { return v->mm_path; }
+
+const char *lp_vlm_meta_str(const lp_vlm *v, int which, const char *key) {
+    if (!v || !key || (which != 0 && which != 1)) return NULL;
+    const char *out = NULL;
+    lp_error e = {0};
+    if (lp_gguf_get_str_opt(which == 0 ? v->lm_gguf : v->mm_gguf, key, &out, &e)) return NULL;
+    return out;
+}
 
 /* ---- per-run state ---- */
 
@@ -496,6 +508,18 @@ loupe_status lp_vlm_region_feature_box(const lp_vlm *v, const lp_image *img, con
     return LOUPE_OK;
 }
 
+loupe_status lp_vlm_prep_geom(const lp_vlm *v, const lp_image *img, lp_prep_geom *g, int *S_out, lp_error *err) {
+    if (!v || !img || !img->rgb || !g || !S_out)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_prep_geom: NULL argument");
+    const int S = lp_clip_image_size(v->clip);
+    float *pixels = malloc((size_t)3 * S * S * sizeof *pixels);
+    if (!pixels) return lp_fail(err, LOUPE_ERR_NOMEM, "preprocessing the image: out of memory");
+    loupe_status st = lp_clip_preprocess(v->clip, img, v->prep, pixels, g, err);
+    free(pixels);
+    *S_out = S;
+    return st;
+}
+
 /* One region -> one embedding (out_dim = n_embd) from the patch features. */
 static loupe_status embed_region(const lp_vlm *v, lp_vlm_ctx *c, const lp_vlm_region *r, int i, const lp_image *img,
                                  const lp_prep_geom *g, const float *features, float *out, lp_error *err) {
@@ -531,6 +555,15 @@ static loupe_status embed_region(const lp_vlm *v, lp_vlm_ctx *c, const lp_vlm_re
     if (st) lp_error_prefix(err, "region %d", i + 1);
     free(xy);
     return st;
+}
+
+/* Tell the progress callback; nonzero from it cancels. */
+static loupe_status progress(const lp_vlm_gen_params *g, lp_vlm_stage stage, int done, int total, lp_error *err) {
+    static const char *const names[] = {"image encode", "prefill", "decode"};
+    if (g->progress && g->progress(g->progress_user, stage, done, total) != 0)
+        return lp_fail(err, LOUPE_ERR_CANCELLED, "cancelled by the progress callback during the %s (%d of %d)",
+                       names[stage], done, total);
+    return LOUPE_OK;
 }
 
 /* Hand a piece of text to the caller; nonzero from it cancels. */
@@ -634,7 +667,11 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
             goto done;
         }
     }
+    if ((st = progress(&g, LP_VLM_STAGE_ENCODE, 0, 1, err))) goto cancelled;
     if ((st = encode_image(v, c, image, img_embd, features, &geom, err))) goto done;
+    S.has_geom = 1;
+    S.image_size = lp_clip_image_size(v->clip);
+    S.geom = geom;
     if (n_regions > 0) {
         const double t_reg = now_ms();
         for (int i = 0; i < n_regions; i++)
@@ -644,6 +681,8 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
         S.region_ms = now_ms() - t_reg;
     }
     S.encode_ms = now_ms() - t;
+    if ((st = progress(&g, LP_VLM_STAGE_ENCODE, 1, 1, err))) goto cancelled;
+    if ((st = progress(&g, LP_VLM_STAGE_PREFILL, 0, pr.n_pos, err))) goto cancelled;
 
     /* Prefill: the whole prompt in one call (matrix-matrix passes). */
     t = now_ms();
@@ -657,6 +696,7 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     if ((st = lp_llama_forward(llama, c->st, embd, pr.n_pos, logits, c->pool, err))) goto done;
     S.prefill_tokens = pr.n_pos;
     S.prefill_ms = now_ms() - t;
+    if ((st = progress(&g, LP_VLM_STAGE_PREFILL, pr.n_pos, pr.n_pos, err))) goto cancelled;
 
     /* Decode. */
     t = now_ms();
@@ -682,6 +722,8 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
             goto done;
         }
         S.decode_tokens++;
+        if ((st = progress(&g, LP_VLM_STAGE_DECODE, S.decode_tokens, g.n_predict < 0 ? -1 : g.n_predict, err)))
+            goto cancelled;
         const char *piece;
         size_t n;
         if ((st = lp_detok_push(&dt, id, &piece, &n, err))) goto done;
@@ -731,6 +773,9 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     out[keep] = '\0';
     *answer = out;
     st = LOUPE_OK;
+    goto done;
+cancelled:
+    S.stop = LP_VLM_STOP_CANCELLED;
 done:
     if (S.prefill_tokens > 0 && S.prefill_ms > 0) S.prefill_tok_s = S.prefill_tokens / (S.prefill_ms / 1e3);
     if (S.prefill_tokens > 0) {

@@ -124,6 +124,13 @@ const lp_template *lp_vlm_template(const lp_vlm *vlm);
 int lp_vlm_n_image_tokens(const lp_vlm *vlm); /* positions one image takes  */
 int lp_vlm_n_ctx_train(const lp_vlm *vlm);
 double lp_vlm_load_ms(const lp_vlm *vlm);
+int lp_vlm_image_size(const lp_vlm *vlm);     /* S of the S×S model input */
+lp_prep_mode lp_vlm_prep(const lp_vlm *vlm);  /* the preprocessing in use */
+const char *lp_vlm_lm_path(const lp_vlm *vlm);
+const char *lp_vlm_mmproj_path(const lp_vlm *vlm);
+/* A string metadata value of the language model (which 0) or the mmproj
+ * (which 1), e.g. "general.name"; NULL when absent or not a string. */
+const char *lp_vlm_meta_str(const lp_vlm *vlm, int which, const char *key);
 
 typedef struct lp_vlm_ctx_params {
     /* KV-cache capacity in positions. 0: sized per question to prompt +
@@ -145,10 +152,22 @@ void lp_vlm_ctx_free(lp_vlm_ctx *ctx);
  * included; "logits"). NULL turns it off. */
 void lp_vlm_ctx_set_dump(lp_vlm_ctx *ctx, lp_llama_dump_fn fn, void *user);
 
+/* Stages reported to the progress callback, in order. */
+typedef enum lp_vlm_stage {
+    LP_VLM_STAGE_ENCODE = 0,  /* done 0 of 1 before the image encode, 1 of 1 after */
+    LP_VLM_STAGE_PREFILL = 1, /* 0 of n before the prefill, n of n after (n prompt positions) */
+    LP_VLM_STAGE_DECODE = 2   /* k of n_predict after each sampled token (total -1: no limit) */
+} lp_vlm_stage;
+
+/* Return nonzero to stop: lp_vlm_ask then returns LOUPE_ERR_CANCELLED. */
+typedef int (*lp_vlm_progress_fn)(void *user, lp_vlm_stage stage, int done, int total);
+
 typedef struct lp_vlm_gen_params {
     const char *system;          /* NULL: the template's default; "": none */
     int n_predict;               /* most new tokens; < 0: until a stop or a full context. default 256 */
     lp_sampler_params sampling;  /* default greedy: temp 0, top_k 40, top_p 0.95, seed 0 */
+    lp_vlm_progress_fn progress; /* may be NULL (default) */
+    void *progress_user;
 } lp_vlm_gen_params;
 
 lp_vlm_gen_params lp_vlm_gen_default_params(void);
@@ -180,6 +199,13 @@ typedef struct lp_vlm_stats {
     long peak_rss_kb;          /* getrusage ru_maxrss of the process */
     int n_regions;             /* regions embedded (lp_vlm_ask_regions) */
     double region_ms;          /* point sampling + region sampler, all regions (inside encode_ms) */
+    /* The preprocessing geometry of the image (vision/preprocess.h) into the
+     * image_size × image_size model input; valid when has_geom (set once the
+     * image was encoded). lp_box_geom_from_prep turns it into the frame the
+     * model's box text refers to. */
+    int has_geom;
+    int image_size;
+    lp_prep_geom geom;
 } lp_vlm_stats;
 
 /* Called with each new piece of the answer, always whole UTF-8 characters
@@ -219,6 +245,11 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *vlm, lp_vlm_ctx *ctx, const lp_ima
                                 const lp_vlm_region *regions, int n_regions, const lp_vlm_gen_params *gen,
                                 lp_vlm_text_fn on_text, void *user, char **answer, lp_vlm_stats *stats,
                                 lp_error *err);
+
+/* The preprocessing geometry this model applies to `image` (what
+ * lp_vlm_stats.geom reports after an ask), and S of the S×S input. Runs the
+ * preprocessing. */
+loupe_status lp_vlm_prep_geom(const lp_vlm *vlm, const lp_image *image, lp_prep_geom *geom, int *S, lp_error *err);
 
 /* true when the mmproj has a region sampler (regions can be asked about). */
 bool lp_vlm_has_region_sampler(const lp_vlm *vlm);

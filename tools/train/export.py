@@ -140,6 +140,8 @@ def write_mmproj(path, sd, cfg, ttype, name):
     w.add_str("general.description", "loupe tiny Ferret-style image encoder (synthetic scenes)")
     w.add_str("clip.projector_type", "mlp")
     w.add_u32("clip.vision.image_size", S)
+    # trained on squeezed images (Ferret): loupe's auto preprocessing reads this
+    w.add_str("clip.vision.image_aspect_ratio", "squash")
     w.add_u32("clip.vision.patch_size", P)
     w.add_u32("clip.vision.embedding_length", D)
     w.add_u32("clip.vision.feed_forward_length", cfg["v_ff"])
