@@ -6,6 +6,7 @@
  * checked against the bytes still unclaimed before anything is allocated, so
  * memory use stays a small multiple of the file size whatever the header says. */
 #include "gguf.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,13 +53,6 @@ static uint64_t min_elem_bytes(uint32_t elem) {
 static bool is_pow2(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
 /* Thread-safe strerror for both GNU and XSI strerror_r. */
-static const char *errstr(int e, char *buf, size_t n) {
-#if defined(_GNU_SOURCE)
-    return strerror_r(e, buf, n);
-#else
-    return strerror_r(e, buf, n) == 0 ? buf : "unknown error";
-#endif
-}
 
 /* ---- values ---- */
 
@@ -502,7 +496,7 @@ lp_gguf *lp_gguf_open(const char *path, lp_error *err) {
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        lp_fail(err, LOUPE_ERR_IO, "%s: cannot open: %s", path, errstr(errno, eb, sizeof eb));
+        lp_fail(err, LOUPE_ERR_IO, "%s: cannot open: %s", path, lp_strerror(errno, eb, sizeof eb));
         return NULL;
     }
     struct stat st;
@@ -516,7 +510,7 @@ lp_gguf *lp_gguf_open(const char *path, lp_error *err) {
     if (size > 0) {
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
-            lp_fail(err, LOUPE_ERR_IO, "%s: cannot map %zu bytes: %s", path, size, errstr(errno, eb, sizeof eb));
+            lp_fail(err, LOUPE_ERR_IO, "%s: cannot map %zu bytes: %s", path, size, lp_strerror(errno, eb, sizeof eb));
             close(fd);
             return NULL;
         }
@@ -1134,26 +1128,10 @@ loupe_status lp_gguf_writer_write(lp_gguf_writer *w, const char *path, lp_error 
             return lp_fail(err, LOUPE_ERR_LIMIT, "%s: tensor '%s': data section size overflows", path, w->t[i].name);
     }
 
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    if (!tmp) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", 12);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        loupe_status st = lp_fail(err, LOUPE_ERR_IO, "%s: cannot create temporary file: %s", path, errstr(errno, eb, sizeof eb));
-        free(tmp);
-        return st;
-    }
-    (void)fchmod(fd, 0644); /* mkstemp makes 0600 */
-    wr o = {.f = fdopen(fd, "wb")};
-    if (!o.f) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: %s", path, errstr(e, eb, sizeof eb));
-    }
+    lp_outfile out;
+    loupe_status st = lp_outfile_open(&out, path, err);
+    if (st != LOUPE_OK) return st;
+    wr o = {.f = out.f};
 
     w_bytes(&o, GGUF_MAGIC, 4);
     w_u32(&o, 3);
@@ -1178,19 +1156,11 @@ loupe_status lp_gguf_writer_write(lp_gguf_writer *w, const char *path, lp_error 
         w_pad(&o, align);
     }
 
-    int e = 0;
-    if (o.bad) e = o.err;
-    else if (fflush(o.f) != 0) e = errno ? errno : EIO;
-    if (!e && fsync(fileno(o.f)) != 0) e = errno;
-    if (fclose(o.f) != 0 && !e) e = errno ? errno : EIO;
-    if (!e && rename(tmp, path) != 0) e = errno;
-    if (e) {
-        unlink(tmp);
-        free(tmp);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: write failed: %s", path, errstr(e, eb, sizeof eb));
+    if (o.bad) {
+        lp_outfile_abort(&out);
+        return lp_fail(err, LOUPE_ERR_IO, "%s: write failed: %s", path, lp_strerror(o.err, eb, sizeof eb));
     }
-    free(tmp);
-    return LOUPE_OK;
+    return lp_outfile_commit(&out, err);
 }
 
 bool lp_gguf_arr_int(const lp_gguf_value *v, uint64_t i, int64_t *out) {

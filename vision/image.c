@@ -11,6 +11,7 @@
  *     on PIL-converted pixels. 16-bit PNGs are reduced by stb to their high
  *     byte. */
 #include "image.h"
+#include "../core/fileio.h"
 
 #define STBI_NO_STDIO
 #include <stb/stb_image.h>
@@ -28,15 +29,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Thread-safe strerror: the GNU strerror_r may return a static string. */
-static const char *errstr(int e, char *buf, size_t n) {
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-    return strerror_r(e, buf, n);
-#else
-    if (strerror_r(e, buf, n) != 0) snprintf(buf, n, "error %d", e);
-    return buf;
-#endif
-}
 
 static loupe_status check_dims(long long w, long long h, const char *name, lp_error *err) {
     if (w <= 0 || h <= 0)
@@ -307,12 +299,12 @@ loupe_status lp_image_load(const char *path, lp_image *out, lp_error *err) {
     if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: NULL output image", path);
     char eb[128];
     FILE *f = fopen(path, "rb");
-    if (!f) return lp_fail(err, LOUPE_ERR_IO, "%s: cannot open: %s", path, errstr(errno, eb, sizeof eb));
+    if (!f) return lp_fail(err, LOUPE_ERR_IO, "%s: cannot open: %s", path, lp_strerror(errno, eb, sizeof eb));
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0) {
         int e = errno;
         fclose(f);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: cannot stat: %s", path, errstr(e, eb, sizeof eb));
+        return lp_fail(err, LOUPE_ERR_IO, "%s: cannot stat: %s", path, lp_strerror(e, eb, sizeof eb));
     }
     if (S_ISDIR(sb.st_mode)) {
         fclose(f);
@@ -342,7 +334,7 @@ loupe_status lp_image_load(const char *path, lp_image *out, lp_error *err) {
     fclose(f);
     if (got != size) {
         free(buf);
-        if (rerr) return lp_fail(err, LOUPE_ERR_IO, "%s: read failed: %s", path, errstr(e, eb, sizeof eb));
+        if (rerr) return lp_fail(err, LOUPE_ERR_IO, "%s: read failed: %s", path, lp_strerror(e, eb, sizeof eb));
         return lp_fail(err, LOUPE_ERR_IO, "%s: file shrank while reading (%zu of %zu bytes)", path, got, size);
     }
     loupe_status st = lp_image_load_mem(buf, size, path, out, err);
@@ -403,55 +395,15 @@ loupe_status lp_image_write_png(const char *path, const lp_image *img, lp_error 
     loupe_status st = check_dims(img->w, img->h, path, err);
     if (st) return st;
 
-    /* Write next to the target and rename, so readers never see half a PNG.
-     * open(O_EXCL, 0666) rather than mkstemp: the result gets the umask's
-     * permissions like any other file instead of mkstemp's 0600. */
-    static atomic_uint seq;
-    char eb[128];
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 64);
-    if (!tmp) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
-    int fd = -1;
-    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
-        snprintf(tmp, plen + 64, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&seq, 1u));
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd < 0 && errno != EEXIST) break;
-    }
-    if (fd < 0) {
-        int e = errno;
-        free(tmp);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: cannot create temporary file: %s", path, errstr(e, eb, sizeof eb));
-    }
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: fdopen: %s", path, errstr(e, eb, sizeof eb));
-    }
+    /* Written next to the target and renamed, so readers never see half a PNG. */
+    lp_outfile out;
+    if ((st = lp_outfile_open(&out, path, err)) != LOUPE_OK) return st;
     pngw_ctx ctx = {{0}};
-    int rc = write_png_stream(f, img, &ctx);
-    int werr = ferror(f);
-    int e = errno;
-    if (fclose(f) != 0 && !werr) {
-        werr = 1;
-        e = errno;
+    if (write_png_stream(out.f, img, &ctx) != 0) {
+        lp_outfile_abort(&out);
+        return lp_fail(err, LOUPE_ERR_IO, "%s: PNG write failed: %s", path, ctx.msg);
     }
-    if (rc != 0 || werr) {
-        unlink(tmp);
-        free(tmp);
-        if (rc != 0) return lp_fail(err, LOUPE_ERR_IO, "%s: PNG write failed: %s", path, ctx.msg);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: write failed: %s", path, errstr(e, eb, sizeof eb));
-    }
-    if (rename(tmp, path) != 0) {
-        e = errno;
-        unlink(tmp);
-        free(tmp);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: rename from temporary file failed: %s", path, errstr(e, eb, sizeof eb));
-    }
-    free(tmp);
-    return LOUPE_OK;
+    return lp_outfile_commit(&out, err);
 }
 
 /* ---- normalization ---- */

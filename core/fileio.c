@@ -1,0 +1,73 @@
+/* core/fileio.c — see fileio.h. */
+#include "fileio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *lp_strerror(int e, char *buf, size_t n) {
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+    return strerror_r(e, buf, n); /* the GNU variant may return a static string */
+#else
+    if (strerror_r(e, buf, n) != 0) snprintf(buf, n, "error %d", e);
+    return buf;
+#endif
+}
+
+loupe_status lp_outfile_open(lp_outfile *o, const char *path, lp_error *err) {
+    static atomic_uint seq; /* unique names across threads of this process */
+    char eb[128];
+    o->f = NULL;
+    o->path = path;
+    size_t cap = strlen(path) + 64;
+    if (!(o->tmp = malloc(cap))) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+    int fd = -1;
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        snprintf(o->tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&seq, 1u));
+        fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0 && errno != EEXIST) break;
+    }
+    if (fd < 0) {
+        int e = errno;
+        free(o->tmp);
+        o->tmp = NULL;
+        return lp_fail(err, LOUPE_ERR_IO, "%s: cannot create temporary file: %s", path, lp_strerror(e, eb, sizeof eb));
+    }
+    if (!(o->f = fdopen(fd, "wb"))) {
+        int e = errno;
+        close(fd);
+        unlink(o->tmp);
+        free(o->tmp);
+        o->tmp = NULL;
+        return lp_fail(err, LOUPE_ERR_IO, "%s: %s", path, lp_strerror(e, eb, sizeof eb));
+    }
+    return LOUPE_OK;
+}
+
+loupe_status lp_outfile_commit(lp_outfile *o, lp_error *err) {
+    char eb[128];
+    int e = 0;
+    errno = 0;
+    if (ferror(o->f)) e = errno ? errno : EIO;
+    else if (fflush(o->f) != 0) e = errno ? errno : EIO;
+    if (!e && fsync(fileno(o->f)) != 0) e = errno;
+    if (fclose(o->f) != 0 && !e) e = errno ? errno : EIO;
+    o->f = NULL;
+    if (!e && rename(o->tmp, o->path) != 0) e = errno;
+    if (e) unlink(o->tmp);
+    free(o->tmp);
+    o->tmp = NULL;
+    if (e) return lp_fail(err, LOUPE_ERR_IO, "%s: write failed: %s", o->path, lp_strerror(e, eb, sizeof eb));
+    return LOUPE_OK;
+}
+
+void lp_outfile_abort(lp_outfile *o) {
+    if (o->f) fclose(o->f);
+    o->f = NULL;
+    if (o->tmp) unlink(o->tmp);
+    free(o->tmp);
+    o->tmp = NULL;
+}

@@ -1,0 +1,36 @@
+/* core/fileio.h — writing a file so readers never see half of it, and
+ * thread-safe error text.
+ *
+ *   lp_outfile o;
+ *   if (lp_outfile_open(&o, path, err)) return err->status;
+ *   ... fwrite(..., o.f) ...
+ *   return lp_outfile_commit(&o, err);   // or lp_outfile_abort(&o)
+ *
+ * The data goes to a temporary file beside `path` (created with O_EXCL and
+ * mode 0666, so the result gets the umask's permissions like any other new
+ * file), is flushed and fsync'd, then renamed over `path`. On any failure
+ * the temporary file is removed and `path` is left as it was. */
+#ifndef LP_FILEIO_H
+#define LP_FILEIO_H
+
+#include "error.h"
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct lp_outfile {
+    FILE *f;          /* write here */
+    char *tmp;        /* the temporary file's path */
+    const char *path; /* the target (borrowed) */
+} lp_outfile;
+
+loupe_status lp_outfile_open(lp_outfile *o, const char *path, lp_error *err);
+/* Flush, fsync, close and rename. Fails (and removes the temporary file) if
+ * any earlier write on o->f failed. */
+loupe_status lp_outfile_commit(lp_outfile *o, lp_error *err);
+/* Close and remove the temporary file. */
+void lp_outfile_abort(lp_outfile *o);
+
+/* strerror that is safe to call from several threads. */
+const char *lp_strerror(int e, char *buf, size_t n);
+
+#endif
