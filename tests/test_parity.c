@@ -29,6 +29,7 @@
  *     argmax path is compared; the fixture's seed was checked to leave
  *     margin, see the README).
  * Run from the repository root. */
+#include "support/dumps.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -56,39 +57,9 @@
 
 /* ---------------------------------------------------------------- dumps */
 
-#define MAX_DUMPS 128
-
-typedef struct dump_entry {
-    char name[64];
-    float *data;
-    int64_t n;
-} dump_entry;
-
-typedef struct dumps {
-    dump_entry e[MAX_DUMPS];
-    int n;
-} dumps;
-
+/* dump hooks of clip and decoder report f32 activations */
 static void dump_cb(void *user, const char *name, const float *data, int64_t n) {
-    dumps *d = user;
-    assert_true(d->n < MAX_DUMPS);
-    dump_entry *e = &d->e[d->n++];
-    snprintf(e->name, sizeof e->name, "%s", name);
-    e->data = malloc(sizeof(float) * (size_t)n);
-    assert_non_null(e->data);
-    memcpy(e->data, data, sizeof(float) * (size_t)n);
-    e->n = n;
-}
-
-static const dump_entry *dump_find(const dumps *d, const char *name) {
-    for (int i = d->n - 1; i >= 0; i--)
-        if (strcmp(d->e[i].name, name) == 0) return &d->e[i];
-    return NULL;
-}
-
-static void dumps_free(dumps *d) {
-    for (int i = 0; i < d->n; i++) free(d->e[i].data);
-    d->n = 0;
+    dumps_add(user, name, LP_TYPE_F32, data, n);
 }
 
 /* ---------------------------------------------------------------- fixtures */

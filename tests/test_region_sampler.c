@@ -10,6 +10,7 @@
  *   - every float intermediate within REL_TOL: max|loupe − ref| ≤
  *     REL_TOL · max|ref| per tensor.
  * Run from the repository root. */
+#include "support/dumps.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,41 +36,8 @@
 /* ------------------------------------------------------------------------ */
 /* dumps                                                                     */
 
-#define MAX_DUMPS 32
-
-typedef struct dump_entry {
-    char name[64];
-    lp_type type;
-    void *data;
-    int64_t n;
-} dump_entry;
-
-typedef struct dumps {
-    dump_entry e[MAX_DUMPS];
-    int n;
-} dumps;
-
 static void dump_cb(void *user, const char *name, lp_type type, const void *data, int64_t n) {
-    dumps *d = user;
-    assert_true(d->n < MAX_DUMPS);
-    dump_entry *e = &d->e[d->n++];
-    snprintf(e->name, sizeof e->name, "%s", name);
-    e->type = type;
-    e->data = malloc(4 * (size_t)n);
-    assert_non_null(e->data);
-    memcpy(e->data, data, 4 * (size_t)n);
-    e->n = n;
-}
-
-static const dump_entry *dump_find(const dumps *d, const char *name) {
-    for (int i = d->n - 1; i >= 0; i--)
-        if (strcmp(d->e[i].name, name) == 0) return &d->e[i];
-    return NULL;
-}
-
-static void dumps_free(dumps *d) {
-    for (int i = 0; i < d->n; i++) free(d->e[i].data);
-    d->n = 0;
+    dumps_add(user, name, type, data, n);
 }
 
 /* ------------------------------------------------------------------------ */
