@@ -9,6 +9,9 @@
 
 #include "loupe.h"
 
+#include <limits.h>
+#include <stdbool.h>
+
 /* Exit codes: 0 ok, 1 usage error, 2 + (status - 1) = 1 + status for a library failure. */
 #define CLI_EXIT_OK 0
 #define CLI_EXIT_USAGE 1
@@ -19,7 +22,33 @@ int cli_error(loupe_status s, const char *fmt, ...) __attribute__((format(printf
 /* "loupe <cmd>: <msg>" + a pointer to --help on stderr; returns CLI_EXIT_USAGE. */
 int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Strict number parsing: the whole string, within [lo, hi]. */
+bool cli_parse_int(const char *s, long lo, long hi, long *out);
+bool cli_parse_u64(const char *s, unsigned long long *out);
+bool cli_parse_float(const char *s, float lo, float hi, float *out);
+
+/* "loupe: <level>: msg" on stderr (for loupe_log_set with --verbose). */
+void cli_log_stderr(loupe_log_level level, const char *msg, void *user);
+
+/* The model a command runs: -m/--mmproj, or the shipped tiny model. */
+#define CLI_DEFAULT_MODEL "loupe-tiny"
+typedef struct cli_model_args {
+    const char *model, *mmproj;
+    loupe_model_params params;
+    char model_buf[PATH_MAX + 64], mmproj_buf[PATH_MAX + 64];
+} cli_model_args;
+void cli_model_args_init(cli_model_args *m);
+/* Handles -m/--model, --mmproj, --template, --box-format, --prep VAL.
+ * Returns 1 when opt was one of them (*rc set to a usage exit code if its
+ * value was bad), 0 otherwise. */
+int cli_model_arg(cli_model_args *m, const char *cmd, const char *opt, const char *val, int *rc);
+/* Fills in the shipped model when no -m was given; usage error when it is
+ * not found or only one of -m/--mmproj was given. */
+int cli_model_resolve(cli_model_args *m, const char *cmd);
+
 int cmd_ask(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_eval_merge(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 

@@ -25,13 +25,14 @@
 static void ask_help(FILE *out) {
     lp_vlm_gen_params g = lp_vlm_gen_default_params();
     fprintf(out,
-            "usage: loupe ask -m MODEL.gguf --mmproj MMPROJ.gguf IMAGE \"question\" [options]\n\n"
+            "usage: loupe ask [-m MODEL.gguf --mmproj MMPROJ.gguf] IMAGE \"question\" [options]\n\n"
             "Answers a question about an image with a LLaVA-style model: a language-model\n"
             "GGUF and its vision projector (mmproj) GGUF. The answer is printed to stdout\n"
             "as it is generated, then a newline.\n\n"
             "options:\n"
-            "  -m, --model FILE     language model GGUF (required)\n"
-            "  --mmproj FILE        vision encoder + projector GGUF (required)\n"
+            "  -m, --model FILE     language model GGUF (default: the shipped tiny model,\n"
+            "                       models/" CLI_DEFAULT_MODEL ".gguf; see loupe eval --help)\n"
+            "  --mmproj FILE        vision encoder + projector GGUF (required with -m)\n"
             "  --template NAME      chat template: %s\n"
             "                       (default: recognised from the model's tokenizer.chat_template,\n"
             "                       vicuna when it has none)\n"
@@ -47,9 +48,13 @@ static void ask_help(FILE *out) {
             "  --llamacpp-compat    reproduce llama.cpp: its image preprocessing and the\n"
             "                       CLIP quirks of its LLaVA graph (default: the model's\n"
             "                       PyTorch behaviour, LLaVA pad-to-square preprocessing)\n"
-            "  --prep MODE          image preprocessing: pad (LLaVA expand-to-square, the\n"
-            "                       default), squash (stretch to the input size: Ferret's)\n"
-            "                       or llamacpp (llama.cpp's resize-then-pad)\n"
+            "  --prep MODE          image preprocessing: pad (LLaVA expand-to-square),\n"
+            "                       squash (stretch to the input size: Ferret's) or\n"
+            "                       llamacpp (llama.cpp's resize-then-pad); default: the\n"
+            "                       mmproj's clip.vision.image_aspect_ratio, else pad\n"
+            "  --box-format NAME    how the model writes boxes (ferret, shikra, internvl,\n"
+            "                       qwen2-vl, qwen2.5-vl, kosmos-2, florence-2, paligemma;\n"
+            "                       default: the model family's)\n"
             "\nregions (Ferret-style referring; the mmproj needs a region sampler and the\n"
             "model a <region_fea> token):\n"
             "  --region X1,Y1,X2,Y2 a box in pixels of the original image, pixel edges: the\n"
@@ -81,34 +86,6 @@ static void ask_help(FILE *out) {
             "  -h, --help           this text\n",
             lp_template_names(), g.n_predict, g.sampling.top_k, g.sampling.top_p, LP_VLM_MAX_REGIONS,
             LP_VLM_REGION_PLACEHOLDER, LP_VLM_REGION_PLACEHOLDER);
-}
-
-static bool parse_int(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_u64(const char *s, unsigned long long *out) {
-    char *end;
-    errno = 0;
-    if (*s == '-') return false;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_float(const char *s, float lo, float hi, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return false;
-    *out = v;
-    return true;
 }
 
 /* "x1,y1,x2,y2": four finite numbers, x1 < x2, y1 < y2. */
@@ -179,12 +156,6 @@ static int on_text(void *user, const char *text, size_t len) {
     }
     s->written += len;
     return 0;
-}
-
-static void log_stderr(loupe_log_level level, const char *msg, void *user) {
-    (void)user;
-    static const char *const names[] = {"error", "warning", "info", "debug"};
-    fprintf(stderr, "loupe: %s: %s\n", names[level <= LOUPE_LOG_DEBUG ? level : LOUPE_LOG_DEBUG], msg);
 }
 
 static void print_stats(const loupe_model *m, const loupe_answer *a) {
@@ -273,8 +244,9 @@ static int print_json(const loupe_model *m, const loupe_image *img, const char *
 }
 
 int cmd_ask(int argc, char **argv) {
-    const char *model = NULL, *mmproj = NULL, *image_path = NULL, *question = NULL, *draw_path = NULL;
-    loupe_model_params mp = loupe_model_default_params();
+    const char *image_path = NULL, *question = NULL, *draw_path = NULL;
+    cli_model_args ma;
+    cli_model_args_init(&ma);
     loupe_context_params cp = loupe_context_default_params();
     bool verbose = false, only_pos = false, json = false;
     int n_pos = 0;
@@ -294,23 +266,19 @@ int cmd_ask(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { ask_help(stdout); return CLI_EXIT_OK; }
         if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { verbose = true; continue; }
         if (!strcmp(a, "--json")) { json = true; continue; }
-        if (!strcmp(a, "--llamacpp-compat")) { mp.llamacpp_compat = 1; continue; }
+        if (!strcmp(a, "--llamacpp-compat")) { ma.params.llamacpp_compat = 1; continue; }
         /* Everything else takes a value. */
         if (i + 1 >= argc) return cli_usage("ask", "option '%s' needs a value", a);
         const char *val = argv[++i];
         long n;
         unsigned long long u;
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = val;
-        else if (!strcmp(a, "--mmproj")) mmproj = val;
-        else if (!strcmp(a, "--template")) mp.template_name = val;
+        int rc = CLI_EXIT_OK;
+        if (cli_model_arg(&ma, "ask", a, val, &rc)) {
+            if (rc != CLI_EXIT_OK) return rc;
+        }
         else if (!strcmp(a, "--system")) cp.system_prompt = val;
         else if (!strcmp(a, "--draw")) draw_path = val;
-        else if (!strcmp(a, "--prep")) {
-            if (!strcmp(val, "pad")) mp.prep = LOUPE_PREP_PAD;
-            else if (!strcmp(val, "squash") || !strcmp(val, "squeeze")) mp.prep = LOUPE_PREP_SQUASH;
-            else if (!strcmp(val, "llamacpp")) mp.prep = LOUPE_PREP_LLAMACPP;
-            else return cli_usage("ask", "--prep: '%s' is not a mode (pad, squash, llamacpp)", val);
-        } else if (!strcmp(a, "--region") || !strcmp(a, "--mask")) {
+        else if (!strcmp(a, "--region") || !strcmp(a, "--mask")) {
             if (n_reg >= LP_VLM_MAX_REGIONS) return cli_usage("ask", "at most %d regions", LP_VLM_MAX_REGIONS);
             region_arg *r = &rargs[n_reg];
             memset(r, 0, sizeof *r);
@@ -323,34 +291,31 @@ int cmd_ask(int argc, char **argv) {
             n_reg++;
         }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            if (!parse_int(val, -1, INT_MAX, &n)) return cli_usage("ask", "%s: '%s' is not a token count (-1 or more)", a, val);
+            if (!cli_parse_int(val, -1, INT_MAX, &n)) return cli_usage("ask", "%s: '%s' is not a token count (-1 or more)", a, val);
             cp.max_tokens = (int)n;
         } else if (!strcmp(a, "--temp")) {
-            if (!parse_float(val, 0.0f, 100.0f, &cp.temperature)) return cli_usage("ask", "--temp: '%s' is not a temperature in [0, 100]", val);
+            if (!cli_parse_float(val, 0.0f, 100.0f, &cp.temperature)) return cli_usage("ask", "--temp: '%s' is not a temperature in [0, 100]", val);
         } else if (!strcmp(a, "--top-k")) {
-            if (!parse_int(val, 0, INT_MAX, &n)) return cli_usage("ask", "--top-k: '%s' is not a count (0 or more)", val);
+            if (!cli_parse_int(val, 0, INT_MAX, &n)) return cli_usage("ask", "--top-k: '%s' is not a count (0 or more)", val);
             cp.top_k = (int)n;
         } else if (!strcmp(a, "--top-p")) {
-            if (!parse_float(val, 0.0f, 1.0f, &cp.top_p)) return cli_usage("ask", "--top-p: '%s' is not in [0, 1]", val);
+            if (!cli_parse_float(val, 0.0f, 1.0f, &cp.top_p)) return cli_usage("ask", "--top-p: '%s' is not in [0, 1]", val);
         } else if (!strcmp(a, "--seed")) {
-            if (!parse_u64(val, &u)) return cli_usage("ask", "--seed: '%s' is not a non-negative integer", val);
+            if (!cli_parse_u64(val, &u)) return cli_usage("ask", "--seed: '%s' is not a non-negative integer", val);
             cp.seed = u;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (!parse_int(val, 1, 1024, &n)) return cli_usage("ask", "%s: '%s' is not a thread count (1..1024)", a, val);
+            if (!cli_parse_int(val, 1, 1024, &n)) return cli_usage("ask", "%s: '%s' is not a thread count (1..1024)", a, val);
             cp.n_threads = (int)n;
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            if (!parse_int(val, 0, INT_MAX, &n)) return cli_usage("ask", "%s: '%s' is not a context size", a, val);
+            if (!cli_parse_int(val, 0, INT_MAX, &n)) return cli_usage("ask", "%s: '%s' is not a context size", a, val);
             cp.n_ctx = (int)n;
         } else return cli_usage("ask", "unknown option '%s'", a);
     }
-    if (!model)
-        return cli_usage("ask", "a model is required: -m MODEL.gguf --mmproj MMPROJ.gguf (a LLaVA-style language "
-                                "model and its vision projector)");
-    if (!mmproj) return cli_usage("ask", "--mmproj MMPROJ.gguf is required (the vision projector for %s)", model);
+    { int rc = cli_model_resolve(&ma, "ask"); if (rc != CLI_EXIT_OK) return rc; }
     if (!image_path) return cli_usage("ask", "no image given");
     if (!question) return cli_usage("ask", "no question given");
 
-    if (verbose) loupe_log_set(log_stderr, NULL, LOUPE_LOG_INFO);
+    if (verbose) loupe_log_set(cli_log_stderr, NULL, LOUPE_LOG_INFO);
 
     char emsg[LP_ERROR_MSG_MAX];
     loupe_image *img = NULL;
@@ -384,7 +349,7 @@ int cmd_ask(int argc, char **argv) {
             goto out;
         }
     }
-    if ((st = loupe_model_load(model, mmproj, &mp, &m, emsg, sizeof emsg))) { rc = cli_error(st, "%s", emsg); goto out; }
+    if ((st = loupe_model_load(ma.model, ma.mmproj, &ma.params, &m, emsg, sizeof emsg))) { rc = cli_error(st, "%s", emsg); goto out; }
     if (!json) { /* --json prints everything at the end */
         cp.on_text = on_text;
         cp.on_text_user = &ss;

@@ -22,18 +22,10 @@ static void synth_help(FILE *out) {
                  "  --max-objects K         objects placed per scene before culling (default 8, <= 12)\n");
 }
 
-static int parse_u64(const char *s, unsigned long long *v) {
-    char *end;
-    errno = 0;
-    if (!s || !*s || *s == '-') return -1;
-    *v = strtoull(s, &end, 0);
-    return (errno || *end) ? -1 : 0;
-}
-
 static int parse_int(const char *s, int lo, int hi, int *v) {
-    unsigned long long u;
-    if (parse_u64(s, &u) || u < (unsigned long long)lo || u > (unsigned long long)hi) return -1;
-    *v = (int)u;
+    long l;
+    if (!cli_parse_int(s, lo, hi, &l)) return -1;
+    *v = (int)l;
     return 0;
 }
 
@@ -55,7 +47,7 @@ int cmd_synth(int argc, char **argv) {
         if (!v) return cli_usage("synth", "%s needs a value", a);
         i++;
         if (!strcmp(a, "--seed")) {
-            if (parse_u64(v, &seed)) return cli_usage("synth", "--seed: '%s' is not a non-negative integer", v);
+            if (!cli_parse_u64(v, &seed)) return cli_usage("synth", "--seed: '%s' is not a non-negative integer", v);
             have_seed = 1;
         } else if (!strcmp(a, "--n")) {
             if (parse_int(v, 1, 10000000, &n)) return cli_usage("synth", "--n: '%s' is not a count in 1..10000000", v);

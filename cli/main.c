@@ -14,7 +14,10 @@ typedef struct cli_cmd {
 
 /* One row per command; the code lives in cli/cmd_<name>.c. */
 static const cli_cmd COMMANDS[] = {
-    {"ask", "IMAGE QUESTION", "answer a question about an image (-m MODEL --mmproj MMPROJ)", cmd_ask},
+    {"ask", "IMAGE QUESTION", "answer a question about an image (default model: the shipped tiny one)", cmd_ask},
+    {"eval", "--data FILE [--images DIR]", "grounding accuracy on a dataset (RefCOCO protocol, resumable, shardable)",
+     cmd_eval},
+    {"eval-merge", "RESULTS.jsonl...", "one report over the results files of several eval shards", cmd_eval_merge},
     {"info", "FILE.gguf...", "print a GGUF file's header, metadata and tensor table", cmd_info},
     {"synth", "--seed S --n N --out DIR", "write a synthetic grounding dataset (scenes, boxes, expressions)", cmd_synth},
 };

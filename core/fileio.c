@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 const char *lp_strerror(int e, char *buf, size_t n) {
@@ -70,4 +72,45 @@ void lp_outfile_abort(lp_outfile *o) {
     if (o->tmp) unlink(o->tmp);
     free(o->tmp);
     o->tmp = NULL;
+}
+
+loupe_status lp_read_file(const char *path, size_t max, const char *what, char **buf, size_t *size, lp_error *err) {
+    *buf = NULL;
+    *size = 0;
+    char eb[128];
+    FILE *f = fopen(path, "rb");
+    if (!f) return lp_fail(err, LOUPE_ERR_IO, "%s: cannot open: %s", path, lp_strerror(errno, eb, sizeof eb));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0) {
+        int e = errno;
+        fclose(f);
+        return lp_fail(err, LOUPE_ERR_IO, "%s: cannot stat: %s", path, lp_strerror(e, eb, sizeof eb));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return lp_fail(err, LOUPE_ERR_IO, "%s: %s", path, S_ISDIR(sb.st_mode) ? "is a directory" : "not a regular file");
+    }
+    if ((unsigned long long)sb.st_size > (unsigned long long)max) {
+        fclose(f);
+        return lp_fail(err, LOUPE_ERR_LIMIT, "%s: %lld bytes is over the %s limit", path, (long long)sb.st_size, what);
+    }
+    size_t n = (size_t)sb.st_size;
+    char *b = malloc(n + 1);
+    if (!b) {
+        fclose(f);
+        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, n);
+    }
+    size_t got = fread(b, 1, n, f);
+    int rerr = ferror(f);
+    int e = errno;
+    fclose(f);
+    if (got != n) {
+        free(b);
+        if (rerr) return lp_fail(err, LOUPE_ERR_IO, "%s: read failed: %s", path, lp_strerror(e, eb, sizeof eb));
+        return lp_fail(err, LOUPE_ERR_IO, "%s: file shrank while reading (%zu of %zu bytes)", path, got, n);
+    }
+    b[n] = '\0';
+    *buf = b;
+    *size = n;
+    return LOUPE_OK;
 }

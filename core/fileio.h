@@ -30,6 +30,13 @@ loupe_status lp_outfile_commit(lp_outfile *o, lp_error *err);
 /* Close and remove the temporary file. */
 void lp_outfile_abort(lp_outfile *o);
 
+/* Read a whole regular file into *buf (malloc'd, size + 1 bytes with a NUL
+ * after the data, so text can be parsed in place). Refuses directories,
+ * non-regular files and files over max bytes (LOUPE_ERR_LIMIT; `what` names
+ * the limit in the message, e.g. "2 GiB file"). An empty file is returned as
+ * size 0; the caller decides whether that is an error. */
+loupe_status lp_read_file(const char *path, size_t max, const char *what, char **buf, size_t *size, lp_error *err);
+
 /* strerror that is safe to call from several threads. */
 const char *lp_strerror(int e, char *buf, size_t n);
 

@@ -297,47 +297,15 @@ loupe_status lp_image_load(const char *path, lp_image *out, lp_error *err) {
     }
     if (!path) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_image_load: NULL path");
     if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: NULL output image", path);
-    char eb[128];
-    FILE *f = fopen(path, "rb");
-    if (!f) return lp_fail(err, LOUPE_ERR_IO, "%s: cannot open: %s", path, lp_strerror(errno, eb, sizeof eb));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0) {
-        int e = errno;
-        fclose(f);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: cannot stat: %s", path, lp_strerror(e, eb, sizeof eb));
-    }
-    if (S_ISDIR(sb.st_mode)) {
-        fclose(f);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: is a directory", path);
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return lp_fail(err, LOUPE_ERR_IO, "%s: not a regular file", path);
-    }
-    if (sb.st_size == 0) {
-        fclose(f);
+    char *buf;
+    size_t size;
+    loupe_status st = lp_read_file(path, LP_IMAGE_MAX_FILE, "2 GiB file", &buf, &size, err);
+    if (st) return st;
+    if (size == 0) {
+        free(buf);
         return lp_fail(err, LOUPE_ERR_FORMAT, "%s: empty file", path);
     }
-    if ((long long)sb.st_size > LP_IMAGE_MAX_FILE) {
-        fclose(f);
-        return lp_fail(err, LOUPE_ERR_LIMIT, "%s: %lld bytes is over the 2 GiB file limit", path, (long long)sb.st_size);
-    }
-    size_t size = (size_t)sb.st_size;
-    uint8_t *buf = malloc(size);
-    if (!buf) {
-        fclose(f);
-        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, size);
-    }
-    size_t got = fread(buf, 1, size, f);
-    int rerr = ferror(f);
-    int e = errno;
-    fclose(f);
-    if (got != size) {
-        free(buf);
-        if (rerr) return lp_fail(err, LOUPE_ERR_IO, "%s: read failed: %s", path, lp_strerror(e, eb, sizeof eb));
-        return lp_fail(err, LOUPE_ERR_IO, "%s: file shrank while reading (%zu of %zu bytes)", path, got, size);
-    }
-    loupe_status st = lp_image_load_mem(buf, size, path, out, err);
+    st = lp_image_load_mem(buf, size, path, out, err);
     free(buf);
     return st;
 }

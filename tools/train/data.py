@@ -159,7 +159,7 @@ def build_samples(ann_dir, S, tok, cache=None):
     return out
 
 
-def grouped_batches(data, idx, n_per_img, n_img, seed):
+def grouped_batches(data, idx, n_per_img, n_img, seed, chunked=False):
     """Deterministic batches: the samples idx are grouped by image, shuffled
     within an image and cut into chunks of n_per_img (the ViT then encodes
     each image once per batch); chunks are shuffled and n_img of them form a
@@ -175,4 +175,57 @@ def grouped_batches(data, idx, n_per_img, n_img, seed):
         chunks += [js[k:k + n_per_img] for k in range(0, len(js), n_per_img)]
     order = rng.permutation(len(chunks))
     chunks = [chunks[k] for k in order]
+    if chunked:   # keep each image's questions together (Model.forward_packed rows)
+        return [chunks[k:k + n_img] for k in range(0, len(chunks), n_img)]
     return [sum(chunks[k:k + n_img], []) for k in range(0, len(chunks), n_img)]
+
+
+def rle_points(rle, max_points, rng):
+    """COCO uncompressed RLE (column-major, first run background) -> the
+    inside pixels as normalized (x / W, y / H) points, the coordinates
+    lp_region_sample_points gives a mask region; at most max_points of them
+    (a fixed random subset)."""
+    h, w = rle["size"]
+    idx, pos, val = [], 0, 0
+    for run in rle["counts"]:
+        if val:
+            idx.append(np.arange(pos, pos + run))
+        pos += run
+        val ^= 1
+    idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+    if len(idx) > max_points:
+        idx = idx[np.sort(rng.choice(len(idx), max_points, replace=False))]
+    x, y = idx // h, idx % h   # column-major
+    return torch.from_numpy(np.stack([x / w, y / h], 1).astype(np.float32))
+
+
+def build_extra(ann_dir, data, cache=None):
+    """Training-only targets the exported model never sees:
+    objs[i]  (k, 7) float: category 0..11, colour index, box x1 y1 x2 y2
+             normalized over the image, visible fraction -- for the dense
+             auxiliary heads on the ViT features;
+    mask[j]  (m, 2) normalized mask pixels of referring sample j (None for
+             grounding samples) -- so referring also trains on mask points."""
+    if cache and os.path.exists(cache):
+        return torch.load(cache)
+    with open(os.path.join(ann_dir, "annotations.json")) as f:
+        ann = json.load(f)
+    index = {im["id"]: i for i, im in enumerate(ann["images"])}
+    colours = sorted({a["color"] for a in ann["annotations"]})
+    cid = {c: k for k, c in enumerate(colours)}
+    objs = [[] for _ in ann["images"]]
+    for a in ann["annotations"]:
+        i = index[a["image_id"]]
+        w, h = data["sizes"][i].tolist()
+        x, y, bw, bh = a["bbox"]
+        objs[i].append([a["category_id"] - 1, cid[a["color"]], x / w, y / h, (x + bw) / w, (y + bh) / h,
+                        float(a.get("visible_fraction", 1))])
+    objs = [torch.tensor(o, dtype=torch.float32).reshape(-1, 7) for o in objs]
+    rng = np.random.RandomState(0)
+    n_ground = sum(len(r["sentences"]) for r in ann["refs"])
+    mask = [None] * n_ground + [rle_points(g["mask"], 512, rng) for g in ann["regions"]]
+    assert len(mask) == len(data["img"])
+    out = {"objs": objs, "colours": colours, "mask": mask}
+    if cache:
+        torch.save(out, cache)
+    return out

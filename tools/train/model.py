@@ -139,14 +139,14 @@ class LlamaBlock(nn.Module):
         h = self.ffn_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
-    def forward(self, xp, x, mask):
+    def forward(self, xp, x, mask, pos=None):
         """xp (1, Tp, E): the shared prefix (same for every row); x (B, T, E)
-        the per-sample rest at positions Tp.. ; mask (T, T) additive causal
-        mask plus key padding is applied by the caller via -inf rows (B, 1, T, Tp+T)."""
+        the per-sample rest at positions Tp.. (or pos (T,) given); mask
+        additive, (B or 1, 1, T, Tp + T), built by the caller."""
         Tp = xp.shape[1]
         B, T, _ = x.shape
         qp, kp, vp = self.qkv(xp, torch.arange(Tp))
-        q, k, v = self.qkv(x, torch.arange(Tp, Tp + T))
+        q, k, v = self.qkv(x, torch.arange(Tp, Tp + T) if pos is None else pos)
         sc = 1.0 / math.sqrt(self.hd)
         cm = torch.full((Tp, Tp), float("-inf")).triu(1)
         ap = torch.softmax(qp @ kp.transpose(-1, -2) * sc + cm, -1) @ vp
@@ -216,6 +216,99 @@ class Model(nn.Module):
         return self.output(self.norm(x[:, N:]))
 
     region_id = -1
+
+    def forward_packed(self, prefix_ids, img_embd, feats, rows, points, region_mask):
+        """Training only: several questions about one image in one row,
+        computed exactly as if each were its own sample. A row is
+        [image (N)] [q1 + a1] [q2 + a2] ...; every question block sits at
+        the positions right after the image (RoPE positions restart) and
+        attends to the prefix, the image and itself causally -- never to the
+        other blocks. So the image's keys/values are computed once for K
+        questions (the decoder's cost per question drops ~3x) and the
+        gradients are those of K separate samples.
+
+        rows: list of (image row, [token id lists]); points (Q, P, 2) and
+        region_mask (Q,) per question in row-major order.
+        Returns logits (Q, Lmax, V) per question block (right-padded)."""
+        E = self.tok_embd.weight.shape[1]
+        N = img_embd.shape[1]
+        xp = self.tok_embd(prefix_ids)[None]
+        Tp = xp.shape[1]
+        lens = [sum(len(b) for b in blocks) for _, blocks in rows]
+        T = N + max(lens)
+        R = len(rows)
+        flat = [b for _, blocks in rows for b in blocks]
+        ids = torch.zeros(R, T - N, dtype=torch.long)
+        pos = torch.zeros(R, T, dtype=torch.long)
+        mask = torch.full((R, T, Tp + T), float("-inf"))
+        mask[:, :, :Tp] = 0
+        img_causal = torch.full((N, N), float("-inf")).triu(1)
+        mask[:, :N, Tp:Tp + N] = img_causal
+        mask[:, N:, Tp:Tp + N] = 0
+        pos[:, :N] = torch.arange(N)
+        where = []                                                    # (row, start, len) per question
+        for r, (_, blocks) in enumerate(rows):
+            o = N
+            for b in blocks:
+                L = len(b)
+                ids[r, o - N:o - N + L] = torch.tensor(b)
+                pos[r, o:o + L] = torch.arange(N, N + L)
+                mask[r, o:o + L, Tp + o:Tp + o + L] = torch.full((L, L), float("-inf")).triu(1)
+                where.append((r, o, L))
+                o += L
+            for t in range(o, T):                                     # padding attends to itself
+                mask[r, t, Tp + t] = 0
+        te = self.tok_embd(ids)
+        if region_mask.any():
+            ri = region_mask.nonzero().squeeze(1)
+            qimg = torch.tensor([rows[where[q][0]][0] for q in ri.tolist()])
+            remb = self.region(feats[qimg], points[ri])                # (R', E)
+            te = te.clone()
+            for k, q in enumerate(ri.tolist()):
+                r, o, L = where[q]
+                at = flat[q].index(self.region_id)
+                te[r, o - N + at] = remb[k]
+        x = torch.cat([img_embd[torch.tensor([i for i, _ in rows])], te], 1)   # (R, T, E)
+        # RoPE per row: positions differ by row, so rotate with a per-row table
+        for b in self.blocks:
+            xp, x = self._block_rows(b, xp, x, mask[:, None], pos + Tp)
+        h = self.norm(x)
+        Lmax = max(L for _, _, L in where)
+        out = torch.zeros(len(where), Lmax, E)
+        for q, (r, o, L) in enumerate(where):
+            out[q, :L] = h[r, o:o + L]
+        return self.output(out)
+
+    @staticmethod
+    def _block_rows(b, xp, x, mask, pos):
+        Tp = xp.shape[1]
+        R, T, _ = x.shape
+        qp, kp, vp = b.qkv(xp, torch.arange(Tp))
+        h = b.attn_norm(x)
+        q = b.wq(h).view(R, T, b.H, b.hd).transpose(1, 2)
+        k = b.wk(h).view(R, T, b.Hkv, b.hd).transpose(1, 2)
+        v = b.wv(h).view(R, T, b.Hkv, b.hd).transpose(1, 2)
+        q, k = rope_rows(q, pos, b.base), rope_rows(k, pos, b.base)
+        if b.Hkv != b.H:
+            k = k.repeat_interleave(b.H // b.Hkv, 1)
+            v = v.repeat_interleave(b.H // b.Hkv, 1)
+        sc = 1.0 / math.sqrt(b.hd)
+        cm = torch.full((Tp, Tp), float("-inf")).triu(1)
+        ap = torch.softmax(qp @ kp.transpose(-1, -2) * sc + cm, -1) @ vp
+        kk = torch.cat([kp.expand(R, -1, -1, -1), k], 2)
+        vv = torch.cat([vp.expand(R, -1, -1, -1), v], 2)
+        a = torch.softmax(q @ kk.transpose(-1, -2) * sc + mask, -1) @ vv
+        return b.finish(xp, ap), b.finish(x, a)
+
+
+def rope_rows(x, pos, base):
+    """x (R, H, T, hd), pos (R, T): rope() with a position table per row."""
+    hd = x.shape[-1]
+    inv = base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = pos.double()[..., None] * inv                              # (R, T, hd/2)
+    c, s = torch.cos(ang).float()[:, None], torch.sin(ang).float()[:, None]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).flatten(-2)
 
 
 @torch.no_grad()

@@ -46,7 +46,100 @@ def prepare(work, synth_seed, n_images, S):
     return tok, data
 
 
-def collate(data, idx, tok, gen, n_points):
+class AuxHead(torch.nn.Module):
+    """Training-only dense heads on the ViT patch features (never exported):
+    per patch, the category (or background) and colour of the object that
+    covers the patch centre, and whether an object's centre falls in the
+    patch plus that object's box. They teach the ViT *what is where* far
+    faster than the answer tokens alone, which is what the decoder's box
+    answers and the region sampler both read."""
+
+    def __init__(self, D, n_cat, n_col):
+        super().__init__()
+        self.n_cat, self.n_col = n_cat, n_col
+        self.lin = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.GELU(),
+                                       torch.nn.Linear(D, n_cat + 1 + n_col + 1 + 4))
+
+    def forward(self, feats):
+        o = self.lin(feats)
+        c, k = self.n_cat + 1, self.n_col
+        return o[..., :c], o[..., c:c + k], o[..., c + k], o[..., c + k + 1:]
+
+
+def aux_targets(objs, n_side):
+    """objs (k, 7) of one image -> per-patch targets on the n_side^2 grid:
+    cover category (0 = background), cover colour (-100 none), centre flag,
+    centre box (x1 y1 x2 y2 normalized)."""
+    N = n_side * n_side
+    cat = torch.zeros(N, dtype=torch.long)
+    col = torch.full((N,), -100, dtype=torch.long)
+    ctr = torch.zeros(N)
+    box = torch.zeros(N, 4)
+    cell = (torch.arange(n_side, dtype=torch.float32) + 0.5) / n_side
+    cy, cx = torch.meshgrid(cell, cell, indexing="ij")
+    cx, cy = cx.reshape(-1), cy.reshape(-1)
+    best = torch.full((N,), 9.0)
+    for o in objs:
+        if o[6] < 0.3:
+            continue
+        x1, y1, x2, y2 = o[2:6].tolist()
+        area = (x2 - x1) * (y2 - y1)
+        inside = (cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2) & (area < best)
+        cat[inside], col[inside], best[inside] = int(o[0]) + 1, int(o[1]), area
+        p = min(int((y1 + y2) / 2 * n_side), n_side - 1) * n_side + min(int((x1 + x2) / 2 * n_side), n_side - 1)
+        if ctr[p] == 0 or area < (box[p, 2] - box[p, 0]) * (box[p, 3] - box[p, 1]):
+            ctr[p] = 1
+            box[p] = o[2:6]
+    return cat, col, ctr, box
+
+
+def aux_loss(head, feats, tg):
+    cat_l, col_l, ctr_l, box_l = head(feats)
+    cat, col, ctr, box = tg
+    l_cat = F.cross_entropy(cat_l.reshape(-1, cat_l.shape[-1]), cat.reshape(-1))
+    l_col = F.cross_entropy(col_l.reshape(-1, col_l.shape[-1]), col.reshape(-1), ignore_index=-100)
+    l_ctr = F.binary_cross_entropy_with_logits(ctr_l, ctr)
+    pos = ctr > 0
+    l_box = F.l1_loss(torch.sigmoid(box_l[pos]), box[pos]) if pos.any() else feats.sum() * 0
+    return l_cat + l_col + l_ctr + 10.0 * l_box, l_box.item()
+
+
+def number_ids(tok):
+    """token id of each coordinate 0..999 (every one is a single token)."""
+    return torch.tensor([tok.id_of[str(n)] for n in range(1000)])
+
+
+def coord_loss(logits, target, num_ids, value_of, sigma):
+    """Soft cross-entropy for coordinate tokens: the target distribution is
+    a Gaussian (sigma grid steps) over the 1000 number tokens centred on the
+    true value, so a near miss costs less than a far one (plain CE treats
+    "412" vs "413" like "412" vs "7"). Argmax stays at the true value."""
+    is_num = value_of[target.clamp(min=0)] >= 0
+    is_num &= target >= 0
+    if not is_num.any():
+        return logits.sum() * 0
+    lp = F.log_softmax(logits[is_num], -1)[:, num_ids]                # (M, 1000)
+    v = value_of[target[is_num]].float()
+    grid = torch.arange(1000, dtype=torch.float32)
+    p = torch.exp(-0.5 * ((grid[None] - v[:, None]) / sigma) ** 2)
+    p = p / p.sum(-1, keepdim=True)
+    return -(p * lp).sum(-1).mean()
+
+
+def init_number_rows(model, num_ids):
+    """Give the 1000 coordinate tokens smooth sinusoidal embeddings and
+    output rows (neighbouring values start out similar)."""
+    E = model.tok_embd.weight.shape[1]
+    v = torch.arange(1000, dtype=torch.float64)[:, None]
+    freq = 1.0 / (2000.0 ** (torch.arange(E // 2, dtype=torch.float64) / (E // 2)))
+    ang = v * freq[None] * 2 * math.pi / 8
+    emb = torch.cat([torch.sin(ang), torch.cos(ang)], 1).float() * 0.02
+    with torch.no_grad():
+        model.tok_embd.weight[num_ids] = emb + 0.005 * torch.randn_like(emb)
+        model.output.weight[num_ids] = emb + 0.005 * torch.randn_like(emb)
+
+
+def collate(data, idx, tok, gen, n_points, extra=None, p_mask=0.0):
     """-> tensors for Model.forward plus targets (-100 outside the answer)."""
     imgs = sorted(set(data["img"][j] for j in idx))
     row = {i: k for k, i in enumerate(imgs)}
@@ -65,9 +158,70 @@ def collate(data, idx, tok, gen, n_points):
     u = torch.rand(B, n_points, 2, generator=gen)
     pts = torch.stack([box[:, None, 0] + u[..., 0] * (box[:, None, 2] - box[:, None, 0]),
                        box[:, None, 1] + u[..., 1] * (box[:, None, 3] - box[:, None, 1])], -1)
+    if extra is not None and p_mask > 0:   # some regions as masks: points from the mask's pixels
+        for b, j in enumerate(idx):
+            m = extra["mask"][j]
+            if m is not None and len(m) > 0 and float(torch.rand(1, generator=gen)) < p_mask:
+                pts[b] = m[torch.randint(len(m), (n_points,), generator=gen)]
     pixels = D.normalize(data["images"][imgs])
     img_of = torch.tensor([row[data["img"][j]] for j in idx])
     return pixels, img_of, suffix, target, pts, region
+
+
+def collate_packed(data, chunks, tok, gen, n_points, extra, p_mask):
+    """A batch of chunks (each: questions about one image) -> the inputs of
+    Model.forward_packed plus per-question targets (Q, Lmax), -100 outside
+    the answer."""
+    idx = [j for c in chunks for j in c]
+    imgs = sorted(set(data["img"][j] for j in idx))
+    row = {i: k for k, i in enumerate(imgs)}
+    rows, tgts = [], []
+    for c in chunks:
+        blocks = []
+        for j in c:
+            s, ls = data["suffix"][j] + data["answer"][j], len(data["suffix"][j])
+            blocks.append(s)
+            t = [-100] * len(s)
+            t[ls - 1:len(s) - 1] = s[ls:]
+            tgts.append(t)
+        rows.append((row[data["img"][c[0]]], blocks))
+    L = max(len(t) for t in tgts)
+    target = torch.tensor([t + [-100] * (L - len(t)) for t in tgts])
+    _, _, _, _, pts, region = collate(data, idx, tok, gen, n_points, extra, p_mask)
+    return D.normalize(data["images"][imgs]), imgs, rows, target, pts, region
+
+
+def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log):
+    """Stage 1: the ViT alone on the dense auxiliary task (what is where),
+    with large image batches -- the ViT is cheap next to the decoder, so this
+    sees ~10x more images per second than the full model does."""
+    train_imgs = sorted({data["img"][j] for j, s in enumerate(data["split"]) if s == "train"})
+    rng = np.random.RandomState(seed)
+    params = list(model.vit.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+    order, k, t0, run = rng.permutation(train_imgs), 0, time.time(), []
+    for step in range(steps):
+        if k + batch > len(order):
+            order, k = rng.permutation(train_imgs), 0
+        imgs = sorted(order[k:k + batch].tolist())
+        k += batch
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
+        feats = model.vit(D.normalize(data["images"][imgs]))
+        tg = [aux_targets(extra["objs"][i], n_side) for i in imgs]
+        tg = tuple(torch.stack([t[j] for t in tg]) for j in range(4))
+        loss, lb = aux_loss(head, feats, tg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        run.append((loss.item(), lb))
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            m = np.mean(run, 0)
+            log.append(("vit", step + 1, float(m[0])))
+            print("vit step %5d  aux loss %.4f  box L1 %.4f  %.1f images/s  %.0fs" % (
+                step + 1, m[0], m[1], (step + 1) * batch / (time.time() - t0), time.time() - t0), flush=True)
+            run = []
 
 
 def lr_at(step, steps, lr, warmup):
@@ -94,6 +248,14 @@ def main():
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--config", default=None, help="JSON overrides of model.DEFAULT_CONFIG")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--aux", type=float, default=1.0, help="weight of the dense ViT auxiliary loss (0: off)")
+    ap.add_argument("--coord", type=float, default=1.0, help="weight of the soft coordinate loss (0: off)")
+    ap.add_argument("--sigma", type=float, default=8.0, help="soft coordinate target width, grid steps")
+    ap.add_argument("--vit-steps", type=int, default=0, help="stage 1: ViT-only auxiliary pre-training steps")
+    ap.add_argument("--vit-batch", type=int, default=64)
+    ap.add_argument("--vit-lr", type=float, default=2e-3)
+    ap.add_argument("--packed", type=int, default=1, help="pack each image's questions in one row (1) or not (0)")
+    ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -109,25 +271,36 @@ def main():
           (len(data["sizes"]), len(data["img"]), len(train_idx), len(tok), time.time() - t0), flush=True)
     model = Model(cfg)
     model.region_id = tok.region
+    num_ids = number_ids(tok)
+    value_of = torch.full((len(tok),), -1, dtype=torch.long)
+    value_of[num_ids] = torch.arange(1000)
+    init_number_rows(model, num_ids)
+    extra = D.build_extra(os.path.join(a.work, "synth"), data, os.path.join(a.work, "extra.pt"))
+    head = AuxHead(cfg["v_embd"], 12, len(extra["colours"]))
+    n_side = cfg["image_size"] // cfg["patch_size"]
     n_par = sum(p.numel() for p in model.parameters())
     print("model: %.2fM parameters; config %s" % (n_par / 1e6, json.dumps(cfg)), flush=True)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    params = list(model.named_parameters()) + [("aux." + n, p) for n, p in head.named_parameters()]
+    decay = [p for n, p in params if p.dim() >= 2]
+    no_decay = [p for n, p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95))
     step, log = 0, []
     if a.resume and os.path.exists(out):
         ck = torch.load(out)
         model.load_state_dict(ck["model"])
+        head.load_state_dict(ck["aux"])
         opt.load_state_dict(ck["opt"])
         step, log = ck["step"], ck["log"]
+    if step == 0 and a.vit_steps > 0:
+        pretrain_vit(model, head, data, extra, n_side, a.vit_steps, a.vit_batch, a.vit_lr, a.seed, log)
     prefix = torch.tensor(tok.encode(D.PREFIX_TEXT, add_bos=True))
     gen = torch.Generator().manual_seed(a.seed)
     epoch, batches = 0, []
     # fixed order: epoch e uses grouped_batches(seed + e); resuming replays the order
     consumed = 0
     while consumed <= step:
-        batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch)
+        batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed)
         if consumed + len(batches) > step:
             break
         consumed += len(batches)
@@ -135,23 +308,41 @@ def main():
     bi = step - consumed
     gen.manual_seed(a.seed * 7919 + step)
     model.train()
-    t_start, seen, run = time.time(), 0, []
+    t_start, seen, run, run_box = time.time(), 0, [], []
     while step < a.steps:
         if bi >= len(batches):
             epoch += 1
-            batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch)
+            batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed)
             bi = 0
         idx = batches[bi]
         bi += 1
-        pixels, img_of, suffix, target, pts, region = collate(data, idx, tok, gen, cfg["region_points"])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
-        img, feats = model.encode_image(pixels)
-        logits = model(prefix, img, feats, img_of, suffix, None, pts, region)
+        if a.packed:
+            pixels, imgs, rows, target, pts, region = collate_packed(data, idx, tok, gen, cfg["region_points"], extra,
+                                                                     a.p_mask)
+            img, feats = model.encode_image(pixels)
+            logits = model.forward_packed(prefix, img, feats, rows, pts, region)
+            idx = [j for c in idx for j in c]
+        else:
+            pixels, img_of, suffix, target, pts, region = collate(data, idx, tok, gen, cfg["region_points"], extra,
+                                                                  a.p_mask)
+            img, feats = model.encode_image(pixels)
+            logits = model(prefix, img, feats, img_of, suffix, None, pts, region)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        total = loss
+        if a.coord > 0:
+            total = total + a.coord * coord_loss(logits, target, num_ids, value_of, a.sigma)
+        if a.aux > 0:
+            imgs = sorted(set(data["img"][j] for j in idx))
+            tg = [aux_targets(extra["objs"][i], n_side) for i in imgs]
+            tg = tuple(torch.stack([t[k] for t in tg]) for k in range(4))
+            la, lb = aux_loss(head, feats, tg)
+            total = total + a.aux * la
+            run_box.append(lb)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         step += 1
         seen += len(idx)
@@ -160,11 +351,12 @@ def main():
             el = time.time() - t_start
             m = float(np.mean(run))
             log.append((step, m))
-            print("step %5d  loss %.4f  lr %.2e  %.1f samples/s  %.0fs" % (step, m, opt.param_groups[0]["lr"],
-                                                                         seen / el, el), flush=True)
-            run = []
+            print("step %5d  loss %.4f  aux box L1 %.4f  lr %.2e  %.1f samples/s  %.0fs" % (
+                step, m, float(np.mean(run_box)) if run_box else 0.0, opt.param_groups[0]["lr"], seen / el, el),
+                flush=True)
+            run, run_box = [], []
         if step % a.save_every == 0 or step == a.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
+            torch.save({"model": model.state_dict(), "aux": head.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
                         "config": cfg, "tokenizer": os.path.join(a.work, "tokenizer.json"), "args": vars(a)}, out)
     print("done: %d steps in %.0fs" % (step, time.time() - t_start), flush=True)
 

@@ -1,0 +1,575 @@
+/* datasets/refdata.c — the four dataset layouts of refdata.h -> lp_ref lists.
+ *
+ * JSON is parsed by cJSON (Debian's libcjson). A syntax error is reported
+ * with its line and column; a record that is missing a field or has one of
+ * the wrong type is reported with its key path. Nothing is guessed: a box
+ * with a non-positive width, a non-finite number or a dangling id is an
+ * error naming the record. */
+#include "refdata.h"
+
+#include <cJSON.h>
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/fileio.h"
+
+/* Datasets above this are refused (RefCOCO's instances.json is ~100 MB). */
+#define LP_REFDATA_MAX_FILE ((size_t)1 << 31)
+
+/* ---- growable list ---- */
+
+static loupe_status push(lp_refset *s, size_t *cap, lp_ref **slot, const char *path, lp_error *err) {
+    if (s->n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 256;
+        lp_ref *r = realloc(s->refs, nc * sizeof *r);
+        if (!r) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory at record %zu", path, s->n);
+        s->refs = r;
+        *cap = nc;
+    }
+    *slot = &s->refs[s->n++];
+    memset(*slot, 0, sizeof **slot);
+    return LOUPE_OK;
+}
+
+static char *dup_or_empty(const char *s) {
+    char *d = strdup(s ? s : "");
+    return d;
+}
+
+static loupe_status fill(lp_ref *r, const char *id, const char *image, const char *expr, const double bbox[4],
+                         const char *split, const char *category, const char *kind, int w, int h, const char *path,
+                         lp_error *err) {
+    r->id = dup_or_empty(id);
+    r->image = dup_or_empty(image);
+    r->expr = dup_or_empty(expr);
+    r->split = dup_or_empty(split);
+    r->category = dup_or_empty(category);
+    r->kind = dup_or_empty(kind);
+    memcpy(r->bbox, bbox, sizeof r->bbox);
+    r->width = w;
+    r->height = h;
+    if (!r->id || !r->image || !r->expr || !r->split || !r->category || !r->kind)
+        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+    return LOUPE_OK;
+}
+
+void lp_refset_free(lp_refset *s) {
+    if (!s) return;
+    for (size_t i = 0; i < s->n; i++) {
+        lp_ref *r = &s->refs[i];
+        free(r->id);
+        free(r->image);
+        free(r->expr);
+        free(r->split);
+        free(r->category);
+        free(r->kind);
+    }
+    free(s->refs);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- JSON helpers: every failure names file + key path ---- */
+
+static loupe_status parse_json(const char *path, const char *text, size_t len, cJSON **out, lp_error *err) {
+    const char *end = NULL;
+    *out = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (*out) return LOUPE_OK;
+    if (!end) end = text;
+    int line = 1, col = 1;
+    for (const char *p = text; p < end && p < text + len; p++) {
+        if (*p == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+    }
+    return lp_fail(err, LOUPE_ERR_FORMAT, "%s:%d:%d: JSON syntax error", path, line, col);
+}
+
+static loupe_status load_json(const char *path, cJSON **out, lp_error *err) {
+    char *buf;
+    size_t n;
+    loupe_status st = lp_read_file(path, LP_REFDATA_MAX_FILE, "2 GiB dataset", &buf, &n, err);
+    if (st) return st;
+    if (n == 0) {
+        free(buf);
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: empty file", path);
+    }
+    st = parse_json(path, buf, n, out, err);
+    free(buf);
+    return st;
+}
+
+static const cJSON *member(const cJSON *o, const char *key) { return cJSON_GetObjectItemCaseSensitive(o, key); }
+
+static loupe_status want_array(const cJSON *o, const char *key, const char *path, const char *where, const cJSON **out,
+                               lp_error *err) {
+    *out = member(o, key);
+    if (!cJSON_IsArray(*out)) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s%s%s: missing or not an array", path, where,
+                                             *where ? "." : "", key);
+    return LOUPE_OK;
+}
+
+static loupe_status want_string(const cJSON *o, const char *key, const char *path, const char *where,
+                                const char **out, lp_error *err) {
+    const cJSON *v = member(o, key);
+    if (!cJSON_IsString(v) || !v->valuestring)
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.%s: missing or not a string", path, where, key);
+    *out = v->valuestring;
+    return LOUPE_OK;
+}
+
+/* An id: JSON number (integral) or string, written into buf. */
+static loupe_status want_id(const cJSON *o, const char *key, const char *path, const char *where, char *buf, size_t cap,
+                            lp_error *err) {
+    const cJSON *v = member(o, key);
+    if (cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble) &&
+        fabs(v->valuedouble) < 9e15) {
+        snprintf(buf, cap, "%.0f", v->valuedouble);
+        return LOUPE_OK;
+    }
+    if (cJSON_IsString(v) && v->valuestring && v->valuestring[0]) {
+        snprintf(buf, cap, "%s", v->valuestring);
+        return LOUPE_OK;
+    }
+    return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.%s: missing, or not an integer or a string", path, where, key);
+}
+
+static const char *opt_string(const cJSON *o, const char *key) {
+    const cJSON *v = member(o, key);
+    return cJSON_IsString(v) && v->valuestring ? v->valuestring : "";
+}
+
+static int opt_int(const cJSON *o, const char *key) {
+    const cJSON *v = member(o, key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 0 || v->valuedouble > 1e6) return 0;
+    return (int)v->valuedouble;
+}
+
+/* bbox [x, y, w, h]: four finite numbers, w > 0, h > 0. */
+static loupe_status want_bbox(const cJSON *o, const char *key, const char *path, const char *where, double b[4],
+                              lp_error *err) {
+    const cJSON *v = member(o, key);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 4)
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.%s: missing or not [x, y, w, h]", path, where, key);
+    for (int i = 0; i < 4; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, i);
+        if (!cJSON_IsNumber(e) || !isfinite(e->valuedouble))
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.%s[%d]: not a finite number", path, where, key, i);
+        b[i] = e->valuedouble;
+    }
+    if (!(b[2] > 0) || !(b[3] > 0))
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.%s: width and height must be positive (got %g x %g)", path,
+                       where, key, b[2], b[3]);
+    return LOUPE_OK;
+}
+
+/* ---- id -> index maps over a JSON array (sorted ids, binary search) ---- */
+
+typedef struct idmap {
+    char (*key)[64];
+    const cJSON **val;
+    size_t n;
+} idmap;
+
+static int cmp_key(const void *a, const void *b) { return strcmp((const char *)a, (const char *)b); }
+
+static void idmap_free(idmap *m) {
+    free(m->key);
+    free(m->val);
+    memset(m, 0, sizeof *m);
+}
+
+/* Index the entries of arr by their "id". Duplicate ids are an error. */
+static loupe_status idmap_build(idmap *m, const cJSON *arr, const char *path, const char *name, lp_error *err) {
+    memset(m, 0, sizeof *m);
+    size_t n = (size_t)cJSON_GetArraySize(arr);
+    typedef struct {
+        char key[64];
+        const cJSON *val;
+    } pair;
+    pair *p = calloc(n ? n : 1, sizeof *p);
+    m->key = calloc(n ? n : 1, sizeof *m->key);
+    m->val = calloc(n ? n : 1, sizeof *m->val);
+    if (!p || !m->key || !m->val) {
+        free(p);
+        idmap_free(m);
+        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory indexing %s", path, name);
+    }
+    size_t i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr) {
+        char where[64];
+        snprintf(where, sizeof where, "%s[%zu]", name, i);
+        if (!cJSON_IsObject(e)) {
+            free(p);
+            idmap_free(m);
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s: not an object", path, where);
+        }
+        loupe_status st = want_id(e, "id", path, where, p[i].key, sizeof p[i].key, err);
+        if (st) {
+            free(p);
+            idmap_free(m);
+            return st;
+        }
+        p[i].val = e;
+        i++;
+    }
+    qsort(p, n, sizeof *p, cmp_key);
+    for (i = 0; i < n; i++) {
+        if (i && !strcmp(p[i].key, p[i - 1].key)) {
+            lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s: id %s appears twice", path, name, p[i].key);
+            free(p);
+            idmap_free(m);
+            return err ? err->status : LOUPE_ERR_FORMAT;
+        }
+        memcpy(m->key[i], p[i].key, sizeof m->key[i]);
+        m->val[i] = p[i].val;
+    }
+    m->n = n;
+    free(p);
+    return LOUPE_OK;
+}
+
+static const cJSON *idmap_get(const idmap *m, const char *key) {
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(m->key[mid], key);
+        if (!c) return m->val[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+static const char *category_name(const idmap *cats, const cJSON *o) {
+    char id[64];
+    if (!cats || want_id(o, "category_id", "", "", id, sizeof id, NULL)) return "";
+    const cJSON *c = idmap_get(cats, id);
+    return c ? opt_string(c, "name") : "";
+}
+
+/* ---- refer toolkit (and synth: the same in one file) ---- */
+
+static loupe_status load_refer(const char *inst_path, const cJSON *inst, const char *refs_path, const cJSON *refs,
+                               lp_refset *s, lp_error *err) {
+    const cJSON *images, *anns, *cats_arr = member(inst, "categories");
+    loupe_status st;
+    if ((st = want_array(inst, "images", inst_path, "", &images, err))) return st;
+    if ((st = want_array(inst, "annotations", inst_path, "", &anns, err))) return st;
+    if (!cJSON_IsArray(refs)) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: refs: not a JSON array of refs", refs_path);
+    idmap im, am, cm = {0};
+    if ((st = idmap_build(&im, images, inst_path, "images", err))) return st;
+    if ((st = idmap_build(&am, anns, inst_path, "annotations", err))) {
+        idmap_free(&im);
+        return st;
+    }
+    if (cJSON_IsArray(cats_arr) && (st = idmap_build(&cm, cats_arr, inst_path, "categories", err))) {
+        idmap_free(&im);
+        idmap_free(&am);
+        return st;
+    }
+    size_t cap = 0, k = 0;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, refs) {
+        char where[64], ref_id[64], ann_id[64], img_id[64];
+        snprintf(where, sizeof where, "refs[%zu]", k++);
+        const cJSON *sents, *ann, *img;
+        const char *split = "", *file = "";
+        double bbox[4];
+        if (!cJSON_IsObject(r)) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s: not an object", refs_path, where);
+            break;
+        }
+        if ((st = want_id(r, "ref_id", refs_path, where, ref_id, sizeof ref_id, err))) break;
+        if ((st = want_id(r, "ann_id", refs_path, where, ann_id, sizeof ann_id, err))) break;
+        if ((st = want_id(r, "image_id", refs_path, where, img_id, sizeof img_id, err))) break;
+        if ((st = want_string(r, "split", refs_path, where, &split, err))) break;
+        if ((st = want_array(r, "sentences", refs_path, where, &sents, err))) break;
+        if (!(ann = idmap_get(&am, ann_id))) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.ann_id: %s is not in %s's annotations", refs_path, where, ann_id,
+                         inst_path);
+            break;
+        }
+        if (!(img = idmap_get(&im, img_id))) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.image_id: %s is not in %s's images", refs_path, where, img_id,
+                         inst_path);
+            break;
+        }
+        char awhere[96];
+        snprintf(awhere, sizeof awhere, "annotations[id %s]", ann_id);
+        if ((st = want_bbox(ann, "bbox", inst_path, awhere, bbox, err))) break;
+        snprintf(awhere, sizeof awhere, "images[id %s]", img_id);
+        if ((st = want_string(img, "file_name", inst_path, awhere, &file, err))) break;
+        const char *cat = category_name(cm.n ? &cm : NULL, member(r, "category_id") ? r : ann);
+        const char *kind = opt_string(r, "kind");
+        size_t j = 0;
+        const cJSON *sn;
+        cJSON_ArrayForEach(sn, sents) {
+            char swhere[96], sent_id[64], id[160];
+            const char *sent = "";
+            snprintf(swhere, sizeof swhere, "%s.sentences[%zu]", where, j++);
+            if ((st = want_id(sn, "sent_id", refs_path, swhere, sent_id, sizeof sent_id, err))) break;
+            if ((st = want_string(sn, "sent", refs_path, swhere, &sent, err))) break;
+            snprintf(id, sizeof id, "%s:%s", ref_id, sent_id);
+            lp_ref *out;
+            if ((st = push(s, &cap, &out, refs_path, err))) break;
+            if ((st = fill(out, id, file, sent, bbox, split, cat, kind, opt_int(img, "width"), opt_int(img, "height"),
+                           refs_path, err)))
+                break;
+        }
+        if (st) break;
+    }
+    idmap_free(&im);
+    idmap_free(&am);
+    idmap_free(&cm);
+    return st;
+}
+
+/* ---- MDETR ---- */
+
+/* The first annotation of each image_id: sorted by (image_id, position). */
+typedef struct first_ann {
+    char key[64];
+    const cJSON *ann;
+    size_t index;
+} first_ann;
+
+static int cmp_first(const void *a, const void *b) {
+    const first_ann *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    if (c) return c;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+void lp_refset_split_from_name(const char *path, char *out, size_t cap) {
+    if (!cap) return;
+    out[0] = '\0';
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dot = strrchr(base, '.');
+    const char *us = NULL;
+    for (const char *p = base; p < (dot ? dot : base + strlen(base)); p++)
+        if (*p == '_') us = p;
+    if (!us || !dot || dot <= us + 1) return;
+    static const char *known[] = {"train", "val", "test", "testA", "testB"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        size_t n = strlen(known[i]);
+        if ((size_t)(dot - us - 1) == n && !strncmp(us + 1, known[i], n)) {
+            snprintf(out, cap, "%s", known[i]);
+            return;
+        }
+    }
+}
+
+static loupe_status load_mdetr(const char *path, const cJSON *root, lp_refset *s, lp_error *err) {
+    const cJSON *images, *anns, *cats_arr = member(root, "categories");
+    loupe_status st;
+    if ((st = want_array(root, "images", path, "", &images, err))) return st;
+    if ((st = want_array(root, "annotations", path, "", &anns, err))) return st;
+    idmap cm = {0};
+    if (cJSON_IsArray(cats_arr) && (st = idmap_build(&cm, cats_arr, path, "categories", err))) return st;
+    size_t na = (size_t)cJSON_GetArraySize(anns);
+    first_ann *f = calloc(na ? na : 1, sizeof *f);
+    if (!f) {
+        idmap_free(&cm);
+        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+    }
+    size_t i = 0;
+    const cJSON *a;
+    cJSON_ArrayForEach(a, anns) {
+        char where[64];
+        snprintf(where, sizeof where, "annotations[%zu]", i);
+        if ((st = want_id(a, "image_id", path, where, f[i].key, sizeof f[i].key, err))) break;
+        f[i].ann = a;
+        f[i].index = i;
+        i++;
+    }
+    if (!st) qsort(f, na, sizeof *f, cmp_first);
+    char split[16];
+    lp_refset_split_from_name(path, split, sizeof split);
+    size_t cap = 0;
+    i = 0;
+    const cJSON *img;
+    if (!st) cJSON_ArrayForEach(img, images) {
+        char where[64], id[64];
+        const char *file = "", *caption = "";
+        snprintf(where, sizeof where, "images[%zu]", i++);
+        if ((st = want_id(img, "id", path, where, id, sizeof id, err))) break;
+        if ((st = want_string(img, "file_name", path, where, &file, err))) break;
+        if ((st = want_string(img, "caption", path, where, &caption, err))) break;
+        /* binary search for the first annotation with image_id == id */
+        size_t lo = 0, hi = na;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (strcmp(f[mid].key, id) < 0) lo = mid + 1;
+            else hi = mid;
+        }
+        if (lo >= na || strcmp(f[lo].key, id)) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s (id %s): no annotation has this image_id", path, where, id);
+            break;
+        }
+        double bbox[4];
+        char awhere[64];
+        snprintf(awhere, sizeof awhere, "annotations[%zu]", f[lo].index);
+        if ((st = want_bbox(f[lo].ann, "bbox", path, awhere, bbox, err))) break;
+        lp_ref *out;
+        if ((st = push(s, &cap, &out, path, err))) break;
+        if ((st = fill(out, id, file, caption, bbox, split, category_name(cm.n ? &cm : NULL, f[lo].ann), "",
+                       opt_int(img, "width"), opt_int(img, "height"), path, err)))
+            break;
+    }
+    free(f);
+    idmap_free(&cm);
+    return st;
+}
+
+/* ---- JSONL ---- */
+
+static loupe_status load_jsonl(const char *path, lp_refset *s, lp_error *err) {
+    char *buf;
+    size_t n;
+    loupe_status st = lp_read_file(path, LP_REFDATA_MAX_FILE, "2 GiB dataset", &buf, &n, err);
+    if (st) return st;
+    size_t cap = 0;
+    int line = 0;
+    char *p = buf;
+    while (!st && p < buf + n) {
+        char *nl = memchr(p, '\n', (size_t)(buf + n - p));
+        char *end = nl ? nl : buf + n;
+        line++;
+        char *q = p;
+        while (q < end && isspace((unsigned char)*q)) q++;
+        if (q == end) { /* blank line */
+            p = end + 1;
+            continue;
+        }
+        const char *pe = NULL;
+        cJSON *o = cJSON_ParseWithLengthOpts(p, (size_t)(end - p), &pe, 0);
+        char where[32];
+        snprintf(where, sizeof where, "line %d", line);
+        if (!o) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s:%d: not a JSON object (syntax error at column %d)", path, line,
+                         pe ? (int)(pe - p) + 1 : 1);
+            break;
+        }
+        const char *image = "", *expr = "";
+        double bbox[4];
+        char id[64];
+        if (!cJSON_IsObject(o)) st = lp_fail(err, LOUPE_ERR_FORMAT, "%s:%d: not a JSON object", path, line);
+        if (!st && (st = want_string(o, "image", path, where, &image, err))) {
+        } else if (!st && (st = want_string(o, "expression", path, where, &expr, err))) {
+        } else if (!st && (st = want_bbox(o, "bbox", path, where, bbox, err))) {
+        } else if (!st) {
+            if (member(o, "id")) st = want_id(o, "id", path, where, id, sizeof id, err);
+            else snprintf(id, sizeof id, "line%d", line);
+            lp_ref *out;
+            if (!st) st = push(s, &cap, &out, path, err);
+            if (!st)
+                st = fill(out, id, image, expr, bbox, opt_string(o, "split"), opt_string(o, "category"),
+                          opt_string(o, "kind"), opt_int(o, "width"), opt_int(o, "height"), path, err);
+        }
+        cJSON_Delete(o);
+        p = end + 1;
+    }
+    free(buf);
+    return st;
+}
+
+loupe_status lp_refset_select(const lp_refset *set, const char *split, long limit, int k, int n, size_t **idx,
+                              size_t *n_idx, size_t *n_split, lp_error *err) {
+    *idx = NULL;
+    *n_idx = *n_split = 0;
+    if (n < 1 || k < 1 || k > n) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "shard %d/%d: need 1 <= K <= N", k, n);
+    size_t *out = malloc((set->n ? set->n : 1) * sizeof *out);
+    if (!out) return lp_fail(err, LOUPE_ERR_NOMEM, "out of memory selecting samples");
+    size_t m = 0, seen = 0;
+    for (size_t i = 0; i < set->n; i++) {
+        if (split && strcmp(set->refs[i].split, split)) continue;
+        if (limit >= 0 && (long)seen >= limit) break;
+        if (seen % (size_t)n == (size_t)(k - 1)) out[m++] = i;
+        seen++;
+    }
+    if (!m) {
+        free(out);
+        out = NULL;
+    }
+    *idx = out;
+    *n_idx = m;
+    *n_split = seen;
+    return LOUPE_OK;
+}
+
+/* ---- entry point ---- */
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+static int cmp_id(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static loupe_status check_unique(const char *path, lp_refset *s, lp_error *err) {
+    char **ids = malloc((s->n ? s->n : 1) * sizeof *ids);
+    if (!ids) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+    for (size_t i = 0; i < s->n; i++) ids[i] = s->refs[i].id;
+    qsort(ids, s->n, sizeof *ids, cmp_id);
+    loupe_status st = LOUPE_OK;
+    for (size_t i = 1; i < s->n && !st; i++)
+        if (!strcmp(ids[i], ids[i - 1]))
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: sample id \"%s\" appears twice", path, ids[i]);
+    free(ids);
+    return st;
+}
+
+loupe_status lp_refset_load(const char *path, const char *refs_path, lp_refset *out, lp_error *err) {
+    if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load: no output");
+    memset(out, 0, sizeof *out);
+    if (!path) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load: no dataset path");
+    loupe_status st;
+    if (!refs_path && ends_with(path, ".jsonl")) {
+        out->format = "jsonl";
+        st = load_jsonl(path, out, err);
+    } else {
+        cJSON *root = NULL, *refs = NULL;
+        st = load_json(path, &root, err);
+        if (!st && refs_path) st = load_json(refs_path, &refs, err);
+        if (!st && !cJSON_IsObject(root))
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: not a JSON object (a COCO-style dataset has images and annotations)",
+                         path);
+        if (!st) {
+            const cJSON *own_refs = member(root, "refs");
+            const cJSON *img0 = cJSON_GetArrayItem(member(root, "images"), 0);
+            if (refs) {
+                out->format = "refer";
+                st = load_refer(path, root, refs_path, refs, out, err);
+            } else if (cJSON_IsArray(own_refs)) {
+                out->format = "synth";
+                st = load_refer(path, root, path, own_refs, out, err);
+            } else if (img0 && member(img0, "caption")) {
+                out->format = "mdetr";
+                st = load_mdetr(path, root, out, err);
+            } else {
+                st = lp_fail(err, LOUPE_ERR_FORMAT,
+                             "%s: not a grounding dataset loupe knows: expected MDETR's JSON (images with \"caption\"), "
+                             "loupe synth's (with \"refs\"), COCO instances.json plus --refs REFS.json, or .jsonl",
+                             path);
+            }
+        }
+        cJSON_Delete(root);
+        cJSON_Delete(refs);
+    }
+    if (!st && out->n == 0) st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: no referring expressions in the file", path);
+    if (!st) st = check_unique(refs_path ? refs_path : path, out, err);
+    if (st) {
+        const char *f = out->format;
+        lp_refset_free(out);
+        out->format = f;
+    }
+    return st;
+}
