@@ -149,6 +149,10 @@ def write_mmproj(path, sd, cfg, ttype, name):
     w.add_u32("clip.vision.attention.head_count", cfg["v_head"])
     w.add_f32("clip.vision.attention.layer_norm_epsilon", cfg["v_eps"])
     w.add_u32("clip.vision.block_count", cfg["v_layer"])
+    # Features = the output of the last block. Stating it makes llama.cpp run
+    # every block too (without the key its llava graph stops one block early,
+    # the legacy converter's convention).
+    w.add_arr_i32("clip.vision.feature_layer", [cfg["v_layer"]])
     w.add_arr_f32("clip.vision.image_mean", MEAN)
     w.add_arr_f32("clip.vision.image_std", STD)
     w.add_bool("clip.use_gelu", False)
@@ -164,7 +168,8 @@ def write_mmproj(path, sd, cfg, ttype, name):
     vec("mm.0.bias", "mm0.bias")
     mat("mm.2.weight", "mm2.weight")
     vec("mm.2.bias", "mm2.bias")
-    vec("v.class_embd", "vit.cls")
+    if cfg.get("v_cls", True):
+        vec("v.class_embd", "vit.cls")
     w.add_typed("v.patch_embd.weight", np_(sd["vit.patch.weight"]), GR.GGML_F16)   # (D, 3, P, P) -> ne [P, P, 3, D]
     vec("v.position_embd.weight", "vit.pos")
     vec("v.pre_ln.weight", "vit.pre_ln.weight")

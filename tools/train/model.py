@@ -37,6 +37,7 @@ DEFAULT_CONFIG = dict(
     image_size=128, patch_size=16, v_embd=192, v_ff=768, v_head=3, v_layer=4, v_eps=1e-5,
     n_embd=256, n_layer=4, n_head=4, n_head_kv=4, n_ff=704, rms_eps=1e-5, rope_base=10000.0, n_ctx=512,
     region_points=128, region_sub=(32, 8), region_nb=(8, 8),
+    v_cls=False,
     n_vocab=0,
 )
 
@@ -71,18 +72,25 @@ class Vit(nn.Module):
         S, P, D = c["image_size"], c["patch_size"], c["v_embd"]
         self.n_side = S // P
         self.patch = nn.Conv2d(3, D, P, stride=P, bias=False)
-        self.cls = nn.Parameter(torch.randn(D) * 0.02)
-        self.pos = nn.Parameter(torch.randn(self.n_side ** 2 + 1, D) * 0.02)
+        # No class token by default: the llava features drop it anyway, and
+        # llama.cpp's llava graph mishandles one (it appends it after the
+        # patches, shifting every patch's position embedding by one row and
+        # handing the projector the class token instead of patch 0). Without
+        # it both engines compute exactly this model.
+        self.use_cls = c.get("v_cls", True)
+        self.cls = nn.Parameter(torch.randn(D) * 0.02) if self.use_cls else None
+        self.pos = nn.Parameter(torch.randn(self.n_side ** 2 + (1 if self.use_cls else 0), D) * 0.02)
         self.pre_ln = nn.LayerNorm(D, eps=c["v_eps"])
         self.blocks = nn.ModuleList(VitBlock(D, c["v_ff"], c["v_head"], c["v_eps"]) for _ in range(c["v_layer"]))
 
     def forward(self, pixels):
         x = self.patch(pixels).flatten(2).transpose(1, 2)          # (B, N, D) row-major patches
-        x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], 1) + self.pos
-        x = self.pre_ln(x)
+        if self.use_cls:
+            x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], 1)
+        x = self.pre_ln(x + self.pos)
         for b in self.blocks:
             x = b(x)
-        return x[:, 1:]                                             # (B, N, D)
+        return x[:, 1:] if self.use_cls else x                      # (B, N, D)
 
 
 class RMSNorm(nn.Module):
