@@ -195,10 +195,12 @@ static int print_json(const loupe_model *m, const loupe_image *img, const char *
     for (int i = 0; i < loupe_answer_n_boxes(a); i++) {
         const loupe_box *b = loupe_answer_box(a, i);
         cJSON *jb = cJSON_CreateObject();
-        cJSON_AddNumberToObject(jb, "x1", r2(b->x1));
-        cJSON_AddNumberToObject(jb, "y1", r2(b->y1));
-        cJSON_AddNumberToObject(jb, "x2", r2(b->x2));
-        cJSON_AddNumberToObject(jb, "y2", r2(b->y2));
+        /* exact (the float's value), as loupe eval writes them: the same box
+         * prints the same number everywhere */
+        cJSON_AddNumberToObject(jb, "x1", (double)b->x1);
+        cJSON_AddNumberToObject(jb, "y1", (double)b->y1);
+        cJSON_AddNumberToObject(jb, "x2", (double)b->x2);
+        cJSON_AddNumberToObject(jb, "y2", (double)b->y2);
         cJSON_AddStringToObject(jb, "label", b->label);
         cJSON_AddItemToArray(boxes, jb);
     }

@@ -24,9 +24,11 @@ double lp_iou(const double a[4], const double b[4]) {
 
 /* ---- records ---- */
 
+/* Boxes are written exactly (a float box prints in at most 9 significant
+ * digits), so IoU recomputed from the file equals loupe's. */
 static cJSON *box_json(const double b[4]) {
     cJSON *a = cJSON_CreateArray();
-    for (int i = 0; a && i < 4; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(round(b[i] * 100.0) / 100.0));
+    for (int i = 0; a && i < 4; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber((double)(float)b[i]));
     return a;
 }
 

@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cJSON.h>
+
 #include "../datasets/evaluate.h"
 #include "../datasets/refdata.h"
 #include "../datasets/scene.h"
@@ -441,6 +443,43 @@ static void test_cli_kill_and_resume(void **state) {
     char idx[320];
     snprintf(idx, sizeof idx, "%s/index.html", gal);
     assert_int_equal(access(idx, R_OK), 0);
+
+    /* `loupe ask --json` on a scored sample gives exactly the box eval scored */
+    {
+        size_t nf;
+        char *t = tu_read_file(full, &nf);
+        assert_non_null(t);
+        char *nl = strchr(t, '\n');
+        *nl = '\0';
+        cJSON *rec = cJSON_Parse(t);
+        free(t);
+        assert_non_null(rec);
+        const cJSON *pred = cJSON_GetObjectItem(rec, "pred");
+        char img[400], q[400], ask_out[300];
+        snprintf(img, sizeof img, "%s/%s", data, cJSON_GetObjectItem(rec, "image")->valuestring);
+        snprintf(q, sizeof q, "What is the location of %s in the image?", cJSON_GetObjectItem(rec, "expression")->valuestring);
+        snprintf(ask_out, sizeof ask_out, "%s/ask.json", g_dir);
+        const char *a_ask[] = {loupe_bin, "ask", img, q, "--json", "-t", "1", NULL};
+        assert_int_equal(run_loupe(a_ask, ask_out), 0);
+        t = tu_read_file(ask_out, &nf);
+        cJSON *ask = cJSON_Parse(t);
+        free(t);
+        assert_non_null(ask);
+        const cJSON *boxes = cJSON_GetObjectItem(ask, "boxes");
+        if (cJSON_IsArray(pred)) {
+            assert_true(cJSON_GetArraySize(boxes) >= 1);
+            const cJSON *b = cJSON_GetArrayItem(boxes, 0);
+            const char *k[4] = {"x1", "y1", "x2", "y2"};
+            for (int i = 0; i < 4; i++)
+                assert_true(cJSON_GetObjectItem(b, k[i])->valuedouble == cJSON_GetArrayItem(pred, i)->valuedouble);
+        } else {
+            assert_int_equal(cJSON_GetArraySize(boxes), 0);
+        }
+        assert_string_equal(cJSON_GetObjectItem(ask, "answer")->valuestring,
+                            cJSON_GetObjectItem(rec, "answer")->valuestring);
+        cJSON_Delete(rec);
+        cJSON_Delete(ask);
+    }
 
     /* SIGKILL once a few records are written, then resume */
     const char *a_part[] = {loupe_bin, "eval", "--data", ann, "--limit", "24", "-t", "1", "-q", "--out", part, NULL};

@@ -1,36 +1,57 @@
 #!/bin/sh
-# `make demo`: run loupe end to end on what exists today.
-#
-# There is no trained model yet (issue #4 trains and ships one), so this
-#   1. generates a synthetic indoor scene with ground-truth referring
-#      expressions (the world the shipped model will be trained on), and
-#   2. runs the whole engine on it (image decode, CLIP preprocessing, ViT,
-#      projector, prompt assembly, llama decoder, sampling) with a
-#      RANDOM-WEIGHT LLaVA-style test model.
-# The answer is meaningless text by construction: the demo shows that every
-# stage runs, and how long each takes. It does not pretend to ground anything.
+# `make demo`: the main job on the shipped tiny model (models/loupe-tiny*.gguf,
+# trained by tools/train on synthetic rooms) and a shipped example scene that
+# training never saw (models/example/, `loupe synth --seed 2030 --n 1`):
+#   1. grounding: "where is <expression>?" -> an answer with a box in image
+#      pixels, printed next to the ground truth and drawn into a PNG;
+#   2. referring: a box region -> "what is this?";
+#   3. a short evaluation on the scene's expressions (loupe eval).
 set -eu
 LOUPE=${1:-build/loupe}
-FIX=tests/fixtures/parity
+EX=models/example
 OUT=build/demo
+IMG=$EX/images/000001.png
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-echo "loupe demo"
-echo "  NOTE: no trained model ships yet (issue #4). Step 2 runs the full pipeline"
-echo "  on a random-weight test model, so its answer is meaningless text."
+echo "loupe demo: the shipped tiny model on an example room it never saw in training"
+echo "  image: $IMG"
 echo
-echo "== 1. a synthetic scene with referring expressions"
-echo "\$ loupe synth --seed 7 --n 1 --out $OUT/scene"
-"$LOUPE" synth --seed 7 --n 1 --out "$OUT/scene"
-IMG="$OUT/scene/images/000001.png"
-# The first referring expression of the scene, read with plain sed (no jq needed).
-EXPR=$(sed -n 's/.*"sent":[[:space:]]*"\([^"]*\)".*/\1/p' "$OUT/scene/annotations.json" | head -n 1)
-[ -n "$EXPR" ] || EXPR="the lamp"
-echo "  image: $IMG  (open it to see the room)"
-echo "  one of its ground-truth expressions: \"$EXPR\""
+
+# The scene's first expressions of three kinds and the first region, read
+# from its annotations with sed (no jq needed): "sent" lines and region boxes.
+exprs=$(sed -n 's/.*"sent":[[:space:]]*"\([^"]*\)".*/\1/p' "$EX/annotations.json" | awk '!seen[$0]++' | sed -n '1p;4p;7p')
+i=0
+echo "$exprs" | while IFS= read -r e; do
+    i=$((i + 1))
+    echo "== grounding: where is \"$e\"?"
+    echo "\$ loupe ask $IMG \"What is the location of $e in the image?\" --draw $OUT/grounded-$i.png"
+    "$LOUPE" ask "$IMG" "What is the location of $e in the image?" --draw "$OUT/grounded-$i.png" -t 2
+    echo "  (annotated image: $OUT/grounded-$i.png)"
+    echo
+done
+
+# ground truth of the scene, for comparison
+echo "== the scene's ground truth (COCO [x, y, w, h] in pixels)"
+sed -n 's/.*"image_id":1,"category_id":\([0-9]*\),"bbox":\[\([^]]*\)\].*"color":"\([a-z]*\)".*/\1 \3 \2/p' "$EX/annotations.json" |
+    awk 'BEGIN { split("sofa lamp cup chair table plant tv bed book clock bottle dog", name, " ") }
+         { printf "  %-7s %-7s [%s]\n", $2, name[$1], $3 }'
+
 echo
-echo "== 2. the engine end to end, on a random-weight model"
-echo "\$ loupe ask -m $FIX/tiny-f32.gguf --mmproj $FIX/tiny-f32-mmproj.gguf $IMG \"What is the location of $EXPR in the image?\" -n 24 --verbose"
-"$LOUPE" ask -m "$FIX/tiny-f32.gguf" --mmproj "$FIX/tiny-f32-mmproj.gguf" "$IMG" \
-    "What is the location of $EXPR in the image?" -n 24 --verbose
+
+BOX=$(sed -n 's/.*"region_id".*"bbox":[[:space:]]*\[\([0-9]*\),[[:space:]]*\([0-9]*\),[[:space:]]*\([0-9]*\),[[:space:]]*\([0-9]*\)\].*/\1 \2 \3 \4/p' \
+    "$EX/annotations.json" | head -n 1)
+if [ -n "$BOX" ]; then
+    set -- $BOX
+    R="$1,$2,$(($1 + $3)),$(($2 + $4))"
+    echo "== referring: what is in the box $R?"
+    echo "\$ loupe ask $IMG \"What is in the region <region>?\" --region $R"
+    "$LOUPE" ask "$IMG" "What is in the region <region>?" --region "$R" -t 2
+    echo
+fi
+
+echo "== loupe eval on every expression of the scene"
+echo "\$ loupe eval --data $EX/annotations.json --out $OUT/results.jsonl --gallery $OUT/misses"
+"$LOUPE" eval --data "$EX/annotations.json" --out "$OUT/results.jsonl" --gallery "$OUT/misses" -t 2 -q
+echo
+echo "Annotated images: $OUT/grounded-*.png; misses: $OUT/misses/index.html"
