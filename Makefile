@@ -199,6 +199,9 @@ install: all
 	install -m 755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libloupe.so.0
 	ln -sf libloupe.so.0 $(DESTDIR)$(PREFIX)/lib/libloupe.so
 	install -m 755 $(LOUPE) $(DESTDIR)$(PREFIX)/bin/
+	@# the shipped model: `loupe ask`/`eval` find it in ../share/loupe/models beside the binary
+	install -d $(DESTDIR)$(PREFIX)/share/loupe/models
+	install -m 644 $(wildcard models/loupe-tiny*.gguf) $(DESTDIR)$(PREFIX)/share/loupe/models/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define LOUPE_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/loupe.h | paste -sd.)|' \
 	    -e 's|@PRIVATE_LIBS@|$(PKG_LIBS) -lm -pthread|' tools/loupe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/loupe.pc
 
@@ -206,6 +209,7 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/loupe.h $(DESTDIR)$(PREFIX)/lib/libloupe.a \
 	      $(DESTDIR)$(PREFIX)/lib/libloupe.so $(DESTDIR)$(PREFIX)/lib/libloupe.so.0 \
 	      $(DESTDIR)$(PREFIX)/bin/loupe $(DESTDIR)$(PREFIX)/lib/pkgconfig/loupe.pc
+	rm -rf $(DESTDIR)$(PREFIX)/share/loupe
 
 clean:
 	rm -rf build

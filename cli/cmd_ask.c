@@ -230,6 +230,7 @@ static int print_json(const loupe_model *m, const loupe_image *img, const char *
     cJSON_AddNumberToObject(jt, "encode_ms", r2(t->encode_ms));
     cJSON_AddNumberToObject(jt, "prefill_ms", r2(t->prefill_ms));
     cJSON_AddNumberToObject(jt, "prefill_tokens", t->prompt_tokens);
+    cJSON_AddNumberToObject(jt, "reused_tokens", t->reused_tokens);
     cJSON_AddNumberToObject(jt, "prefill_tok_s", r2(t->prefill_tok_s));
     cJSON_AddNumberToObject(jt, "decode_ms", r2(t->decode_ms));
     cJSON_AddNumberToObject(jt, "decode_tokens", t->generated_tokens);

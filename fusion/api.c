@@ -387,6 +387,7 @@ static loupe_status ask(loupe_context *c, const loupe_image *image, const char *
                            .decode_ms = s.decode_ms,
                            .image_tokens = s.n_image_tokens,
                            .prompt_tokens = s.prefill_tokens,
+                           .reused_tokens = s.prefix_reused,
                            .generated_tokens = s.decode_tokens,
                            .prefill_tok_s = s.prefill_tok_s,
                            .decode_tok_s = s.decode_tok_s,

@@ -49,6 +49,19 @@ struct lp_vlm_ctx {
     lp_llama_state *st; /* NULL until the first question when n_ctx is automatic */
     lp_llama_dump_fn dump;
     void *dump_user;
+    /* What the last ask leaves behind for the next one about the same image
+     * (a photo app asking several questions, loupe eval's expressions):
+     * the image's encoding, and the decoder's KV cache for the prompt up to
+     * the end of the image rows. The prefill is always run in two calls,
+     * [that prefix] then [the rest], so reusing the prefix's cache computes
+     * exactly what recomputing it would. */
+    uint64_t img_key;     /* pixels + size hash of the cached encoding; 0: none */
+    float *img_embd;      // (n_image_tokens, n_embd)
+    float *img_feat;      // (n_patches, feature_dim) or NULL when not computed
+    lp_prep_geom img_geom;
+    float *pfx_embd;      // (pfx_len, n_embd): the prefix rows whose KV st holds
+    int pfx_len;          /* 0: the state holds no reusable prefix */
+    int pfx_cap;
 };
 
 static double now_ms(void) {
@@ -293,6 +306,9 @@ fail:
 
 void lp_vlm_ctx_free(lp_vlm_ctx *c) {
     if (!c) return;
+    free(c->img_embd);
+    free(c->img_feat);
+    free(c->pfx_embd);
     lp_llama_state_free(c->st);
     lp_pool_free(c->pool);
     free(c);
@@ -315,6 +331,7 @@ static loupe_status ensure_state(lp_vlm_ctx *c, const lp_prompt *pr, int n_predi
     int64_t need = n_predict < 0 ? cap : (int64_t)pr->n_pos + n_predict;
     if (need > cap) need = cap;
     if (c->st && c->st->n_ctx >= need) return LOUPE_OK;
+    c->pfx_len = 0; /* a new state holds no prefix */
     lp_llama_state_free(c->st);
     c->st = lp_llama_state_new_ex(v->llama, (int)need, c->p.n_batch, err);
     return c->st ? LOUPE_OK : (err ? err->status : LOUPE_ERR_NOMEM);
@@ -336,6 +353,101 @@ static loupe_status encode_image(const lp_vlm *v, lp_vlm_ctx *c, const lp_image 
     }
     free(pixels);
     return st;
+}
+
+/* FNV-1a over the size and pixels: the identity of an image for reuse. */
+static uint64_t image_key(const lp_image *img) {
+    uint64_t h = 1469598103934665603ull;
+    const int dims[2] = {img->w, img->h};
+    const uint8_t *d = (const uint8_t *)dims;
+    for (size_t i = 0; i < sizeof dims; i++) h = (h ^ d[i]) * 1099511628211ull;
+    const size_t n = (size_t)img->w * img->h * 3;
+    for (size_t i = 0; i < n; i++) h = (h ^ img->rgb[i]) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+/* encode_image through the context's one-image cache: the same pixels give
+ * the same encoding, so it is computed once. features may be NULL. */
+static loupe_status encode_image_cached(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd,
+                                        float *features, lp_prep_geom *geom, bool *hit, lp_error *err) {
+    const int E = lp_llama_n_embd(v->llama);
+    const size_t ne = (size_t)lp_clip_n_out_tokens(v->clip) * E;
+    const size_t nf = (size_t)lp_clip_n_patches(v->clip) * lp_clip_feature_dim(v->clip);
+    const uint64_t key = image_key(img);
+    *hit = false;
+    if (key == c->img_key && c->img_embd && (!features || c->img_feat)) {
+        memcpy(embd, c->img_embd, ne * sizeof *embd);
+        if (features) memcpy(features, c->img_feat, nf * sizeof *features);
+        *geom = c->img_geom;
+        *hit = true;
+        return LOUPE_OK;
+    }
+    c->img_key = 0;
+    loupe_status st = encode_image(v, c, img, embd, features, geom, err);
+    if (st) return st;
+    if (!c->img_embd) c->img_embd = malloc(ne * sizeof *c->img_embd);
+    if (features && !c->img_feat) c->img_feat = malloc(nf * sizeof *c->img_feat);
+    if (!c->img_embd || (features && !c->img_feat)) return LOUPE_OK; /* no cache, no harm */
+    memcpy(c->img_embd, embd, ne * sizeof *embd);
+    if (features) memcpy(c->img_feat, features, nf * sizeof *features);
+    else {
+        free(c->img_feat);
+        c->img_feat = NULL;
+    }
+    c->img_geom = *geom;
+    c->img_key = key;
+    return LOUPE_OK;
+}
+
+/* Positions up to the end of the image rows (0 when the prompt has none). */
+static int prefix_positions(const lp_prompt *pr) {
+    int n = 0;
+    for (int i = 0; i < pr->n_seg; i++) {
+        n += pr->seg[i].n_pos;
+        if (pr->seg[i].kind == LP_SEGMENT_IMAGE) return n;
+    }
+    return 0;
+}
+
+/* The prefill: [prefix] then [rest] as two forward calls. When the state
+ * already holds exactly this prefix (the same rows) only the rest is
+ * computed. */
+static loupe_status prefill(lp_vlm_ctx *c, lp_llama *llama, const float *embd, const lp_prompt *pr, float *logits,
+                            int *computed, lp_error *err) {
+    const int E = lp_llama_n_embd(llama);
+    int n_pfx = prefix_positions(pr);
+    /* One call when nothing follows the image, and under a dump (whose
+     * readers expect the whole prompt in one "embd_in"). */
+    if (n_pfx >= pr->n_pos || c->dump) n_pfx = 0;
+    const size_t bytes = (size_t)n_pfx * E * sizeof *embd;
+    const bool reuse = n_pfx > 0 && c->pfx_len == n_pfx && c->st->n_past >= n_pfx &&
+                       !memcmp(c->pfx_embd, embd, bytes);
+    loupe_status st;
+    lp_llama_state_set_logits_all(c->st, false);
+    lp_llama_state_set_kv_f16(c->st, c->p.kv_f16);
+    lp_llama_state_set_dump(c->st, c->dump, c->dump_user);
+    if (reuse) {
+        if ((st = lp_llama_state_truncate(c->st, n_pfx, err))) return st;
+    } else {
+        c->pfx_len = 0;
+        lp_llama_state_reset(c->st);
+        if (n_pfx > 0) {
+            if ((st = lp_llama_forward(llama, c->st, embd, n_pfx, logits, c->pool, err))) return st;
+            if (c->pfx_cap < n_pfx) {
+                float *p = realloc(c->pfx_embd, bytes);
+                if (p) {
+                    c->pfx_embd = p;
+                    c->pfx_cap = n_pfx;
+                }
+            }
+            if (c->pfx_cap >= n_pfx) {
+                memcpy(c->pfx_embd, embd, bytes);
+                c->pfx_len = n_pfx;
+            }
+        }
+    }
+    *computed = pr->n_pos - (reuse ? n_pfx : 0);
+    return lp_llama_forward(llama, c->st, embd + (size_t)n_pfx * E, pr->n_pos - n_pfx, logits, c->pool, err);
 }
 
 /* ---- regions ---- */
@@ -668,7 +780,9 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
         }
     }
     if ((st = progress(&g, LP_VLM_STAGE_ENCODE, 0, 1, err))) goto cancelled;
-    if ((st = encode_image(v, c, image, img_embd, features, &geom, err))) goto done;
+    bool enc_hit = false;
+    if ((st = encode_image_cached(v, c, image, img_embd, features, &geom, &enc_hit, err))) goto done;
+    S.image_reused = enc_hit;
     S.has_geom = 1;
     S.image_size = lp_clip_image_size(v->clip);
     S.geom = geom;
@@ -689,12 +803,13 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     if ((st = lp_prompt_embed(&pr, llama, img_embd, embd, err))) goto done;
     if (n_regions > 0 && (st = lp_prompt_splice_marker(&pr, v->region_id, reg_embd, n_regions, E, embd, err)))
         goto done;
-    lp_llama_state_reset(c->st);
-    lp_llama_state_set_logits_all(c->st, false);
-    lp_llama_state_set_kv_f16(c->st, c->p.kv_f16);
-    lp_llama_state_set_dump(c->st, c->dump, c->dump_user);
-    if ((st = lp_llama_forward(llama, c->st, embd, pr.n_pos, logits, c->pool, err))) goto done;
-    S.prefill_tokens = pr.n_pos;
+    int computed = 0;
+    if ((st = prefill(c, llama, embd, &pr, logits, &computed, err))) {
+        c->pfx_len = 0;
+        goto done;
+    }
+    S.prefill_tokens = computed;
+    S.prefix_reused = pr.n_pos - computed;
     S.prefill_ms = now_ms() - t;
     if ((st = progress(&g, LP_VLM_STAGE_PREFILL, pr.n_pos, pr.n_pos, err))) goto cancelled;
 

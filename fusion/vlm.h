@@ -188,7 +188,10 @@ typedef struct lp_vlm_stats {
     double encode_ms;          /* preprocess + ViT + projector */
     int n_image_tokens;
     int n_text_tokens;
-    int prefill_tokens;        /* positions prefilled: text + image */
+    int prefill_tokens;        /* positions prefilled now: text + image, less prefix_reused */
+    int prefix_reused;         /* positions whose KV cache came from the previous ask (same
+                                  image and text before it): 0 on a fresh image */
+    int image_reused;          /* 1: the image encoding came from the previous ask */
     double prefill_ms;
     double prefill_tok_s;
     int decode_tokens;         /* tokens sampled (the stop token included) */

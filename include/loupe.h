@@ -276,7 +276,12 @@ typedef struct loupe_timings {
     double prefill_ms;
     double decode_ms;
     int image_tokens;      /* positions the image takes */
-    int prompt_tokens;     /* positions prefilled: text + image */
+    int prompt_tokens;     /* positions prefilled by this ask: text + image, less reused_tokens */
+    /* Positions whose decoder cache was kept from the previous ask on this
+     * context because it was about the same image (same pixels) with the
+     * same text before the image; the image encoding is reused then too and
+     * encode_ms is ~0. The answer is exactly what a fresh context gives. */
+    int reused_tokens;
     int generated_tokens;  /* tokens sampled, the stop token included */
     double prefill_tok_s;
     double decode_tok_s;

@@ -302,6 +302,62 @@ static void test_greedy_deterministic(void **state) {
     close_fixture(&f);
 }
 
+/* A second question about the same image reuses the image encoding and the
+ * decoder's cache up to the end of the image rows, and answers exactly what
+ * a fresh context answers; anything that changes the prefix turns reuse off. */
+static void test_prefix_reuse(void **state) {
+    (void)state;
+    fixture a, b;
+    open_fixture(&a, LM, MMPROJ, NULL, 0);
+    open_fixture(&b, LM, MMPROJ, NULL, 0);
+    lp_vlm_gen_params g = greedy(16);
+    g.sampling.temp = 0.8f; /* sampled: any change in the logits shows */
+    g.sampling.seed = 5;
+    lp_vlm_stats s1, s2, s3;
+    char *q1 = ask_ok(&a, QUESTION, &g, &s1);
+    assert_int_equal(s1.prefix_reused, 0);
+    assert_int_equal(s1.image_reused, 0);
+    char *a2 = ask_ok(&a, "Where is the cat?", &g, &s2);
+    assert_int_equal(s2.image_reused, 1);
+    assert_true(s2.prefix_reused >= 16);                   /* at least the image rows */
+    assert_int_equal(s2.prefill_tokens + s2.prefix_reused, s2.n_text_tokens + 16);
+    char *b2 = ask_ok(&b, "Where is the cat?", &g, &s3);   /* fresh context: everything computed */
+    assert_int_equal(s3.prefix_reused, 0);
+    assert_string_equal(a2, b2);
+
+    /* another image: nothing reused; back to the first: its encoding is gone */
+    lp_image wide;
+    lp_error err = {0};
+    assert_int_equal(lp_image_load(IMAGE_WIDE, &wide, &err), LOUPE_OK);
+    char *w = NULL;
+    assert_int_equal(lp_vlm_ask(a.vlm, a.ctx, &wide, QUESTION, &g, NULL, NULL, &w, &s1, &err), LOUPE_OK);
+    assert_int_equal(s1.prefix_reused, 0);
+    assert_int_equal(s1.image_reused, 0);
+    char *q1b = ask_ok(&a, QUESTION, &g, &s1);
+    assert_int_equal(s1.image_reused, 0);
+    assert_string_equal(q1, q1b);
+
+    /* another system text: the image is reused, the prefix is not */
+    lp_vlm_gen_params gs = g;
+    gs.system = "You are terse.";
+    char *c1 = ask_ok(&a, QUESTION, &gs, &s1);
+    assert_int_equal(s1.image_reused, 1);
+    assert_int_equal(s1.prefix_reused, 0);
+    char *c2 = ask_ok(&b, QUESTION, &gs, &s3);
+    assert_string_equal(c1, c2);
+
+    free(q1);
+    free(a2);
+    free(b2);
+    free(w);
+    free(q1b);
+    free(c1);
+    free(c2);
+    lp_image_free(&wide);
+    close_fixture(&a);
+    close_fixture(&b);
+}
+
 /* Sampling with a seed is reproducible, and the n-token limit holds. */
 static void test_sampled_seeded(void **state) {
     (void)state;
@@ -1245,6 +1301,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prompt_segments),   cmocka_unit_test(test_greedy_deterministic),
         cmocka_unit_test(test_sampled_seeded),    cmocka_unit_test(test_streaming),
+        cmocka_unit_test(test_prefix_reuse),
         cmocka_unit_test(test_cancel),            cmocka_unit_test(test_stop_eog),
         cmocka_unit_test(test_stop_string),       cmocka_unit_test(test_template_metadata),
         cmocka_unit_test(test_prompt_too_long),   cmocka_unit_test(test_mismatch),
