@@ -104,10 +104,13 @@ class RMSNorm(nn.Module):
 
 
 def rope(x, pos, base):
-    """x (B, H, T, hd); NORMAL mode: pairs (2i, 2i+1)."""
+    """x (B, H, T, hd); pos (T,) for every row or (B, T) per row; NORMAL
+    mode: pairs (2i, 2i+1)."""
     hd = x.shape[-1]
     inv = base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    ang = pos.double()[:, None] * inv[None, :]                    # (T, hd/2)
+    ang = pos.double()[..., None] * inv                          # (T, hd/2) or (B, T, hd/2)
+    if ang.dim() == 3:
+        ang = ang[:, None]                                        # (B, 1, T, hd/2): every head
     c, s = torch.cos(ang).float(), torch.sin(ang).float()
     x0, x1 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).flatten(-2)
@@ -149,7 +152,7 @@ class LlamaBlock(nn.Module):
 
     def forward(self, xp, x, mask, pos=None):
         """xp (1, Tp, E): the shared prefix (same for every row); x (B, T, E)
-        the per-sample rest at positions Tp.. (or pos (T,) given); mask
+        the per-sample rest at positions Tp.. (or at pos, (T,) or (B, T)); mask
         additive, (B or 1, 1, T, Tp + T), built by the caller."""
         Tp = xp.shape[1]
         B, T, _ = x.shape
@@ -277,9 +280,8 @@ class Model(nn.Module):
                 at = flat[q].index(self.region_id)
                 te[r, o - N + at] = remb[k]
         x = torch.cat([img_embd[torch.tensor([i for i, _ in rows])], te], 1)   # (R, T, E)
-        # RoPE per row: positions differ by row, so rotate with a per-row table
-        for b in self.blocks:
-            xp, x = self._block_rows(b, xp, x, mask[:, None], pos + Tp)
+        for b in self.blocks:   # positions differ by row: a per-row RoPE table
+            xp, x = b(xp, x, mask[:, None], pos + Tp)
         h = self.norm(x)
         Lmax = max(L for _, _, L in where)
         out = torch.zeros(len(where), Lmax, E)
@@ -287,36 +289,6 @@ class Model(nn.Module):
             out[q, :L] = h[r, o:o + L]
         return self.output(out)
 
-    @staticmethod
-    def _block_rows(b, xp, x, mask, pos):
-        Tp = xp.shape[1]
-        R, T, _ = x.shape
-        qp, kp, vp = b.qkv(xp, torch.arange(Tp))
-        h = b.attn_norm(x)
-        q = b.wq(h).view(R, T, b.H, b.hd).transpose(1, 2)
-        k = b.wk(h).view(R, T, b.Hkv, b.hd).transpose(1, 2)
-        v = b.wv(h).view(R, T, b.Hkv, b.hd).transpose(1, 2)
-        q, k = rope_rows(q, pos, b.base), rope_rows(k, pos, b.base)
-        if b.Hkv != b.H:
-            k = k.repeat_interleave(b.H // b.Hkv, 1)
-            v = v.repeat_interleave(b.H // b.Hkv, 1)
-        sc = 1.0 / math.sqrt(b.hd)
-        cm = torch.full((Tp, Tp), float("-inf")).triu(1)
-        ap = torch.softmax(qp @ kp.transpose(-1, -2) * sc + cm, -1) @ vp
-        kk = torch.cat([kp.expand(R, -1, -1, -1), k], 2)
-        vv = torch.cat([vp.expand(R, -1, -1, -1), v], 2)
-        a = torch.softmax(q @ kk.transpose(-1, -2) * sc + mask, -1) @ vv
-        return b.finish(xp, ap), b.finish(x, a)
-
-
-def rope_rows(x, pos, base):
-    """x (R, H, T, hd), pos (R, T): rope() with a position table per row."""
-    hd = x.shape[-1]
-    inv = base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    ang = pos.double()[..., None] * inv                              # (R, T, hd/2)
-    c, s = torch.cos(ang).float()[:, None], torch.sin(ang).float()[:, None]
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).flatten(-2)
 
 
 @torch.no_grad()
