@@ -157,33 +157,19 @@ void lp_results_free(lp_results *res) {
     res->n = 0;
 }
 
-loupe_status lp_results_read(const char *path, int repair, int missing_ok, lp_results *out, lp_error *err) {
+loupe_status lp_results_parse(const char *name, const char *buf, size_t n, lp_results *out, size_t *torn_at,
+                              lp_error *err) {
     memset(out, 0, sizeof *out);
-    if (missing_ok && access(path, F_OK) != 0 && errno == ENOENT) return LOUPE_OK;
-    char *buf;
-    size_t n;
-    loupe_status st = lp_read_file(path, LP_RESULTS_MAX_FILE, "4 GiB results file", &buf, &n, err);
-    if (st) return st;
+    *torn_at = n;
+    loupe_status st = LOUPE_OK;
     size_t cap = 0;
     int line = 0;
-    char *p = buf;
+    const char *p = buf;
     while (p < buf + n) {
-        char *nl = memchr(p, '\n', (size_t)(buf + n - p));
+        const char *nl = memchr(p, '\n', (size_t)(buf + n - p));
         line++;
-        if (!nl) { /* torn last line */
-            if (!repair) {
-                st = lp_fail(err, LOUPE_ERR_FORMAT, "%s:%d: last line is incomplete (a run was killed while writing it); "
-                             "--resume repairs it", path, line);
-                break;
-            }
-            if (truncate(path, (off_t)(p - buf)) != 0) {
-                char eb[128];
-                st = lp_fail(err, LOUPE_ERR_IO, "%s: cannot cut the incomplete last line: %s", path,
-                             lp_strerror(errno, eb, sizeof eb));
-                break;
-            }
-            LP_LOG_WARN("%s:%d: dropped an incomplete last line (%zu bytes) left by a killed run", path, line,
-                        (size_t)(buf + n - p));
+        if (!nl) { /* a torn last line: the caller decides */
+            *torn_at = (size_t)(p - buf);
             break;
         }
         if (nl > p) {
@@ -191,7 +177,7 @@ loupe_status lp_results_read(const char *path, int repair, int missing_ok, lp_re
                 size_t nc = cap ? cap * 2 : 256;
                 lp_eval_record *r = realloc(out->rec, nc * sizeof *r);
                 if (!r) {
-                    st = lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory at line %d", path, line);
+                    st = lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory at line %d", name, line);
                     break;
                 }
                 out->rec = r;
@@ -199,15 +185,42 @@ loupe_status lp_results_read(const char *path, int repair, int missing_ok, lp_re
             }
             const char *why = parse_record(p, (size_t)(nl - p), &out->rec[out->n]);
             if (why) {
-                st = lp_fail(err, LOUPE_ERR_FORMAT, "%s:%d: not a results record: %s", path, line, why);
+                st = lp_fail(err, LOUPE_ERR_FORMAT, "%s:%d: not a results record: %s", name, line, why);
                 break;
             }
             out->n++;
         }
         p = nl + 1;
     }
-    free(buf);
     if (st) lp_results_free(out);
+    return st;
+}
+
+loupe_status lp_results_read(const char *path, int repair, int missing_ok, lp_results *out, lp_error *err) {
+    memset(out, 0, sizeof *out);
+    if (missing_ok && access(path, F_OK) != 0 && errno == ENOENT) return LOUPE_OK;
+    char *buf;
+    size_t n, torn_at;
+    loupe_status st = lp_read_file(path, LP_RESULTS_MAX_FILE, "4 GiB results file", &buf, &n, err);
+    if (st) return st;
+    st = lp_results_parse(path, buf, n, out, &torn_at, err);
+    if (!st && torn_at < n) {
+        int line = 1;
+        for (size_t i = 0; i < torn_at; i++) line += buf[i] == '\n';
+        char eb[128];
+        if (!repair)
+            st = lp_fail(err, LOUPE_ERR_FORMAT,
+                         "%s:%d: last line is incomplete (a run was killed while writing it); --resume repairs it", path,
+                         line);
+        else if (truncate(path, (off_t)torn_at) != 0)
+            st = lp_fail(err, LOUPE_ERR_IO, "%s: cannot cut the incomplete last line: %s", path,
+                         lp_strerror(errno, eb, sizeof eb));
+        else
+            LP_LOG_WARN("%s:%d: dropped an incomplete last line (%zu bytes) left by a killed run", path, line,
+                        n - torn_at);
+        if (st) lp_results_free(out);
+    }
+    free(buf);
     return st;
 }
 
@@ -295,10 +308,12 @@ loupe_status lp_results_latest(const lp_results *res, size_t **idx, size_t *n, l
 }
 
 int lp_id_in(const char *id, const char *const *ids, size_t n) {
-    return bsearch(&id, ids, n, sizeof *ids, cmp_str) != NULL;
+    return n && bsearch(&id, ids, n, sizeof *ids, cmp_str) != NULL;
 }
 
-void lp_ids_sort(const char **ids, size_t n) { qsort(ids, n, sizeof *ids, cmp_str); }
+void lp_ids_sort(const char **ids, size_t n) {
+    if (n) qsort(ids, n, sizeof *ids, cmp_str);
+}
 
 loupe_status lp_eval_report_build(const lp_results *res, const char *const *only, size_t n_only, lp_eval_report *rep,
                                   lp_error *err) {
@@ -337,7 +352,7 @@ loupe_status lp_eval_report_build(const lp_results *res, const char *const *only
         lp_eval_report_free(rep);
         return st;
     }
-    qsort(rep->groups, rep->n_groups, sizeof *rep->groups, cmp_group);
+    if (rep->n_groups) qsort(rep->groups, rep->n_groups, sizeof *rep->groups, cmp_group);
     return LOUPE_OK;
 }
 

@@ -56,6 +56,11 @@ typedef struct lp_results {
  * that is not a valid record is an error naming the file and line. A
  * missing file is LOUPE_ERR_IO unless `missing_ok`, then an empty result. */
 loupe_status lp_results_read(const char *path, int repair, int missing_ok, lp_results *out, lp_error *err);
+/* The parsing part, on a buffer: whole lines only; *torn_at is the offset
+ * of an unterminated last line (n when there is none), which is not parsed.
+ * `name` stands for the file in messages. */
+loupe_status lp_results_parse(const char *name, const char *buf, size_t n, lp_results *out, size_t *torn_at,
+                              lp_error *err);
 /* Append `more` to `into` (moves the records; `more` ends empty). */
 loupe_status lp_results_concat(lp_results *into, lp_results *more, lp_error *err);
 void lp_results_free(lp_results *res);

@@ -431,19 +431,16 @@ static loupe_status load_mdetr(const char *path, const cJSON *root, lp_refset *s
 
 /* ---- JSONL ---- */
 
-static loupe_status load_jsonl(const char *path, lp_refset *s, lp_error *err) {
-    char *buf;
-    size_t n;
-    loupe_status st = lp_read_file(path, LP_REFDATA_MAX_FILE, "2 GiB dataset", &buf, &n, err);
-    if (st) return st;
+static loupe_status parse_jsonl(const char *path, const char *buf, size_t n, lp_refset *s, lp_error *err) {
+    loupe_status st = LOUPE_OK;
     size_t cap = 0;
     int line = 0;
-    char *p = buf;
+    const char *p = buf;
     while (!st && p < buf + n) {
-        char *nl = memchr(p, '\n', (size_t)(buf + n - p));
-        char *end = nl ? nl : buf + n;
+        const char *nl = memchr(p, '\n', (size_t)(buf + n - p));
+        const char *end = nl ? nl : buf + n;
         line++;
-        char *q = p;
+        const char *q = p;
         while (q < end && isspace((unsigned char)*q)) q++;
         if (q == end) { /* blank line */
             p = end + 1;
@@ -477,6 +474,15 @@ static loupe_status load_jsonl(const char *path, lp_refset *s, lp_error *err) {
         cJSON_Delete(o);
         p = end + 1;
     }
+    return st;
+}
+
+static loupe_status load_jsonl(const char *path, lp_refset *s, lp_error *err) {
+    char *buf;
+    size_t n;
+    loupe_status st = lp_read_file(path, LP_REFDATA_MAX_FILE, "2 GiB dataset", &buf, &n, err);
+    if (st) return st;
+    st = parse_jsonl(path, buf, n, s, err);
     free(buf);
     return st;
 }
@@ -527,6 +533,60 @@ static loupe_status check_unique(const char *path, lp_refset *s, lp_error *err) 
     return st;
 }
 
+/* A parsed JSON dataset (root) with optional refs -> out, by layout. */
+static loupe_status from_json(const char *path, const cJSON *root, const char *refs_path, const cJSON *refs,
+                              lp_refset *out, lp_error *err) {
+    if (!cJSON_IsObject(root))
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: not a JSON object (a COCO-style dataset has images and annotations)",
+                       path);
+    const cJSON *own_refs = member(root, "refs");
+    const cJSON *img0 = cJSON_GetArrayItem(member(root, "images"), 0);
+    if (refs) {
+        out->format = "refer";
+        return load_refer(path, root, refs_path, refs, out, err);
+    }
+    if (cJSON_IsArray(own_refs)) {
+        out->format = "synth";
+        return load_refer(path, root, path, own_refs, out, err);
+    }
+    if (img0 && member(img0, "caption")) {
+        out->format = "mdetr";
+        return load_mdetr(path, root, out, err);
+    }
+    return lp_fail(err, LOUPE_ERR_FORMAT,
+                   "%s: not a grounding dataset loupe knows: expected MDETR's JSON (images with \"caption\"), loupe "
+                   "synth's (with \"refs\"), COCO instances.json plus --refs REFS.json, or .jsonl",
+                   path);
+}
+
+static loupe_status finish(const char *path, lp_refset *out, loupe_status st, lp_error *err) {
+    if (!st && out->n == 0) st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: no referring expressions in the file", path);
+    if (!st) st = check_unique(path, out, err);
+    if (st) {
+        const char *f = out->format;
+        lp_refset_free(out);
+        out->format = f;
+    }
+    return st;
+}
+
+loupe_status lp_refset_load_mem(const char *name, const char *text, size_t len, lp_refset *out, lp_error *err) {
+    if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load_mem: no output");
+    memset(out, 0, sizeof *out);
+    if (!name || !text) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load_mem: no name or text");
+    loupe_status st;
+    if (ends_with(name, ".jsonl")) {
+        out->format = "jsonl";
+        st = parse_jsonl(name, text, len, out, err);
+    } else {
+        cJSON *root = NULL;
+        st = len ? parse_json(name, text, len, &root, err) : lp_fail(err, LOUPE_ERR_FORMAT, "%s: empty file", name);
+        if (!st) st = from_json(name, root, NULL, NULL, out, err);
+        cJSON_Delete(root);
+    }
+    return finish(name, out, st, err);
+}
+
 loupe_status lp_refset_load(const char *path, const char *refs_path, lp_refset *out, lp_error *err) {
     if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load: no output");
     memset(out, 0, sizeof *out);
@@ -539,37 +599,9 @@ loupe_status lp_refset_load(const char *path, const char *refs_path, lp_refset *
         cJSON *root = NULL, *refs = NULL;
         st = load_json(path, &root, err);
         if (!st && refs_path) st = load_json(refs_path, &refs, err);
-        if (!st && !cJSON_IsObject(root))
-            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: not a JSON object (a COCO-style dataset has images and annotations)",
-                         path);
-        if (!st) {
-            const cJSON *own_refs = member(root, "refs");
-            const cJSON *img0 = cJSON_GetArrayItem(member(root, "images"), 0);
-            if (refs) {
-                out->format = "refer";
-                st = load_refer(path, root, refs_path, refs, out, err);
-            } else if (cJSON_IsArray(own_refs)) {
-                out->format = "synth";
-                st = load_refer(path, root, path, own_refs, out, err);
-            } else if (img0 && member(img0, "caption")) {
-                out->format = "mdetr";
-                st = load_mdetr(path, root, out, err);
-            } else {
-                st = lp_fail(err, LOUPE_ERR_FORMAT,
-                             "%s: not a grounding dataset loupe knows: expected MDETR's JSON (images with \"caption\"), "
-                             "loupe synth's (with \"refs\"), COCO instances.json plus --refs REFS.json, or .jsonl",
-                             path);
-            }
-        }
+        if (!st) st = from_json(path, root, refs_path, refs, out, err);
         cJSON_Delete(root);
         cJSON_Delete(refs);
     }
-    if (!st && out->n == 0) st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: no referring expressions in the file", path);
-    if (!st) st = check_unique(refs_path ? refs_path : path, out, err);
-    if (st) {
-        const char *f = out->format;
-        lp_refset_free(out);
-        out->format = f;
-    }
-    return st;
+    return finish(refs_path ? refs_path : path, out, st, err);
 }

@@ -46,6 +46,9 @@ typedef struct lp_refset {
  * instances.json; NULL otherwise). The layout is recognised from the
  * content: .jsonl by its extension, JSON objects by their keys. */
 loupe_status lp_refset_load(const char *path, const char *refs_path, lp_refset *out, lp_error *err);
+/* The same from memory (fuzzing, tests): `name` stands for the file in
+ * messages and decides jsonl (".jsonl") or JSON; no refer layout. */
+loupe_status lp_refset_load_mem(const char *name, const char *text, size_t len, lp_refset *out, lp_error *err);
 void lp_refset_free(lp_refset *set);
 
 /* The samples an evaluation takes, as indices into set->refs in dataset
