@@ -126,17 +126,34 @@ def coord_loss(logits, target, num_ids, value_of, sigma):
     return -(p * lp).sum(-1).mean()
 
 
-def init_number_rows(model, num_ids):
-    """Give the 1000 coordinate tokens smooth sinusoidal embeddings and
-    output rows (neighbouring values start out similar)."""
+def init_number_rows(model, num_ids, gain=10.0):
+    """Coordinate tokens: smooth sinusoidal input embeddings, and output rows
+    that make the 1000 coordinate logits a quadratic in the value:
+        logit(v) = h0 * u - h1 * u^2 / 2 + h2,  u = v / 999
+    (h = the final normed hidden state), i.e. a Gaussian over the values
+    centred on u* = h0 / h1 -- so the decoder only has to regress a number
+    into h0 and h1 instead of learning a 1000-way classifier from scratch
+    (greedy decoding takes the centre, however wide the Gaussian); h2 says
+    "a coordinate comes now". The rows are O(1) so Adam's steps stay in
+    proportion; the final norm's gain on those three dimensions starts at
+    `gain`. Every other entry of the rows starts at 0, every other token's
+    row has 0 in those dimensions, and everything stays trainable: this is
+    an initialisation, the exported head is an ordinary output matrix."""
     E = model.tok_embd.weight.shape[1]
     v = torch.arange(1000, dtype=torch.float64)[:, None]
     freq = 1.0 / (2000.0 ** (torch.arange(E // 2, dtype=torch.float64) / (E // 2)))
     ang = v * freq[None] * 2 * math.pi / 8
     emb = torch.cat([torch.sin(ang), torch.cos(ang)], 1).float() * 0.02
+    u = torch.arange(1000, dtype=torch.float32) / 999.0
+    out = torch.zeros(1000, E)
+    out[:, 0] = u
+    out[:, 1] = -u * u / 2
+    out[:, 2] = 1.0
     with torch.no_grad():
         model.tok_embd.weight[num_ids] = emb + 0.005 * torch.randn_like(emb)
-        model.output.weight[num_ids] = emb + 0.005 * torch.randn_like(emb)
+        model.output.weight[:, :3] = 0.0
+        model.output.weight[num_ids] = out
+        model.norm.weight[:3] = gain
 
 
 def collate(data, idx, tok, gen, n_points, extra=None, p_mask=0.0):
@@ -254,6 +271,7 @@ def main():
     ap.add_argument("--vit-steps", type=int, default=0, help="stage 1: ViT-only auxiliary pre-training steps")
     ap.add_argument("--vit-batch", type=int, default=64)
     ap.add_argument("--vit-lr", type=float, default=2e-3)
+    ap.add_argument("--vit-lr-scale", type=float, default=0.3, help="ViT learning rate relative to --lr in stage 2")
     ap.add_argument("--packed", type=int, default=1, help="pack each image's questions in one row (1) or not (0)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
@@ -281,10 +299,14 @@ def main():
     n_par = sum(p.numel() for p in model.parameters())
     print("model: %.2fM parameters; config %s" % (n_par / 1e6, json.dumps(cfg)), flush=True)
     params = list(model.named_parameters()) + [("aux." + n, p) for n, p in head.named_parameters()]
-    decay = [p for n, p in params if p.dim() >= 2]
-    no_decay = [p for n, p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95))
+    is_vit = lambda n: n.startswith("vit.")  # noqa: E731
+    groups = []
+    for vit in (False, True):
+        for dec in (True, False):
+            ps = [p for n, p in params if is_vit(n) == vit and (p.dim() >= 2) == dec]
+            groups.append({"params": ps, "weight_decay": a.wd if dec else 0.0,
+                           "scale": a.vit_lr_scale if vit else 1.0})
+    opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95))
     step, log = 0, []
     if a.resume and os.path.exists(out):
         ck = torch.load(out)
@@ -293,7 +315,15 @@ def main():
         opt.load_state_dict(ck["opt"])
         step, log = ck["step"], ck["log"]
     if step == 0 and a.vit_steps > 0:
-        pretrain_vit(model, head, data, extra, n_side, a.vit_steps, a.vit_batch, a.vit_lr, a.seed, log)
+        vit_ck = out + ".vit"
+        if os.path.exists(vit_ck):     # stage 1 done before: reuse it
+            ck = torch.load(vit_ck)
+            model.vit.load_state_dict(ck["vit"])
+            head.load_state_dict(ck["aux"])
+            print("stage 1: loaded %s" % vit_ck, flush=True)
+        else:
+            pretrain_vit(model, head, data, extra, n_side, a.vit_steps, a.vit_batch, a.vit_lr, a.seed, log)
+            torch.save({"vit": model.vit.state_dict(), "aux": head.state_dict()}, vit_ck)
     prefix = torch.tensor(tok.encode(D.PREFIX_TEXT, add_bos=True))
     gen = torch.Generator().manual_seed(a.seed)
     epoch, batches = 0, []
@@ -317,7 +347,7 @@ def main():
         idx = batches[bi]
         bi += 1
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
+            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup) * g.get("scale", 1.0)
         if a.packed:
             pixels, imgs, rows, target, pts, region = collate_packed(data, idx, tok, gen, cfg["region_points"], extra,
                                                                      a.p_mask)
