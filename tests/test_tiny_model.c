@@ -72,7 +72,11 @@ static void test_pytorch_parity(void **state) {
     lp_error err = {0};
     lp_gguf *fx = lp_gguf_open(FIX "parity.gguf", &err);
     assert_non_null(fx);
-    lp_vlm *vlm = lp_vlm_load(MODEL, MMPROJ, NULL, &err);
+    /* squeeze, as trained (the public API picks it from the mmproj's
+     * clip.vision.image_aspect_ratio: test_api_on_shipped_model) */
+    lp_vlm_params vp = lp_vlm_default_params();
+    vp.prep = LP_PREP_SQUASH_PIL;
+    lp_vlm *vlm = lp_vlm_load(MODEL, MMPROJ, &vp, &err);
     if (!vlm) fail_msg("%s", err.msg);
     lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
     cp.n_threads = 2;

@@ -4,8 +4,9 @@
 without a box is a miss) overall and by expression kind, and referring
 (category named) for box and mask regions.
 
-Until `loupe eval` (issue #6) exists this drives `loupe ask --json` once per
-sample, so the boxes scored are exactly the ones `ask` prints and draws.
+It drives `loupe ask --json` once per sample, so what is scored is exactly
+what `ask` prints (`loupe eval` does grounding at scale; this script is for
+referring, which `loupe eval` does not cover, and for a quick cross-check).
 
     /usr/bin/python3 tools/train/eval_loupe.py --model M.gguf --mmproj P.gguf \
         --data DIR/annotations.json [--n-ground 1000] [--n-refer 300] [--loupe build/loupe]
@@ -104,7 +105,7 @@ def main():
     # referring: box and mask regions; correct when the answer names the category
     tmp = tempfile.mkdtemp(prefix="loupe-eval-")
     for mode in ("box", "mask"):
-        ok_n, tot = 0, 0
+        ok_n, exact, tot = 0, 0, 0
         for r in d["regions"][: args.n_refer]:
             im = images[r["image_id"]]
             cat = cats[anns[r["ann_id"]]["category_id"]]
@@ -118,8 +119,10 @@ def main():
             res, err = ask(args, os.path.join(root, im["file_name"]), "What is in the region <region>?", extra)
             ans = (res or {}).get("answer", "")
             ok_n += cat in ans.split()
+            exact += ans.strip() == r["answer"]
             tot += 1
-        print(f"referring ({mode}): category named {100.0 * ok_n / max(tot, 1):.1f}% ({ok_n}/{tot})")
+        print(f"referring ({mode}): category named {100.0 * ok_n / max(tot, 1):.1f}% ({ok_n}/{tot}); "
+              f"colour and category exactly {100.0 * exact / max(tot, 1):.1f}% ({exact}/{tot})")
 
 
 if __name__ == "__main__":
