@@ -163,8 +163,12 @@ class LlamaBlock(nn.Module):
         ap = torch.softmax(qp @ kp.transpose(-1, -2) * sc + cm, -1) @ vp
         kk = torch.cat([kp.expand(B, -1, -1, -1), k], 2)
         vv = torch.cat([vp.expand(B, -1, -1, -1), v], 2)
-        a = torch.softmax(q @ kk.transpose(-1, -2) * sc + mask, -1) @ vv
-        return self.finish(xp, ap), self.finish(x, a)
+        probs = torch.softmax(q @ kk.transpose(-1, -2) * sc + mask, -1)   # (B, H, T, Tp + T)
+        if self.keep_att:    # training: attention supervision reads these
+            self.att = probs
+        return self.finish(xp, ap), self.finish(x, probs @ vv)
+
+    keep_att = False
 
 
 class Model(nn.Module):
@@ -287,6 +291,7 @@ class Model(nn.Module):
         out = torch.zeros(len(where), Lmax, E)
         for q, (r, o, L) in enumerate(where):
             out[q, :L] = h[r, o:o + L]
+        self.where, self.Tp = where, Tp   # for attention supervision (train.py)
         return self.output(out)
 
 

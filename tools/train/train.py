@@ -104,6 +104,33 @@ def aux_loss(head, feats, tg):
     return l_cat + l_col + l_ctr + 10.0 * l_box, l_box.item()
 
 
+def attention_loss(model, data, idx, target, n_side, layer, head):
+    """Attention supervision for grounding: at every position that predicts
+    an answer token, head `head` of block `layer` should look at the image
+    patch holding the centre of the true box (the patch whose features the
+    auxiliary head teaches to carry that box). -log of the attention mass
+    there, averaged. Training only: the model is unchanged, this only shows
+    the decoder early where to look."""
+    att = model.blocks[layer].att                        # (R, H, T, Tp + T)
+    N, Tp = n_side * n_side, model.Tp
+    terms = []
+    for q, j in enumerate(idx):
+        if data["kind"][j] != 0:
+            continue
+        r, o, L = model.where[q]
+        w, h = data["sizes"][data["img"][j]].tolist()
+        x1, y1, x2, y2 = data["abox"][j]
+        cx = min(int((x1 + x2) / 2 / w * n_side), n_side - 1)
+        cy = min(int((y1 + y2) / 2 / h * n_side), n_side - 1)
+        ans = (target[q] >= 0).nonzero().squeeze(1)        # positions predicting answer tokens
+        if len(ans) == 0:
+            continue
+        terms.append(att[r, head, o + ans, Tp + cy * n_side + cx])
+    if not terms:
+        return target.new_zeros((), dtype=torch.float32)
+    return -torch.log(torch.cat(terms) + 1e-6).mean()
+
+
 def number_ids(tok):
     """token id of each coordinate 0..999 (every one is a single token)."""
     return torch.tensor([tok.id_of[str(n)] for n in range(1000)])
@@ -271,6 +298,7 @@ def main():
     ap.add_argument("--vit-steps", type=int, default=0, help="stage 1: ViT-only auxiliary pre-training steps")
     ap.add_argument("--vit-batch", type=int, default=64)
     ap.add_argument("--vit-lr", type=float, default=2e-3)
+    ap.add_argument("--att", type=float, default=0.5, help="weight of the attention supervision (0: off)")
     ap.add_argument("--vit-lr-scale", type=float, default=0.3, help="ViT learning rate relative to --lr in stage 2")
     ap.add_argument("--packed", type=int, default=1, help="pack each image's questions in one row (1) or not (0)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
@@ -296,6 +324,8 @@ def main():
     extra = D.build_extra(os.path.join(a.work, "synth"), data, os.path.join(a.work, "extra.pt"))
     head = AuxHead(cfg["v_embd"], 12, len(extra["colours"]))
     n_side = cfg["image_size"] // cfg["patch_size"]
+    att_layer = cfg["n_layer"] - 1
+    model.blocks[att_layer].keep_att = a.att > 0
     n_par = sum(p.numel() for p in model.parameters())
     print("model: %.2fM parameters; config %s" % (n_par / 1e6, json.dumps(cfg)), flush=True)
     params = list(model.named_parameters()) + [("aux." + n, p) for n, p in head.named_parameters()]
@@ -338,7 +368,7 @@ def main():
     bi = step - consumed
     gen.manual_seed(a.seed * 7919 + step)
     model.train()
-    t_start, seen, run, run_box = time.time(), 0, [], []
+    t_start, seen, run, run_box, run_att = time.time(), 0, [], [], []
     while step < a.steps:
         if bi >= len(batches):
             epoch += 1
@@ -354,6 +384,7 @@ def main():
             img, feats = model.encode_image(pixels)
             logits = model.forward_packed(prefix, img, feats, rows, pts, region)
             idx = [j for c in idx for j in c]
+            att_l = attention_loss(model, data, idx, target, n_side, att_layer, 0) if a.att > 0 else None
         else:
             pixels, img_of, suffix, target, pts, region = collate(data, idx, tok, gen, cfg["region_points"], extra,
                                                                   a.p_mask)
@@ -361,6 +392,9 @@ def main():
             logits = model(prefix, img, feats, img_of, suffix, None, pts, region)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         total = loss
+        if a.packed and a.att > 0:
+            total = total + a.att * att_l
+            run_att.append(att_l.item())
         if a.coord > 0:
             total = total + a.coord * coord_loss(logits, target, num_ids, value_of, a.sigma)
         if a.aux > 0:
@@ -385,10 +419,10 @@ def main():
             el = time.time() - t_start
             m = float(np.mean(run))
             log.append((step, m))
-            print("step %5d  loss %.4f  aux box L1 %.4f  lr %.2e  %.1f samples/s  %.0fs" % (
-                step, m, float(np.mean(run_box)) if run_box else 0.0, opt.param_groups[0]["lr"], seen / el, el),
-                flush=True)
-            run, run_box = [], []
+            print("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  lr %.2e  %.1f samples/s  %.0fs" % (
+                step, m, float(np.mean(run_box)) if run_box else 0.0, float(np.mean(run_att)) if run_att else 0.0,
+                opt.param_groups[0]["lr"], seen / el, el), flush=True)
+            run, run_box, run_att = [], [], []
         if step % a.save_every == 0 or step == a.steps:
             torch.save({"model": model.state_dict(), "aux": head.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
                         "config": cfg, "tokenizer": os.path.join(a.work, "tokenizer.json"), "args": vars(a)}, out)
