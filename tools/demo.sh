@@ -32,10 +32,10 @@ echo "$exprs" | while IFS= read -r e; do
 done
 
 # ground truth of the scene, for comparison
-echo "== the scene's ground truth (COCO [x, y, w, h] in pixels)"
+echo "== the scene's ground truth, [x1, y1, x2, y2] in pixels like the boxes above"
 sed -n 's/.*"image_id":1,"category_id":\([0-9]*\),"bbox":\[\([^]]*\)\].*"color":"\([a-z]*\)".*/\1 \3 \2/p' "$EX/annotations.json" |
     awk 'BEGIN { split("sofa lamp cup chair table plant tv bed book clock bottle dog", name, " ") }
-         { printf "  %-7s %-7s [%s]\n", $2, name[$1], $3 }'
+         { split($3, b, ","); printf "  %-7s %-7s [%d, %d, %d, %d]\n", $2, name[$1], b[1], b[2], b[1] + b[3], b[2] + b[4] }'
 
 echo
 
