@@ -10,7 +10,7 @@
 #   make bench      benchmarks bench/*.c against the library, in $(BUILD)/bench/ (not run)
 #   make examples   examples/*.c against $(BUILD)/libloupe.a, public header only, in $(BUILD)/examples/
 #   make abi-test   install into a temporary prefix, build examples/*.c with only that prefix
-#                   and pkg-config, run photo_search on 3 synthetic scenes (part of `make test`)
+#                   and pkg-config, run photo_search with the shipped model on 10 synthetic scenes (part of `make test`)
 #   make install PREFIX=/usr/local
 #
 # Options: PORTABLE=1 for a generic x86-64 build instead of -march=native.
@@ -151,8 +151,8 @@ $(BUILD)/examples/%: examples/%.c include/loupe.h $(LIB_A)
 # `pkg-config --cflags --libs loupe` (the shared library), and run
 # photo_search on 3 synthetic scenes with the tiny random-weight pair (its
 # boxes mean nothing; the program must run and write every output). ----
-ABI_LM     := tests/fixtures/parity/tiny-f32.gguf
-ABI_MMPROJ := tests/fixtures/parity/tiny-f32-mmproj.gguf
+ABI_LM     := models/loupe-tiny.gguf
+ABI_MMPROJ := models/loupe-tiny-mmproj.gguf
 abi-test: all
 	@set -e; d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
 	$(MAKE) --no-print-directory install PREFIX=$$d/prefix >/dev/null; \
@@ -164,12 +164,12 @@ abi-test: all
 	  echo "== abi-test: built $$n with $$flags"; \
 	done; \
 	LD_LIBRARY_PATH=$$d/prefix/lib ldd $$d/photo_search | grep -q "$$d/prefix/lib/libloupe.so.0"; \
-	$(LOUPE) synth --seed 1 --n 3 --out $$d/scenes >/dev/null; \
+	$(LOUPE) synth --seed 1 --n 10 --out $$d/scenes >/dev/null; \
 	LD_LIBRARY_PATH=$$d/prefix/lib $$d/photo_search -m $(ABI_LM) --mmproj $(ABI_MMPROJ) -t 1 \
 	    "the red chair" $$d/scenes/images $$d/out; \
-	test $$(ls $$d/out/*.png | wc -l) -eq 3; \
-	if command -v python3 >/dev/null; then python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["images"]) == 3 and all("error" not in i for i in d["images"])' $$d/out/index.json; fi; \
-	echo "abi-test passed: 3 annotated PNGs and index.json written by an example built from the installed prefix"
+	test $$(ls $$d/out/*.png | wc -l) -eq 10; \
+	if command -v python3 >/dev/null; then python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["images"]) == 10 and all("error" not in i for i in d["images"])' $$d/out/index.json; fi; \
+	echo "abi-test passed: 10 annotated PNGs and index.json written by an example built from the installed prefix"
 
 # ---- fuzzing (clang + libFuzzer); the library is rebuilt with coverage ----
 FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude -Icore -D_GNU_SOURCE $(PKG_CFLAGS)
