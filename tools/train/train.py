@@ -1,16 +1,17 @@
 #!/usr/bin/python3
 """Train loupe's tiny Ferret-style model on synthetic scenes (CPU, fp32).
 
-  /usr/bin/python3 tools/train/train.py --work /tmp/loupe-train --n-images 12000 \\
-      --steps 3000 --seed 1 --out /tmp/loupe-train/ckpt.pt
+  /usr/bin/python3 tools/train/train.py --work /tmp/loupe-train --out /tmp/loupe-train/run.pt
 
-Steps: (1) `loupe synth` into WORK/synth (once; deterministic for
---synth-seed/--n-images), (2) the vocabulary from that corpus
-(WORK/tokenizer.json), (3) samples and squeezed images cached as tensors
-(WORK/data-S.pt), (4) AdamW with linear warm-up + cosine decay, loss on the
-answer tokens (+ EOS) only, deterministic for --seed (torch.manual_seed,
-fixed batch order), checkpoints to --out every --save-every steps.
-See tools/train/README.md.
+(the defaults are the shipped model's recipe). Steps: (1) `loupe synth` into
+WORK/synth (once; deterministic for --synth-seed/--n-images), (2) the
+vocabulary from that corpus (WORK/tokenizer.json), (3) samples and squeezed
+images cached as tensors (WORK/data-S.pt), (4) stage 1: the ViT alone on
+dense auxiliary targets (saved as OUT.vit and reused when present), (5)
+stage 2: everything, AdamW with linear warm-up + cosine decay, loss on the
+answer tokens (+ EOS) plus the soft coordinate, auxiliary and attention
+losses; deterministic for --seed (torch.manual_seed, fixed batch order);
+checkpoints to --out every --save-every steps. See tools/train/README.md.
 """
 
 import argparse
@@ -279,23 +280,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/loupe-train")
     ap.add_argument("--synth-seed", type=int, default=1)
-    ap.add_argument("--n-images", type=int, default=12000)
+    ap.add_argument("--n-images", type=int, default=8000)
     ap.add_argument("--out", default=None, help="checkpoint path (default WORK/ckpt.pt)")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-img", type=int, default=16, help="images per batch")
-    ap.add_argument("--per-img", type=int, default=2, help="questions per image in a batch")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--batch-img", type=int, default=8, help="images per batch")
+    ap.add_argument("--per-img", type=int, default=8, help="questions per image in a batch")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--wd", type=float, default=0.05)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--config", default=None, help="JSON overrides of model.DEFAULT_CONFIG")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--aux", type=float, default=1.0, help="weight of the dense ViT auxiliary loss (0: off)")
     ap.add_argument("--coord", type=float, default=1.0, help="weight of the soft coordinate loss (0: off)")
     ap.add_argument("--sigma", type=float, default=8.0, help="soft coordinate target width, grid steps")
-    ap.add_argument("--vit-steps", type=int, default=0, help="stage 1: ViT-only auxiliary pre-training steps")
+    ap.add_argument("--vit-steps", type=int, default=600, help="stage 1: ViT-only auxiliary pre-training steps")
     ap.add_argument("--vit-batch", type=int, default=64)
     ap.add_argument("--vit-lr", type=float, default=2e-3)
     ap.add_argument("--att", type=float, default=0.5, help="weight of the attention supervision (0: off)")
