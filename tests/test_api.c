@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "loupe.h"
+#include "support/testutil.h"
 #include "gguf.h"
 
 #define LM "tests/fixtures/parity/tiny-f32.gguf"
@@ -34,13 +35,7 @@
 static char tmpdir[64];
 static char loupe_bin[512]; /* the CLI next to this test's build directory */
 
-static const char *tmp_path(const char *name) {
-    static char buf[8][256];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 256, "%s/%s", tmpdir, name);
-    return p;
-}
+static const char *tmp_path(const char *name) { return tu_path(tmpdir, name); }
 
 static loupe_model *load_ok(void) {
     char err[256];
@@ -627,15 +622,12 @@ static void test_cli_json(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/loupe-test-api-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return tu_mkdtemp(tmpdir, sizeof tmpdir, "api");
 }
 
 static int teardown(void **state) {
     (void)state;
-    const char *names[] = {"corrupt.gguf", "text.gguf", "mmproj-32.gguf", "drawn.png", "cli.png", "cli.err"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) unlink(tmp_path(names[i]));
-    return rmdir(tmpdir);
+    return tu_rmtree(tmpdir);
 }
 
 int main(int argc, char **argv) {

@@ -28,13 +28,7 @@
 static char g_dir[64];
 static char loupe_bin[512]; /* BUILD/loupe next to BUILD/tests/test_eval */
 
-static const char *tmp_path(const char *name) {
-    static char buf[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
+static const char *tmp_path(const char *name) { return tu_path(g_dir, name); }
 
 static const char *write_tmp(const char *name, const char *text) {
     const char *p = tmp_path(name);
@@ -47,15 +41,12 @@ static const char *write_tmp(const char *name, const char *text) {
 
 static int setup(void **state) {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/loupe_test_eval.XXXXXX");
-    return mkdtemp(g_dir) ? 0 : -1;
+    return tu_mkdtemp(g_dir, sizeof g_dir, "eval");
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd);
+    return tu_rmtree(g_dir);
 }
 
 /* ---- metric ---- */
@@ -134,7 +125,7 @@ static const char *INSTANCES =
 
 static void test_load_refer(void **state) {
     (void)state;
-    char inst[256]; /* write_tmp's buffers rotate */
+    char inst[256]; /* tu_path's buffers rotate */
     snprintf(inst, sizeof inst, "%s", write_tmp("instances.json", INSTANCES));
     const char *refs = write_tmp(
         "refs.json",

@@ -22,3 +22,27 @@ char *tu_read_file(const char *path, size_t *n) {
     fclose(f);
     return b;
 }
+
+#include <ftw.h>
+#include <string.h>
+#include <unistd.h>
+
+int tu_mkdtemp(char *buf, size_t n, const char *tag) {
+    if (snprintf(buf, n, "/tmp/loupe-test-%s-XXXXXX", tag) >= (int)n) return -1;
+    return mkdtemp(buf) ? 0 : -1;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+int tu_rmtree(const char *dir) { return nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+const char *tu_path(const char *dir, const char *name) {
+    static char buf[8][512];
+    static int k;
+    char *p = buf[k++ % 8];
+    snprintf(p, sizeof buf[0], "%s/%s", dir, name);
+    return p;
+}
