@@ -67,10 +67,13 @@ class AuxHead(torch.nn.Module):
         return o[..., :c], o[..., c:c + k], o[..., c + k], o[..., c + k + 1:]
 
 
-def aux_targets(objs, n_side):
+def aux_targets(objs, n_side, dense_box=True):
     """objs (k, 7) of one image -> per-patch targets on the n_side^2 grid:
     cover category (0 = background), cover colour (-100 none), centre flag,
-    centre box (x1 y1 x2 y2 normalized)."""
+    box (x1 y1 x2 y2 normalized).  dense_box: every patch covered by an
+    object carries that object's box (so attention spread over the object
+    still reads the right box); otherwise only the patch holding the box
+    centre does (the first recipe)."""
     N = n_side * n_side
     cat = torch.zeros(N, dtype=torch.long)
     col = torch.full((N,), -100, dtype=torch.long)
@@ -87,11 +90,18 @@ def aux_targets(objs, n_side):
         area = (x2 - x1) * (y2 - y1)
         inside = (cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2) & (area < best)
         cat[inside], col[inside], best[inside] = int(o[0]) + 1, int(o[1]), area
+        if dense_box:
+            box[inside] = o[2:6]
         p = min(int((y1 + y2) / 2 * n_side), n_side - 1) * n_side + min(int((x1 + x2) / 2 * n_side), n_side - 1)
-        if ctr[p] == 0 or area < (box[p, 2] - box[p, 0]) * (box[p, 3] - box[p, 1]):
+        if dense_box:
+            ctr[p] = 1
+        elif ctr[p] == 0 or area < (box[p, 2] - box[p, 0]) * (box[p, 3] - box[p, 1]):
             ctr[p] = 1
             box[p] = o[2:6]
     return cat, col, ctr, box
+
+
+dense_box_loss = True   # set from --dense-box in main()
 
 
 def aux_loss(head, feats, tg):
@@ -100,12 +110,12 @@ def aux_loss(head, feats, tg):
     l_cat = F.cross_entropy(cat_l.reshape(-1, cat_l.shape[-1]), cat.reshape(-1))
     l_col = F.cross_entropy(col_l.reshape(-1, col_l.shape[-1]), col.reshape(-1), ignore_index=-100)
     l_ctr = F.binary_cross_entropy_with_logits(ctr_l, ctr)
-    pos = ctr > 0
+    pos = (box[..., 2] > box[..., 0]) if dense_box_loss else ctr > 0
     l_box = F.l1_loss(torch.sigmoid(box_l[pos]), box[pos]) if pos.any() else feats.sum() * 0
     return l_cat + l_col + l_ctr + 10.0 * l_box, l_box.item()
 
 
-def attention_loss(model, data, idx, target, n_side, layer, head):
+def attention_loss(model, data, idx, target, n_side, layer, head, cover=None):
     """Attention supervision for grounding: at every position that predicts
     an answer token, head `head` of block `layer` should look at the image
     patch holding the centre of the true box (the patch whose features the
@@ -126,7 +136,16 @@ def attention_loss(model, data, idx, target, n_side, layer, head):
         ans = (target[q] >= 0).nonzero().squeeze(1)        # positions predicting answer tokens
         if len(ans) == 0:
             continue
-        terms.append(att[r, head, o + ans, Tp + cy * n_side + cx])
+        a_img = att[r, head, o + ans, Tp:Tp + N]             # (answer, N)
+        if cover is not None:
+            # dense boxes: every patch the object covers carries its box, so
+            # the mass over all of them is what has to be high
+            nb = torch.tensor([x1 / w, y1 / h, x2 / w, y2 / h], dtype=torch.float32)
+            sel = (cover[data["img"][j]] - nb).abs().max(dim=1).values < 2e-3
+            sel[cy * n_side + cx] = True
+            terms.append(a_img[:, sel].sum(dim=1))
+        else:
+            terms.append(a_img[:, cy * n_side + cx])
     if not terms:
         return target.new_zeros((), dtype=torch.float32)
     return -torch.log(torch.cat(terms) + 1e-6).mean()
@@ -253,7 +272,7 @@ def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
         feats = model.vit(D.normalize(data["images"][imgs]))
-        tg = [aux_targets(extra["objs"][i], n_side) for i in imgs]
+        tg = [aux_targets(extra["objs"][i], n_side, dense_box_loss) for i in imgs]
         tg = tuple(torch.stack([t[j] for t in tg]) for j in range(4))
         loss, lb = aux_loss(head, feats, tg)
         opt.zero_grad(set_to_none=True)
@@ -302,8 +321,12 @@ def main():
     ap.add_argument("--att", type=float, default=0.5, help="weight of the attention supervision (0: off)")
     ap.add_argument("--vit-lr-scale", type=float, default=0.3, help="ViT learning rate relative to --lr in stage 2")
     ap.add_argument("--packed", type=int, default=1, help="pack each image's questions in one row (1) or not (0)")
+    ap.add_argument("--dense-box", type=int, default=1,
+                    help="box targets on every patch an object covers, attention supervised over them (1), or the centre patch only (0)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
+    global dense_box_loss
+    dense_box_loss = bool(a.dense_box)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     cfg = dict(DEFAULT_CONFIG)
@@ -385,7 +408,10 @@ def main():
             img, feats = model.encode_image(pixels)
             logits = model.forward_packed(prefix, img, feats, rows, pts, region)
             idx = [j for c in idx for j in c]
-            att_l = attention_loss(model, data, idx, target, n_side, att_layer, 0) if a.att > 0 else None
+            cover = None
+            if a.dense_box:
+                cover = {i: aux_targets(extra["objs"][i], n_side, True)[3] for i in set(data["img"][j] for j in idx)}
+            att_l = attention_loss(model, data, idx, target, n_side, att_layer, 0, cover) if a.att > 0 else None
         else:
             pixels, img_of, suffix, target, pts, region = collate(data, idx, tok, gen, cfg["region_points"], extra,
                                                                   a.p_mask)
@@ -400,7 +426,7 @@ def main():
             total = total + a.coord * coord_loss(logits, target, num_ids, value_of, a.sigma)
         if a.aux > 0:
             imgs = sorted(set(data["img"][j] for j in idx))
-            tg = [aux_targets(extra["objs"][i], n_side) for i in imgs]
+            tg = [aux_targets(extra["objs"][i], n_side, a.dense_box) for i in imgs]
             tg = tuple(torch.stack([t[k] for t in tg]) for k in range(4))
             la, lb = aux_loss(head, feats, tg)
             total = total + a.aux * la
