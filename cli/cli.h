@@ -35,10 +35,22 @@ void cli_log_stderr(loupe_log_level level, const char *msg, void *user);
 typedef struct cli_model_args {
     const char *model, *mmproj;
     loupe_model_params params;
+    double budget_pct; /* --mem-budget N%: of the language model file, resolved by cli_model_resolve */
     char model_buf[PATH_MAX + 64], mmproj_buf[PATH_MAX + 64];
 } cli_model_args;
+/* Help text of the flash-mode options cli_model_arg takes. */
+#define CLI_FLASH_HELP                                                                              \
+    "  --mem-budget SIZE    flash mode: keep at most SIZE bytes of the language model's\n"          \
+    "                       weights in DRAM (K/M/G suffixes, or N%% of the model file);\n"            \
+    "                       the model must be a flash layout (loupe convert --flash)\n"             \
+    "  --sparsity S         flash-layout models: skip the fraction S of FFN neurons the\n"          \
+    "                       predictor rates lowest at each generated token (default 0)\n"          \
+    "  --ffn-threshold T    instead: compute neurons whose predicted |silu(gate)| >= T\n"          \
+    "  --flash-window N     keep neurons used by the last N tokens (default 5)\n"                 \
+    "  --io-threads N       parallel reads in flash mode (default 4)\n"
 void cli_model_args_init(cli_model_args *m);
-/* Handles -m/--model, --mmproj, --template, --box-format, --prep VAL.
+/* Handles -m/--model, --mmproj, --template, --box-format, --prep VAL and
+ * the flash options (CLI_FLASH_HELP).
  * Returns 1 when opt was one of them (*rc set to a usage exit code if its
  * value was bad), 0 otherwise. */
 int cli_model_arg(cli_model_args *m, const char *cmd, const char *opt, const char *val, int *rc);
@@ -47,6 +59,7 @@ int cli_model_arg(cli_model_args *m, const char *cmd, const char *opt, const cha
 int cli_model_resolve(cli_model_args *m, const char *cmd);
 
 int cmd_ask(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_eval_merge(int argc, char **argv);
 int cmd_info(int argc, char **argv);

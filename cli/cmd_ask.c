@@ -83,6 +83,10 @@ static void ask_help(FILE *out) {
             "  Without --json the answer is followed by one line per box:\n"
             "    box 1: [x1, y1, x2, y2] label      (original-image pixels)\n\n"
             "  -v, --verbose        timings and peak memory on stderr\n"
+            "  --stats              per decoder pass: weight bytes read, reads, neuron cache\n"
+            "                       hit rate, active FFN fraction, I/O and compute time (stderr;\n"
+            "                       --json always has them under weight_io)\n"
+            "\nflash mode:\n" CLI_FLASH_HELP
             "  -h, --help           this text\n",
             lp_template_names(), g.n_predict, g.sampling.top_k, g.sampling.top_p, LP_VLM_MAX_REGIONS,
             LP_VLM_REGION_PLACEHOLDER, LP_VLM_REGION_PLACEHOLDER);
@@ -158,6 +162,8 @@ static int on_text(void *user, const char *text, size_t len) {
     return 0;
 }
 
+static double r2(double v);
+
 static void print_stats(const loupe_model *m, const loupe_answer *a) {
     const loupe_timings *t = loupe_answer_timings(a);
     fprintf(stderr, "\n");
@@ -171,6 +177,43 @@ static void print_stats(const loupe_model *m, const loupe_answer *a) {
             t->decode_tok_s);
     fprintf(stderr, "stopped   %s\n", loupe_answer_stop_reason(a));
     fprintf(stderr, "peak RSS  %9.1f MiB\n", t->peak_rss_bytes / 1048576.0);
+}
+
+/* --stats: what each decoder pass read and computed (flash mode). */
+static void print_token_stats(const loupe_answer *a) {
+    int n = 0;
+    loupe_token_stats pf;
+    const loupe_token_stats *ts = loupe_answer_token_stats(a, &n, &pf);
+    fprintf(stderr, "\n%-8s %12s %7s %8s %8s %9s %10s\n", "pass", "bytes read", "reads", "hit rate", "active",
+            "I/O ms", "compute ms");
+    fprintf(stderr, "%-8s %12lld %7lld %8.3f %8.3f %9.2f %10.2f\n", "prompt", pf.bytes_read, pf.reads, pf.hit_rate,
+            pf.active_fraction, pf.io_ms, pf.compute_ms);
+    long long bytes = 0, reads = 0;
+    double io = 0, comp = 0, act = 0, hit = 0;
+    for (int i = 0; i < n; i++) {
+        char name[24];
+        snprintf(name, sizeof name, "token %d", i + 1);
+        fprintf(stderr, "%-8s %12lld %7lld %8.3f %8.3f %9.2f %10.2f\n", name, ts[i].bytes_read, ts[i].reads,
+                ts[i].hit_rate, ts[i].active_fraction, ts[i].io_ms, ts[i].compute_ms);
+        bytes += ts[i].bytes_read, reads += ts[i].reads, io += ts[i].io_ms, comp += ts[i].compute_ms;
+        act += ts[i].active_fraction, hit += ts[i].hit_rate;
+    }
+    if (n > 0) {
+        fprintf(stderr, "%-8s %12.0f %7.1f %8.3f %8.3f %9.2f %10.2f  (mean of %d tokens; %.1f ms/token)\n", "mean",
+                (double)bytes / n, (double)reads / n, hit / n, act / n, io / n, comp / n, n, (io + comp) / n);
+    }
+}
+
+static cJSON *token_stats_json(const loupe_token_stats *t) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddNumberToObject(o, "bytes_read", (double)t->bytes_read);
+    cJSON_AddNumberToObject(o, "reads", (double)t->reads);
+    cJSON_AddNumberToObject(o, "hit_rate", t->hit_rate);
+    cJSON_AddNumberToObject(o, "active_fraction", t->active_fraction);
+    cJSON_AddNumberToObject(o, "io_ms", r2(t->io_ms));
+    cJSON_AddNumberToObject(o, "compute_ms", r2(t->compute_ms));
+    return o;
 }
 
 /* Two decimals are plenty for pixels and keep float noise out of the JSON. */
@@ -236,6 +279,19 @@ static int print_json(const loupe_model *m, const loupe_image *img, const char *
     cJSON_AddNumberToObject(jt, "decode_tokens", t->generated_tokens);
     cJSON_AddNumberToObject(jt, "decode_tok_s", r2(t->decode_tok_s));
     cJSON_AddNumberToObject(jt, "image_tokens", t->image_tokens);
+    cJSON_AddNumberToObject(jt, "weight_bytes_read", (double)t->weight_bytes_read);
+    cJSON_AddNumberToObject(jt, "weight_reads", (double)t->weight_reads);
+    cJSON_AddNumberToObject(jt, "io_ms", r2(t->io_ms));
+    int n_ts = 0;
+    loupe_token_stats pf;
+    const loupe_token_stats *ts = loupe_answer_token_stats(a, &n_ts, &pf);
+    cJSON *jf = cJSON_AddObjectToObject(o, "weight_io");
+    if (jf) {
+        cJSON_AddNumberToObject(jf, "memory_budget", (double)loupe_model_memory_budget(m));
+        cJSON_AddItemToObject(jf, "prompt", token_stats_json(&pf));
+        cJSON *arr = cJSON_AddArrayToObject(jf, "tokens");
+        for (int i = 0; arr && i < n_ts; i++) cJSON_AddItemToArray(arr, token_stats_json(&ts[i]));
+    }
     cJSON_AddStringToObject(o, "stop", loupe_answer_stop_reason(a));
     cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)t->peak_rss_bytes);
     char *text = cJSON_Print(o);
@@ -251,7 +307,7 @@ int cmd_ask(int argc, char **argv) {
     cli_model_args ma;
     cli_model_args_init(&ma);
     loupe_context_params cp = loupe_context_default_params();
-    bool verbose = false, only_pos = false, json = false;
+    bool verbose = false, only_pos = false, json = false, stats = false;
     int n_pos = 0;
     region_arg rargs[LP_VLM_MAX_REGIONS];
     int n_reg = 0;
@@ -269,6 +325,7 @@ int cmd_ask(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { ask_help(stdout); return CLI_EXIT_OK; }
         if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { verbose = true; continue; }
         if (!strcmp(a, "--json")) { json = true; continue; }
+        if (!strcmp(a, "--stats")) { stats = true; continue; }
         if (!strcmp(a, "--llamacpp-compat")) { ma.params.llamacpp_compat = 1; continue; }
         /* Everything else takes a value. */
         if (i + 1 >= argc) return cli_usage("ask", "option '%s' needs a value", a);
@@ -366,6 +423,7 @@ int cmd_ask(int argc, char **argv) {
     if (ss.failed) { rc = cli_error(LOUPE_ERR_IO, "writing to stdout failed"); goto out; }
     if (st) { rc = cli_error(st, "%s", loupe_context_last_error(ctx)); goto out; }
     if (verbose) print_stats(m, ans);
+    if (stats) print_token_stats(ans);
     if (json) {
         rc = print_json(m, img, image_path, ans);
     } else {

@@ -67,6 +67,7 @@ static void eval_help(FILE *out) {
             "  --box-format NAME    as for loupe ask\n"
             "  -t, --threads N      threads (default: all CPUs)\n"
             "  -n, --n-predict N    most tokens per answer (default 64)\n\n"
+            "flash mode (loupe ask --help):\n" CLI_FLASH_HELP "\n"
             "Exit status: 0 when every sample ran (whatever the accuracy); otherwise the\n"
             "error's code (loupe --help). Interrupted runs exit 130 after the report.\n\n"
             "  loupe eval-merge [--report FILE] RESULTS.jsonl...   one report over shards\n");

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef LOUPE_DATADIR
@@ -49,6 +50,29 @@ void cli_log_stderr(loupe_log_level level, const char *msg, void *user) {
     fprintf(stderr, "loupe: %s: %s\n", names[level <= LOUPE_LOG_DEBUG ? level : LOUPE_LOG_DEBUG], msg);
 }
 
+/* "123", "64K", "1.5G" (binary units) or "40%" (*pct set, *bytes 0). */
+static bool parse_size(const char *s, size_t *bytes, double *pct) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v > 0)) return false;
+    double mul = 1;
+    if (*end == '%') {
+        if (end[1] || v > 100) return false;
+        *pct = v;
+        *bytes = 0;
+        return true;
+    }
+    if (*end == 'K' || *end == 'k') mul = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024.0, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024.0 * 1024.0, end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end || v * mul >= 9.0e18) return false;
+    *bytes = (size_t)(v * mul);
+    *pct = 0;
+    return *bytes > 0;
+}
+
 void cli_model_args_init(cli_model_args *m) {
     memset(m, 0, sizeof *m);
     m->params = loupe_model_default_params();
@@ -64,6 +88,24 @@ int cli_model_arg(cli_model_args *m, const char *cmd, const char *opt, const cha
         else if (!strcmp(val, "squash") || !strcmp(val, "squeeze")) m->params.prep = LOUPE_PREP_SQUASH;
         else if (!strcmp(val, "llamacpp")) m->params.prep = LOUPE_PREP_LLAMACPP;
         else *rc = cli_usage(cmd, "--prep: '%s' is not a mode (pad, squash, llamacpp)", val);
+    } else if (!strcmp(opt, "--mem-budget")) {
+        if (!parse_size(val, &m->params.memory_budget, &m->budget_pct))
+            *rc = cli_usage(cmd, "--mem-budget: '%s' is not a size (bytes, with K/M/G, or a percentage like 40%%)", val);
+    } else if (!strcmp(opt, "--sparsity")) {
+        float sp;
+        if (!cli_parse_float(val, 0.0f, 0.999f, &sp)) *rc = cli_usage(cmd, "--sparsity: '%s' is not in [0, 0.999]", val);
+        else m->params.ffn_keep = 1.0f - sp;
+    } else if (!strcmp(opt, "--ffn-threshold")) {
+        if (!cli_parse_float(val, 0.0f, 1e9f, &m->params.ffn_threshold))
+            *rc = cli_usage(cmd, "--ffn-threshold: '%s' is not a number >= 0", val);
+    } else if (!strcmp(opt, "--flash-window")) {
+        long v;
+        if (!cli_parse_int(val, 0, 1000000, &v)) *rc = cli_usage(cmd, "--flash-window: '%s' is not a count", val);
+        else m->params.flash_window = (int)v;
+    } else if (!strcmp(opt, "--io-threads")) {
+        long v;
+        if (!cli_parse_int(val, 0, 16, &v)) *rc = cli_usage(cmd, "--io-threads: '%s' is not in [0, 16]", val);
+        else m->params.flash_io_threads = (int)v;
     } else return 0;
     return 1;
 }
@@ -77,11 +119,21 @@ static bool try_dir(cli_model_args *m, const char *dir) {
     return is_file(m->model_buf) && is_file(m->mmproj_buf);
 }
 
+/* --mem-budget N%: N percent of the language model file. */
+static int resolve_budget(cli_model_args *m, const char *cmd) {
+    if (m->budget_pct <= 0) return CLI_EXIT_OK;
+    struct stat sb;
+    if (stat(m->model, &sb) != 0) return cli_usage(cmd, "--mem-budget %g%%: cannot stat %s: %s", m->budget_pct, m->model, strerror(errno));
+    m->params.memory_budget = (size_t)((double)sb.st_size * m->budget_pct / 100.0);
+    if (m->params.memory_budget == 0) m->params.memory_budget = 1;
+    return CLI_EXIT_OK;
+}
+
 int cli_model_resolve(cli_model_args *m, const char *cmd) {
     if (m->model && !m->mmproj)
         return cli_usage(cmd, "--mmproj MMPROJ.gguf is required with -m (the vision projector for %s)", m->model);
     if (!m->model && m->mmproj) return cli_usage(cmd, "-m MODEL.gguf is required with --mmproj");
-    if (m->model) return CLI_EXIT_OK;
+    if (m->model) return resolve_budget(m, cmd);
     /* The shipped model: $LOUPE_MODEL_DIR, then models/ next to the build
      * directory holding this program (a source checkout), then the install
      * prefix's share/loupe/models. */
@@ -108,5 +160,5 @@ int cli_model_resolve(cli_model_args *m, const char *cmd) {
 found:
     m->model = m->model_buf;
     m->mmproj = m->mmproj_buf;
-    return CLI_EXIT_OK;
+    return resolve_budget(m, cmd);
 }

@@ -15,6 +15,8 @@ typedef struct cli_cmd {
 /* One row per command; the code lives in cli/cmd_<name>.c. */
 static const cli_cmd COMMANDS[] = {
     {"ask", "IMAGE QUESTION", "answer a question about an image (default model: the shipped tiny one)", cmd_ask},
+    {"convert", "--flash IN.gguf OUT.gguf", "write a decoder in the flash layout (bundled FFN neurons + sparsity predictor)",
+     cmd_convert},
     {"eval", "--data FILE [--images DIR]", "grounding accuracy on a dataset (RefCOCO protocol, resumable, shardable)",
      cmd_eval},
     {"eval-merge", "RESULTS.jsonl...", "one report over the results files of several eval shards", cmd_eval_merge},

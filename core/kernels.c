@@ -90,6 +90,17 @@ void lp_matmul(const float *A, const float *B, float *C, int M, int N, int K, bo
                 1.0f, A, K, B, K, accumulate ? 1.0f : 0.0f, C, N);
 }
 
+void lp_matmul_nn(const float *A, const float *B, float *C, int M, int N, int K, bool accumulate) {
+    // A (M, K), B (K, N), C (M, N): C = A B
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate) memset(C, 0, (size_t)M * (size_t)N * sizeof(float));
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K,
+                1.0f, A, K, B, N, accumulate ? 1.0f : 0.0f, C, N);
+}
+
 // ----------------------------------------------------------------------------
 // matvec
 
@@ -594,19 +605,25 @@ typedef struct matvec_args {
     size_t row_bytes;
     size_t chunk_bytes; // bytes of LP_MATVEC_CHUNK elements of type t
     const q8_act *act;  // quantized x, or NULL: f32 x
+    const uint8_t *const *rowp; // (rows) row addresses (lp_matvec_gather), or NULL: W's rows
 } matvec_args;
+
+// Address of row r: W's r-th row, or the r-th gathered row.
+static inline const uint8_t *mv_row(const matvec_args *a, int64_t r) {
+    return a->rowp ? a->rowp[r] : a->W + (size_t)r * a->row_bytes;
+}
 
 static void matvec_worker(void *p, int ith, int nth) {
     const matvec_args *a = p;
     int64_t r0, r1;
     lp_split(a->rows, ith, nth, &r0, &r1);
     if (a->act) {
-        for (int64_t r = r0; r < r1; r++) a->y[r] = dot_q8act(a->t, a->W + (size_t)r * a->row_bytes, a->act, a->cols / 32);
+        for (int64_t r = r0; r < r1; r++) a->y[r] = dot_q8act(a->t, mv_row(a, r), a->act, a->cols / 32);
         return;
     }
     if (a->t == LP_TYPE_F32) {
         for (int64_t r = r0; r < r1; r++) {
-            const float *w = (const float *)(a->W + (size_t)r * a->row_bytes); // (cols)
+            const float *w = (const float *)(mv_row(a, r)); // (cols)
             a->y[r] = dot_f32(w, a->x, a->cols);
         }
         return;
@@ -614,7 +631,7 @@ static void matvec_worker(void *p, int ith, int nth) {
 #ifdef LP_HAVE_DOT_F16
     if (a->t == LP_TYPE_F16 || a->t == LP_TYPE_BF16) {
         for (int64_t r = r0; r < r1; r++) {
-            const uint16_t *w = (const uint16_t *)(a->W + (size_t)r * a->row_bytes); // (cols)
+            const uint16_t *w = (const uint16_t *)(mv_row(a, r)); // (cols)
             a->y[r] = a->t == LP_TYPE_F16 ? dot_f16_f32(w, a->x, a->cols) : dot_bf16_f32(w, a->x, a->cols);
         }
         return;
@@ -623,7 +640,7 @@ static void matvec_worker(void *p, int ith, int nth) {
 #ifdef LP_HAVE_DOT_K
     if (a->t == LP_TYPE_Q4_K || a->t == LP_TYPE_Q6_K) {
         for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *w = a->W + (size_t)r * a->row_bytes; // (cols/256 super-blocks)
+            const uint8_t *w = mv_row(a, r); // (cols/256 super-blocks)
             a->y[r] = a->t == LP_TYPE_Q4_K ? dot_q4_K(w, a->x, a->cols) : dot_q6_K(w, a->x, a->cols);
         }
         return;
@@ -631,7 +648,7 @@ static void matvec_worker(void *p, int ith, int nth) {
 #endif
     if (a->t == LP_TYPE_Q8_0 || a->t == LP_TYPE_Q4_0) {
         for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *w = a->W + (size_t)r * a->row_bytes; // (cols/32 blocks)
+            const uint8_t *w = mv_row(a, r); // (cols/32 blocks)
             a->y[r] = a->t == LP_TYPE_Q8_0 ? dot_q8_0(w, a->x, a->cols) : dot_q4_0(w, a->x, a->cols);
         }
         return;
@@ -639,7 +656,7 @@ static void matvec_worker(void *p, int ith, int nth) {
     // any other type: dequantize a chunk of the row into L1, then dot
     float buf[LP_MATVEC_CHUNK]; // (chunk) dequantized slice of one row
     for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *w = a->W + (size_t)r * a->row_bytes;
+        const uint8_t *w = mv_row(a, r);
         float sum = 0.0f;
         int64_t c = 0;
         for (; c < a->cols; c += LP_MATVEC_CHUNK, w += a->chunk_bytes) {
@@ -671,14 +688,14 @@ static void act_make(q8_act *act, lp_type t, const float *x, int64_t n, void *bu
     act->bias = bias;
 }
 
-static bool matvec_run(lp_type t, const void *W, const float *x, float *y, int64_t rows, int64_t cols, lp_pool *pool,
-                       bool quantize) {
+static bool matvec_run(lp_type t, const void *W, const uint8_t *const *rowp, const float *x, float *y, int64_t rows,
+                       int64_t cols, lp_pool *pool, bool quantize) {
     if (!lp_type_can_dequantize(t) || rows < 0 || cols <= 0) return false;
     size_t row_bytes = lp_row_size(t, cols);
     if (row_bytes == 0) return false; // cols not a multiple of the block size
     matvec_args a = {
         .t = t, .W = W, .x = x, .y = y, .rows = rows, .cols = cols,
-        .row_bytes = row_bytes, .chunk_bytes = lp_row_size(t, LP_MATVEC_CHUNK), .act = NULL,
+        .row_bytes = row_bytes, .chunk_bytes = lp_row_size(t, LP_MATVEC_CHUNK), .act = NULL, .rowp = rowp,
     };
     if (rows == 0) return true;
     if (!quantize || !lp_matvec_quantizes_x(t)) {
@@ -697,11 +714,67 @@ static bool matvec_run(lp_type t, const void *W, const float *x, float *y, int64
 }
 
 bool lp_matvec(lp_type t, const void *W, const float *x, float *y, int64_t rows, int64_t cols, lp_pool *pool) {
-    return matvec_run(t, W, x, y, rows, cols, pool, true);
+    return matvec_run(t, W, NULL, x, y, rows, cols, pool, true);
 }
 
 bool lp_matvec_exact(lp_type t, const void *W, const float *x, float *y, int64_t rows, int64_t cols, lp_pool *pool) {
-    return matvec_run(t, W, x, y, rows, cols, pool, false);
+    return matvec_run(t, W, NULL, x, y, rows, cols, pool, false);
+}
+
+bool lp_matvec_gather(lp_type t, const void *const *rows, const float *x, float *y, int64_t n, int64_t cols, bool exact,
+                      lp_pool *pool) {
+    if (n > 0 && !rows) return false;
+    return matvec_run(t, NULL, (const uint8_t *const *)rows, x, y, n, cols, pool, !exact);
+}
+
+// ----------------------------------------------------------------------------
+// y += sum_i c_i * row_i over gathered typed rows (the flash FFN's down columns)
+
+typedef struct axpy_args {
+    lp_type t;
+    const uint8_t *const *rows; // (n) row addresses, cols elements of type t each
+    const float *c;             // (n)
+    float *y;                   // (cols)
+    int64_t n, cols, blk;       // blk: the type's block size (columns are split on it)
+} axpy_args;
+
+// Each worker owns a column slice and adds every row's part of it in row
+// order, so each y element sees the same sequence of additions whatever the
+// number of workers.
+static void axpy_worker(void *p, int ith, int nth) {
+    const axpy_args *a = p;
+    int64_t b0, b1;
+    lp_split(a->cols / a->blk, ith, nth, &b0, &b1);
+    const int64_t c0 = b0 * a->blk, c1 = b1 * a->blk;
+    if (c1 <= c0) return;
+    const size_t off = lp_row_size(a->t, c0); // byte offset of column c0 in a row
+    float buf[LP_MATVEC_CHUNK];               // (chunk) dequantized slice of one row
+    const int64_t chunk = LP_MATVEC_CHUNK - LP_MATVEC_CHUNK % a->blk;
+    for (int64_t s = c0; s < c1; s += chunk) {
+        const int64_t m = c1 - s < chunk ? c1 - s : chunk;
+        const size_t soff = off + lp_row_size(a->t, s - c0);
+        float *y = a->y + s;
+        for (int64_t i = 0; i < a->n; i++) {
+            if (a->c[i] == 0.0f) continue; // silu(g) * u == 0: adds nothing
+            const uint8_t *w = a->rows[i] + soff;
+            if (a->t == LP_TYPE_F32) {
+                axpy_f32(y, a->c[i], (const float *)w, m);
+            } else {
+                lp_dequantize_row(a->t, w, buf, m);
+                axpy_f32(y, a->c[i], buf, m);
+            }
+        }
+    }
+}
+
+bool lp_axpy_gather(lp_type t, const void *const *rows, const float *c, float *y, int64_t n, int64_t cols, lp_pool *pool) {
+    if (!lp_type_can_dequantize(t) || n < 0 || cols <= 0 || (n > 0 && (!rows || !c))) return false;
+    int64_t blk = lp_type_block_size(t);
+    if (blk <= 0 || cols % blk != 0) return false;
+    if (n == 0) return true;
+    axpy_args a = {.t = t, .rows = (const uint8_t *const *)rows, .c = c, .y = y, .n = n, .cols = cols, .blk = blk};
+    lp_pool_run(pool, axpy_worker, &a);
+    return true;
 }
 
 bool lp_matvec_q8_ref(lp_type t, const void *W, const float *x, float *y, int64_t rows, int64_t cols) {

@@ -15,6 +15,8 @@
 /* C (M, N) = A (M, K) · B (N, K)^T  [+ C if accumulate]. Through cblas_sgemm.
  * This is "x W^T" with x as M tokens and W as an (N, K) weight matrix. */
 void lp_matmul(const float *A, const float *B, float *C, int M, int N, int K, bool accumulate);
+/* C (M, N) = A (M, K) · B (K, N)  [+ C if accumulate]. Through cblas_sgemm. */
+void lp_matmul_nn(const float *A, const float *B, float *C, int M, int N, int K, bool accumulate);
 
 /* y (rows) = W (rows, cols) · x (cols), W of any lp_type_can_dequantize type.
  * cols must be a multiple of the type's block size. Rows are split over the
@@ -53,6 +55,20 @@ bool lp_matvec(lp_type t, const void *W, const float *x, float *y, int64_t rows,
  * quantize x for. */
 bool lp_matvec_exact(lp_type t, const void *W, const float *x, float *y, int64_t rows, int64_t cols, lp_pool *pool);
 #define LP_HAVE_MATVEC_EXACT 1
+
+/* y[i] = rows[i] · x for n gathered rows of type t (cols elements each):
+ * per row exactly the arithmetic of lp_matvec (exact: lp_matvec_exact),
+ * so a row gives the same float alone, gathered, or inside its matrix. The
+ * flash FFN computes its active neurons' gate and up rows with it. */
+bool lp_matvec_gather(lp_type t, const void *const *rows, const float *x, float *y, int64_t n, int64_t cols, bool exact,
+                      lp_pool *pool);
+
+/* y (cols) += sum_i c[i] * rows[i] for n gathered rows of type t, dequantized
+ * exactly; terms with c[i] == 0 are skipped. Every y element adds its terms
+ * in the order i = 0..n-1, one at a time (fused multiply-add where the
+ * compiler uses it), so the result does not depend on the pool size. The
+ * flash FFN's down projection: y = sum over active neurons of h_i * down[:, i]. */
+bool lp_axpy_gather(lp_type t, const void *const *rows, const float *c, float *y, int64_t n, int64_t cols, lp_pool *pool);
 
 /* Activation vectors up to this many columns are quantized into a stack
  * buffer (about 2.2 bytes per column); longer ones are malloc'd per call. */

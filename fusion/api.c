@@ -22,6 +22,7 @@ struct loupe_model {
     lp_vlm *vlm;
     lp_box_family boxes;
     loupe_prep prep;
+    loupe_model_params p; /* flash settings, for the contexts */
 };
 
 struct loupe_context {
@@ -47,6 +48,9 @@ struct loupe_answer {
     int n_issues;
     loupe_timings t;
     const char *stop;
+    loupe_token_stats *tokens; // (n_tokens) per decode pass
+    int n_tokens;
+    loupe_token_stats prefill;
 };
 
 /* ---- errors ---- */
@@ -69,8 +73,10 @@ static void ok_out(char *err, size_t err_size) {
 /* ---- models ---- */
 
 loupe_model_params loupe_model_default_params(void) {
+    const lp_flash_params f = lp_flash_default_params();
     return (loupe_model_params){.prep = LOUPE_PREP_AUTO, .llamacpp_compat = 0, .template_name = NULL,
-                                .box_format = NULL};
+                                .box_format = NULL, .memory_budget = 0, .flash_window = f.window,
+                                .flash_io_threads = f.io_threads, .ffn_keep = 1.0f, .ffn_threshold = 0.0f};
 }
 
 /* LOUPE_PREP_AUTO: the mmproj's clip.vision.image_aspect_ratio, pad without it.
@@ -113,6 +119,15 @@ loupe_status loupe_model_load(const char *model_path, const char *mmproj_path, c
         return fail_out(&e, err, err_size);
     }
     const loupe_model_params p = params ? *params : loupe_model_default_params();
+    if (!(p.ffn_keep > 0.0f && p.ffn_keep <= 1.0f) || !(p.ffn_threshold >= 0.0f) || p.flash_window < 0 ||
+        p.flash_io_threads < 0) {
+        lp_fail(&e, LOUPE_ERR_INVALID_ARG,
+                "loading %s: bad flash parameters (ffn_keep %g must be in (0, 1], ffn_threshold %g >= 0, "
+                "window %d >= 0, io threads %d >= 0)",
+                model_path ? model_path : "(null)", (double)p.ffn_keep, (double)p.ffn_threshold, p.flash_window,
+                p.flash_io_threads);
+        return fail_out(&e, err, err_size);
+    }
     if ((int)p.prep < LOUPE_PREP_AUTO || (int)p.prep > LOUPE_PREP_LLAMACPP) {
         lp_fail(&e, LOUPE_ERR_INVALID_ARG, "loupe_model_load: unknown preprocessing %d", (int)p.prep);
         return fail_out(&e, err, err_size);
@@ -138,12 +153,17 @@ loupe_status loupe_model_load(const char *model_path, const char *mmproj_path, c
     vp.template_name = p.template_name;
     vp.prep = to_lp_prep(prep);
     vp.llamacpp = p.llamacpp_compat != 0;
+    vp.flash.budget = p.memory_budget;
+    vp.flash.window = p.flash_window;
+    vp.flash.io_threads = p.flash_io_threads;
     if (!(m->vlm = lp_vlm_load(model_path, mmproj_path, &vp, &e))) {
         free(m);
         return fail_out(&e, err, err_size);
     }
     m->boxes = fam;
     m->prep = prep;
+    m->p = p;
+    m->p.template_name = m->p.box_format = NULL; /* not owned */
     *out = m;
     ok_out(err, err_size);
     return LOUPE_OK;
@@ -173,6 +193,7 @@ int loupe_model_can_refer(const loupe_model *m) {
     return m && lp_vlm_has_region_sampler(m->vlm) && lp_vlm_region_token(m->vlm) >= 0;
 }
 double loupe_model_load_ms(const loupe_model *m) { return m ? lp_vlm_load_ms(m->vlm) : 0.0; }
+size_t loupe_model_memory_budget(const loupe_model *m) { return m ? m->p.memory_budget : 0; }
 
 /* ---- contexts ---- */
 
@@ -180,7 +201,6 @@ loupe_context_params loupe_context_default_params(void) {
     const lp_vlm_gen_params g = lp_vlm_gen_default_params();
     return (loupe_context_params){.n_threads = 0,
                                   .n_ctx = 0,
-                                  .memory_budget = 0,
                                   .seed = g.sampling.seed,
                                   .temperature = g.sampling.temp,
                                   .top_k = g.sampling.top_k,
@@ -215,6 +235,8 @@ loupe_status loupe_context_new(const loupe_model *model, const loupe_context_par
     lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
     cp.n_threads = p.n_threads;
     cp.n_ctx = p.n_ctx;
+    cp.ffn_keep = model->p.ffn_keep;
+    cp.ffn_threshold = model->p.ffn_threshold;
     if (!(c->vc = lp_vlm_ctx_new(model->vlm, &cp, &e))) {
         free(c->system);
         free(c);
@@ -232,7 +254,7 @@ void loupe_context_free(loupe_context *c) {
 }
 
 const char *loupe_context_last_error(const loupe_context *c) { return c ? c->err.msg : "no context"; }
-size_t loupe_context_memory_budget(const loupe_context *c) { return c ? c->p.memory_budget : 0; }
+size_t loupe_context_memory_budget(const loupe_context *c) { return c ? c->model->p.memory_budget : 0; }
 
 /* ---- images ---- */
 
@@ -300,7 +322,20 @@ void loupe_answer_free(loupe_answer *a) {
     free(a->boxes);
     free(a->raw_issues);
     free(a->issues);
+    free(a->tokens);
     free(a);
+}
+
+static loupe_token_stats token_stats(const lp_vlm_io *io) {
+    uint64_t need = io->neuron_hits + io->neuron_misses;
+    return (loupe_token_stats){
+        .bytes_read = (long long)io->bytes_read,
+        .reads = (long long)io->reads,
+        .hit_rate = need ? (double)io->neuron_hits / (double)need : 1.0,
+        .active_fraction = io->ffn_total ? (double)io->ffn_active / (double)io->ffn_total : 1.0,
+        .io_ms = io->io_ms,
+        .compute_ms = io->ms - io->io_ms,
+    };
 }
 
 /* The answer's boxes in original pixels: the model's box text is relative to
@@ -392,6 +427,21 @@ static loupe_status ask(loupe_context *c, const loupe_image *image, const char *
                            .prefill_tok_s = s.prefill_tok_s,
                            .decode_tok_s = s.decode_tok_s,
                            .peak_rss_bytes = (long long)s.peak_rss_kb * 1024};
+    if (s.n_tokens > 0 && !(a->tokens = malloc((size_t)s.n_tokens * sizeof *a->tokens))) {
+        loupe_answer_free(a);
+        return lp_fail(&c->err, LOUPE_ERR_NOMEM, "loupe_ask: out of memory");
+    }
+    a->n_tokens = s.n_tokens;
+    a->prefill = token_stats(&s.prefill_io);
+    a->t.weight_bytes_read = (long long)s.prefill_io.bytes_read;
+    a->t.weight_reads = (long long)s.prefill_io.reads;
+    a->t.io_ms = s.prefill_io.io_ms;
+    for (int i = 0; i < s.n_tokens; i++) {
+        a->tokens[i] = token_stats(&s.tokens[i]);
+        a->t.weight_bytes_read += (long long)s.tokens[i].bytes_read;
+        a->t.weight_reads += (long long)s.tokens[i].reads;
+        a->t.io_ms += s.tokens[i].io_ms;
+    }
     a->stop = lp_vlm_stop_name(s.stop);
     *out = a;
     return LOUPE_OK;
@@ -491,6 +541,12 @@ int loupe_answer_n_issues(const loupe_answer *a) { return a ? a->n_issues : 0; }
 const loupe_box_issue *loupe_answer_issue(const loupe_answer *a, int i) {
     return a && i >= 0 && i < a->n_issues ? &a->issues[i] : NULL;
 }
+const loupe_token_stats *loupe_answer_token_stats(const loupe_answer *a, int *n, loupe_token_stats *prefill) {
+    if (prefill) *prefill = a ? a->prefill : (loupe_token_stats){0};
+    if (n) *n = a ? a->n_tokens : 0;
+    return a && a->n_tokens > 0 ? a->tokens : NULL;
+}
+
 const loupe_timings *loupe_answer_timings(const loupe_answer *a) {
     static const loupe_timings zero; /* read-only */
     return a ? &a->t : &zero;

@@ -62,6 +62,8 @@ struct lp_vlm_ctx {
     float *pfx_embd;      // (pfx_len, n_embd): the prefix rows whose KV st holds
     int pfx_len;          /* 0: the state holds no reusable prefix */
     int pfx_cap;
+    lp_vlm_io *tok_io;    // (tok_io_cap) per decode pass of the last ask
+    int tok_io_cap;
 };
 
 static double now_ms(void) {
@@ -89,11 +91,12 @@ const char *lp_vlm_stop_name(lp_vlm_stop s) {
 
 lp_vlm_params lp_vlm_default_params(void) {
     return (lp_vlm_params){.template_name = NULL, .clip_quirks = LP_CLIP_QUIRKS_NONE, .prep = LP_PREP_PAD_PIL,
-                           .llamacpp = false};
+                           .llamacpp = false, .flash = lp_flash_default_params()};
 }
 
 lp_vlm_ctx_params lp_vlm_ctx_default_params(void) {
-    return (lp_vlm_ctx_params){.n_ctx = 0, .n_threads = 0, .n_batch = 0, .kv_f16 = false};
+    return (lp_vlm_ctx_params){.n_ctx = 0, .n_threads = 0, .n_batch = 0, .kv_f16 = false, .ffn_keep = 1.0f,
+                               .ffn_threshold = 0.0f};
 }
 
 lp_vlm_gen_params lp_vlm_gen_default_params(void) {
@@ -198,7 +201,8 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
     }
     /* Language model first: its errors are the likelier ones to matter. */
     if (!(v->lm_gguf = lp_gguf_open(lm_path, err))) goto fail;
-    if (!(v->lm_ws = lp_weights_resident(v->lm_gguf, err))) goto fail;
+    v->lm_ws = p.flash.budget > 0 ? lp_weights_flash(v->lm_gguf, &p.flash, err) : lp_weights_resident(v->lm_gguf, err);
+    if (!v->lm_ws) goto fail;
     if (!(v->tok = lp_tokenizer_load(v->lm_gguf, err))) goto fail;
     if (!(v->llama = lp_llama_load(v->lm_ws, err))) goto fail;
 
@@ -266,6 +270,8 @@ int lp_vlm_image_size(const lp_vlm *v) { return lp_clip_image_size(v->clip); }
 lp_prep_mode lp_vlm_prep(const lp_vlm *v) { return v->prep; }
 const char *lp_vlm_lm_path(const lp_vlm *v) { return v->lm_path; }
 const char *lp_vlm_mmproj_path(const lp_vlm *v) { return v->mm_path; }
+lp_weight_store *lp_vlm_lm_store(const lp_vlm *v) { return v->lm_ws; }
+bool lp_vlm_is_flash_layout(const lp_vlm *v) { return v->llama->flash; }
 
 const char *lp_vlm_meta_str(const lp_vlm *v, int which, const char *key) {
     if (!v || !key || (which != 0 && which != 1)) return NULL;
@@ -276,6 +282,28 @@ const char *lp_vlm_meta_str(const lp_vlm *v, int which, const char *key) {
 }
 
 /* ---- per-run state ---- */
+
+/* A decoder state with this context's settings. */
+static lp_llama_state *new_state(lp_vlm_ctx *c, int n_ctx, lp_error *err) {
+    lp_llama_state *st = lp_llama_state_new_ex(c->vlm->llama, n_ctx, c->p.n_batch, err);
+    if (st && lp_llama_state_set_ffn_sparsity(st, c->p.ffn_keep, c->p.ffn_threshold, err) != LOUPE_OK) {
+        lp_llama_state_free(st);
+        return NULL;
+    }
+    return st;
+}
+
+/* io (what happened between two snapshots of the store's counters) */
+static lp_vlm_io io_diff(const lp_ws_stats *a, const lp_ws_stats *b, double ms) {
+    return (lp_vlm_io){.bytes_read = b->bytes_read - a->bytes_read,
+                       .reads = b->reads - a->reads,
+                       .neuron_hits = b->neuron_hits - a->neuron_hits,
+                       .neuron_misses = b->neuron_misses - a->neuron_misses,
+                       .ffn_active = b->ffn_active - a->ffn_active,
+                       .ffn_total = b->ffn_total - a->ffn_total,
+                       .io_ms = (double)(b->io_wait_ns - a->io_wait_ns) / 1e6,
+                       .ms = ms};
+}
 
 lp_vlm_ctx *lp_vlm_ctx_new(const lp_vlm *vlm, const lp_vlm_ctx_params *params, lp_error *err) {
     if (!vlm) {
@@ -297,7 +325,7 @@ lp_vlm_ctx *lp_vlm_ctx_new(const lp_vlm *vlm, const lp_vlm_ctx_params *params, l
         lp_fail(err, LOUPE_ERR_NOMEM, "could not start %d threads", c->p.n_threads);
         goto fail;
     }
-    if (c->p.n_ctx > 0 && !(c->st = lp_llama_state_new_ex(vlm->llama, c->p.n_ctx, c->p.n_batch, err))) goto fail;
+    if (c->p.n_ctx > 0 && !(c->st = new_state(c, c->p.n_ctx, err))) goto fail;
     return c;
 fail:
     lp_vlm_ctx_free(c);
@@ -309,6 +337,7 @@ void lp_vlm_ctx_free(lp_vlm_ctx *c) {
     free(c->img_embd);
     free(c->img_feat);
     free(c->pfx_embd);
+    free(c->tok_io);
     lp_llama_state_free(c->st);
     lp_pool_free(c->pool);
     free(c);
@@ -333,7 +362,7 @@ static loupe_status ensure_state(lp_vlm_ctx *c, const lp_prompt *pr, int n_predi
     if (c->st && c->st->n_ctx >= need) return LOUPE_OK;
     c->pfx_len = 0; /* a new state holds no prefix */
     lp_llama_state_free(c->st);
-    c->st = lp_llama_state_new_ex(v->llama, (int)need, c->p.n_batch, err);
+    c->st = new_state(c, (int)need, err);
     return c->st ? LOUPE_OK : (err ? err->status : LOUPE_ERR_NOMEM);
 }
 
@@ -800,6 +829,8 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
 
     /* Prefill: the whole prompt in one call (matrix-matrix passes). */
     t = now_ms();
+    const lp_ws_stats io0 = v->lm_ws->stats;
+    S.tokens = c->tok_io;
     if ((st = lp_prompt_embed(&pr, llama, img_embd, embd, err))) goto done;
     if (n_regions > 0 && (st = lp_prompt_splice_marker(&pr, v->region_id, reg_embd, n_regions, E, embd, err)))
         goto done;
@@ -811,6 +842,7 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     S.prefill_tokens = computed;
     S.prefix_reused = pr.n_pos - computed;
     S.prefill_ms = now_ms() - t;
+    S.prefill_io = io_diff(&io0, &v->lm_ws->stats, S.prefill_ms);
     if ((st = progress(&g, LP_VLM_STAGE_PREFILL, pr.n_pos, pr.n_pos, err))) goto cancelled;
 
     /* Decode. */
@@ -851,8 +883,23 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
         else if (r.reason == LP_STOP_STRING) S.stop = LP_VLM_STOP_STRING;
         else if (g.n_predict >= 0 && S.decode_tokens >= g.n_predict) S.stop = LP_VLM_STOP_MAX_TOKENS;
         else if (c->st->n_past >= c->st->n_ctx) S.stop = LP_VLM_STOP_CONTEXT;
-        else if ((st = lp_llama_forward_tokens(llama, c->st, &id, 1, logits, c->pool, err)))
-            goto done;
+        else {
+            if (S.n_tokens == c->tok_io_cap) { /* grows per ask, never per pass once sized */
+                int cap = c->tok_io_cap ? 2 * c->tok_io_cap : (g.n_predict > 0 ? g.n_predict : 64);
+                lp_vlm_io *t2 = realloc(c->tok_io, (size_t)cap * sizeof *t2);
+                if (!t2) {
+                    st = lp_fail(err, LOUPE_ERR_NOMEM, "out of memory for per-token statistics");
+                    goto done;
+                }
+                c->tok_io = t2;
+                c->tok_io_cap = cap;
+                S.tokens = c->tok_io;
+            }
+            const lp_ws_stats before = v->lm_ws->stats;
+            const double tp = now_ms();
+            if ((st = lp_llama_forward_tokens(llama, c->st, &id, 1, logits, c->pool, err))) goto done;
+            c->tok_io[S.n_tokens++] = io_diff(&before, &v->lm_ws->stats, now_ms() - tp);
+        }
     }
     if (S.stop == LP_VLM_STOP_MAX_TOKENS || S.stop == LP_VLM_STOP_CONTEXT) {
         /* No stop happened: release an unfinished character and whatever the

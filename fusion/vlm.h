@@ -87,6 +87,7 @@
 
 #include "../core/error.h"
 #include "../language/decoder.h"
+#include "../language/flash.h"
 #include "../language/sampling.h"
 #include "../vision/image.h"
 #include "../vision/preprocess.h"
@@ -109,6 +110,10 @@ typedef struct lp_vlm_params {
     unsigned clip_quirks;    /* LP_CLIP_QUIRK_* bits; default LP_CLIP_QUIRKS_NONE */
     lp_prep_mode prep;       /* default LP_PREP_PAD_PIL */
     bool llamacpp;           /* overrides the two above: LP_CLIP_QUIRKS_LLAMACPP + LP_PREP_LLAMACPP */
+    /* flash.budget > 0: the language model runs from the flash weight store
+     * (language/flash.h) within that many bytes; it must be a flash-layout
+     * file. 0 (default): resident (mmap). */
+    lp_flash_params flash;
 } lp_vlm_params;
 
 lp_vlm_params lp_vlm_default_params(void);
@@ -127,6 +132,9 @@ double lp_vlm_load_ms(const lp_vlm *vlm);
 int lp_vlm_image_size(const lp_vlm *vlm);     /* S of the S×S model input */
 lp_prep_mode lp_vlm_prep(const lp_vlm *vlm);  /* the preprocessing in use */
 const char *lp_vlm_lm_path(const lp_vlm *vlm);
+/* The language model's weight store (its stats, its flash plan). */
+lp_weight_store *lp_vlm_lm_store(const lp_vlm *vlm);
+bool lp_vlm_is_flash_layout(const lp_vlm *vlm);
 const char *lp_vlm_mmproj_path(const lp_vlm *vlm);
 /* A string metadata value of the language model (which 0) or the mmproj
  * (which 1), e.g. "general.name"; NULL when absent or not a string. */
@@ -140,6 +148,9 @@ typedef struct lp_vlm_ctx_params {
     int n_threads;  /* <= 0: all online CPUs */
     int n_batch;    /* prefill chunk, <= 0: decoder default */
     bool kv_f16;    /* round the KV cache through f16 like llama.cpp's default cache */
+    /* Flash-layout models: FFN neurons per generated token (decoder.h's
+     * ffn_keep / ffn_threshold). Defaults 1 and 0: dense. */
+    float ffn_keep, ffn_threshold;
 } lp_vlm_ctx_params;
 
 lp_vlm_ctx_params lp_vlm_ctx_default_params(void);
@@ -183,6 +194,15 @@ typedef enum lp_vlm_stop {
 
 const char *lp_vlm_stop_name(lp_vlm_stop s); /* "eog", "stop string", ... */
 
+/* What one decoder pass read and computed (weight-store counters, differences). */
+typedef struct lp_vlm_io {
+    uint64_t bytes_read, reads;         /* storage reads */
+    uint64_t neuron_hits, neuron_misses;
+    uint64_t ffn_active, ffn_total;     /* FFN neurons computed / in the dense model */
+    double io_ms;                       /* waiting for reads */
+    double ms;                          /* the whole pass */
+} lp_vlm_io;
+
 typedef struct lp_vlm_stats {
     double load_ms;            /* lp_vlm_load, both files */
     double encode_ms;          /* preprocess + ViT + projector */
@@ -209,6 +229,12 @@ typedef struct lp_vlm_stats {
     int has_geom;
     int image_size;
     lp_prep_geom geom;
+    /* Weight I/O (all zero on a resident non-flash model): the prefill's
+     * passes together, and each decode pass (one per generated token but the
+     * last): tokens[0..n_tokens), owned by the ctx, valid until its next ask. */
+    lp_vlm_io prefill_io;
+    const lp_vlm_io *tokens;
+    int n_tokens;
 } lp_vlm_stats;
 
 /* Called with each new piece of the answer, always whole UTF-8 characters

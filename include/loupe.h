@@ -133,6 +133,25 @@ typedef struct loupe_model_params {
      * text boxes "[x1, y1, x2, y2]" on a 0..999 grid, so the default is
      * "ferret". An unknown name is LOUPE_ERR_INVALID_ARG. */
     const char *box_format;
+    /* ---- flash mode (Apple's "LLM in a flash"; README "Flash mode") ----
+     * memory_budget > 0: the language model's weights stay in its file and
+     * the decoder keeps at most this many bytes of them in DRAM (embeddings,
+     * attention, norms, predictors, the FFN neuron cache and I/O buffers;
+     * KV cache and activations are not weights and are not counted). The
+     * file must be in the flash layout (`loupe convert --flash`); a budget
+     * below what the model needs is LOUPE_ERR_LIMIT with the minimum in the
+     * message. 0 (default): resident, memory-mapped. */
+    size_t memory_budget;
+    int flash_window;       /* keep FFN neurons used by the last N tokens (default 5; 0: none) */
+    int flash_io_threads;   /* parallel reads (default 4) */
+    /* Flash-layout files (resident or flash mode): the fraction of FFN
+     * neurons each generated token computes, picked by the file's sparsity
+     * predictor (top-k). 1 (default): all of them — dense, the same logits
+     * as running the file resident. The prompt is always computed dense. */
+    float ffn_keep;
+    /* > 0: instead of top-k, the neurons whose predicted |silu(gate)| (svd
+     * predictor) is at least this. Default 0. */
+    float ffn_threshold;
 } loupe_model_params;
 
 loupe_model_params loupe_model_default_params(void);
@@ -174,6 +193,8 @@ loupe_prep loupe_model_prep(const loupe_model *model);        /* never AUTO: wha
  * region sampler and the vocabulary a "<region_fea>" token. */
 int loupe_model_can_refer(const loupe_model *model);
 double loupe_model_load_ms(const loupe_model *model);
+/* memory_budget as loaded (0: resident). */
+size_t loupe_model_memory_budget(const loupe_model *model);
 
 /* ======================================================================
  * Contexts
@@ -201,11 +222,6 @@ typedef struct loupe_context_params {
     /* KV-cache positions. 0 (default): sized per question to prompt +
      * max_tokens, at most the model's training context. */
     int n_ctx;
-    /* DRAM budget in bytes for weights + cache, 0 (default) = no limit.
-     * Stored and reported (loupe_context_memory_budget) but NOT yet
-     * enforced: enforcement arrives with the flash-offloaded decoder
-     * ("LLM in a flash" weight store), which pages weights within it. */
-    size_t memory_budget;
     uint64_t seed;            /* sampling seed, default 0 */
     float temperature;        /* 0 (default): greedy, the same answer every time */
     int top_k;                /* default 40, 0 = off (only with temperature > 0) */
@@ -229,6 +245,7 @@ void loupe_context_free(loupe_context *ctx);
 /* Text of the last failed call on ctx ("" if none): which file or argument,
  * and why. Valid until the next call on ctx. */
 const char *loupe_context_last_error(const loupe_context *ctx);
+/* The model's memory_budget (loupe_model_params), 0 when resident. */
 size_t loupe_context_memory_budget(const loupe_context *ctx);
 
 /* ======================================================================
@@ -286,7 +303,22 @@ typedef struct loupe_timings {
     double prefill_tok_s;
     double decode_tok_s;
     long long peak_rss_bytes; /* peak resident memory of the process so far */
+    /* Weight reads from storage during this ask (flash mode; 0 otherwise). */
+    long long weight_bytes_read;
+    long long weight_reads;
+    double io_ms;          /* time spent waiting for them */
 } loupe_timings;
+
+/* What one decoder pass of the answer read and computed (flash mode, and
+ * flash-layout files run resident). */
+typedef struct loupe_token_stats {
+    long long bytes_read;   /* weight bytes read from storage */
+    long long reads;        /* read requests issued */
+    double hit_rate;        /* FFN bundles served by the neuron cache / bundles needed (1 if none) */
+    double active_fraction; /* FFN neurons computed / neurons of the dense model (1 if no FFN sparsity) */
+    double io_ms;           /* waiting for reads */
+    double compute_ms;      /* the rest of the pass */
+} loupe_token_stats;
 
 /* Ask a question about an image. On success *out is the answer (free it
  * with loupe_answer_free); on failure *out is NULL and the text is in
@@ -348,6 +380,10 @@ const loupe_box *loupe_answer_box(const loupe_answer *answer, int i); /* NULL wh
 int loupe_answer_n_issues(const loupe_answer *answer);
 const loupe_box_issue *loupe_answer_issue(const loupe_answer *answer, int i); /* NULL when out of range */
 const loupe_timings *loupe_answer_timings(const loupe_answer *answer);
+/* Per decode pass (each generated token but the last is run through the
+ * decoder once), in order; *n gets the count. NULL and *n = 0 if none. The
+ * prompt's passes together are in *prefill when prefill is not NULL. */
+const loupe_token_stats *loupe_answer_token_stats(const loupe_answer *answer, int *n, loupe_token_stats *prefill);
 /* Why generation stopped: "end of generation", "stop string", "token
  * limit", "context full". */
 const char *loupe_answer_stop_reason(const loupe_answer *answer);

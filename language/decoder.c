@@ -183,7 +183,7 @@ static loupe_status need(lp_weight_store *ws, const char *name, int64_t ne0, int
                        model_path(ws), name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
                        (long long)t->ne[3], (long long)ne0);
     }
-    if (!lp_type_can_dequantize(t->type)) {
+    if (!lp_type_can_dequantize(t->type) && t->type != LP_TYPE_I8) { /* I8: flash bundles (bytes) */
         const char *tn = lp_type_name(t->type);
         return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: type %s is not supported", model_path(ws), name,
                        tn ? tn : "?");
@@ -200,7 +200,8 @@ static loupe_status maybe(lp_weight_store *ws, const char *name, int64_t ne0, in
     return need(ws, name, ne0, ne1, t, err);
 }
 
-static loupe_status load_layer(lp_weight_store *ws, const lp_llama_config *c, int il, lp_llama_layer *L, lp_error *err) {
+static loupe_status load_layer(lp_weight_store *ws, const lp_llama_config *c, const lp_flash_layout *fl, int il,
+                               lp_llama_layer *L, lp_error *err) {
     const int64_t E = c->n_embd, F = c->n_ff;
     const int64_t Dq = (int64_t)c->n_head * c->head_dim, Dkv = (int64_t)c->n_head_kv * c->head_dim;
     char name[96];
@@ -226,9 +227,22 @@ static loupe_status load_layer(lp_weight_store *ws, const lp_llama_config *c, in
     LP_T(true, "attn_output.weight", Dq, E, &L->wo);
     LP_T(false, "attn_output.bias", E, 0, &L->bo);
     LP_T(true, "ffn_norm.weight", E, 0, &L->ffn_norm);
-    LP_T(true, "ffn_gate.weight", E, F, &L->ffn_gate);
-    LP_T(true, "ffn_up.weight", E, F, &L->ffn_up);
-    LP_T(true, "ffn_down.weight", F, E, &L->ffn_down);
+    if (fl) {
+        L->ffn_gate.id = L->ffn_up.id = L->ffn_down.id = -1;
+        LP_T(true, "ffn_bundle", (int64_t)fl->stride, F, &L->ffn_bundle);
+        L->ffn_pred_a.id = L->ffn_pred_b.id = -1;
+        if (strcmp(fl->predictor, "none") != 0) {
+            snprintf(name, sizeof name, "blk.%d.ffn_pred_a", il);
+            if ((st = lp_ws_lookup(ws, name, &L->ffn_pred_a, err)) != LOUPE_OK) return st;
+            int64_t rank = L->ffn_pred_a.ne[1];
+            LP_T(true, "ffn_pred_a", E, rank, &L->ffn_pred_a);
+            LP_T(true, "ffn_pred_b", rank, F, &L->ffn_pred_b);
+        }
+    } else {
+        LP_T(true, "ffn_gate.weight", E, F, &L->ffn_gate);
+        LP_T(true, "ffn_up.weight", E, F, &L->ffn_up);
+        LP_T(true, "ffn_down.weight", F, E, &L->ffn_down);
+    }
     LP_T(false, "ffn_gate.bias", F, 0, &L->ffn_gate_b);
     LP_T(false, "ffn_up.bias", F, 0, &L->ffn_up_b);
     LP_T(false, "ffn_down.bias", E, 0, &L->ffn_down_b);
@@ -276,8 +290,17 @@ static loupe_status load_tensors(lp_weight_store *ws, lp_llama *m, lp_error *err
 
     m->w.layers = calloc((size_t)c->n_layer, sizeof *m->w.layers);
     if (!m->w.layers) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory for %d layers", path, c->n_layer);
+    m->flash = lp_flash_is_flash(ws->gguf);
+    if (m->flash) {
+        if ((st = lp_flash_layout_read(ws->gguf, &m->fl, err)) != LOUPE_OK) return st;
+        if (m->fl.n_embd != c->n_embd || m->fl.n_ff != c->n_ff || m->fl.n_layer != c->n_layer) {
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: the flash layout's shape does not match the decoder's keys", path);
+        }
+    }
     for (int il = 0; il < c->n_layer; il++) {
-        if ((st = load_layer(ws, c, il, &m->w.layers[il], err)) != LOUPE_OK) return st;
+        lp_llama_layer *L = &m->w.layers[il];
+        if ((st = load_layer(ws, c, m->flash ? &m->fl : NULL, il, L, err)) != LOUPE_OK) return st;
+        if (present(&L->ffn_pred_a) && L->ffn_pred_a.ne[1] > m->pred_rank) m->pred_rank = (int)L->ffn_pred_a.ne[1];
     }
     /* a block past block_count means the file and its metadata disagree */
     char name[64];
@@ -369,7 +392,29 @@ lp_llama_state *lp_llama_state_new_ex(const lp_llama *m, int n_ctx, int n_batch,
     s->emb = alloc3((size_t)n_batch, (size_t)c->n_embd, sizeof(float));
     s->emb_rows = alloc3((size_t)n_batch, m->w.token_embd.row_bytes, 1);
     s->emb_ids = alloc3((size_t)n_batch, 1, sizeof(int64_t));
-    if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->att || !s->hb || !s->hb2 ||
+    bool flash_ok = true;
+    s->ffn_keep = 1.0f;
+    if (m->flash) {
+        const size_t F = (size_t)c->n_ff, E = (size_t)c->n_embd;
+        int max_b = lp_ws_max_bundles(m->ws);
+        s->ffn_chunk = max_b < c->n_ff ? max_b : c->n_ff;
+        s->ffn_ids = alloc3(F, 1, sizeof(int32_t));
+        s->ffn_score = alloc3(F, 1, sizeof(float));
+        s->ffn_sel = alloc3(F, 1, sizeof(float));
+        s->ffn_low = alloc3((size_t)(m->pred_rank > 0 ? m->pred_rank : 1), 1, sizeof(float));
+        s->ffn_bundles = alloc3((size_t)s->ffn_chunk, 1, sizeof(*s->ffn_bundles));
+        s->ffn_rows = alloc3((size_t)s->ffn_chunk, 3, sizeof(*s->ffn_rows));
+        s->ffn_g = alloc3((size_t)s->ffn_chunk, 1, sizeof(float));
+        s->ffn_u = alloc3((size_t)s->ffn_chunk, 1, sizeof(float));
+        s->pnl_g = alloc3(LP_FLASH_PANEL, E, sizeof(float));
+        s->pnl_u = alloc3(LP_FLASH_PANEL, E, sizeof(float));
+        s->pnl_d = alloc3(LP_FLASH_PANEL, E, sizeof(float));
+        s->pnl_h = alloc3((size_t)n_batch, LP_FLASH_PANEL, sizeof(float));
+        s->pnl_h2 = alloc3((size_t)n_batch, LP_FLASH_PANEL, sizeof(float));
+        flash_ok = s->ffn_chunk > 0 && s->ffn_ids && s->ffn_score && s->ffn_sel && s->ffn_low && s->ffn_bundles &&
+                   s->ffn_rows && s->ffn_g && s->ffn_u && s->pnl_g && s->pnl_u && s->pnl_d && s->pnl_h && s->pnl_h2;
+    }
+    if (!flash_ok || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->att || !s->hb || !s->hb2 ||
         !s->vec || !s->emb || !s->emb_rows || !s->emb_ids) {
         double mib = 2.0 * (double)c->n_layer * n_ctx * (double)kv_dim * sizeof(float) / (1024.0 * 1024.0);
         lp_fail(err, LOUPE_ERR_NOMEM, "lp_llama_state_new: out of memory for n_ctx = %d (KV cache %.1f MiB)", n_ctx, mib);
@@ -399,6 +444,19 @@ void lp_llama_state_free(lp_llama_state *s) {
     free(s->emb_rows);
     free(s->emb_ids);
     free(s->att_scratch);
+    free(s->ffn_ids);
+    free(s->ffn_score);
+    free(s->ffn_sel);
+    free(s->ffn_low);
+    free(s->ffn_bundles);
+    free(s->ffn_rows);
+    free(s->ffn_g);
+    free(s->ffn_u);
+    free(s->pnl_g);
+    free(s->pnl_u);
+    free(s->pnl_d);
+    free(s->pnl_h);
+    free(s->pnl_h2);
     free(s);
 }
 
@@ -423,6 +481,16 @@ void lp_llama_state_set_dump(lp_llama_state *s, lp_llama_dump_fn fn, void *user)
 void lp_llama_state_set_logits_all(lp_llama_state *s, bool all) { s->logits_all = all; }
 void lp_llama_state_set_kv_f16(lp_llama_state *s, bool on) { s->kv_f16 = on; }
 void lp_llama_state_set_exact_matvec(lp_llama_state *s, bool on) { s->exact_matvec = on; }
+
+loupe_status lp_llama_state_set_ffn_sparsity(lp_llama_state *s, float keep, float threshold, lp_error *err) {
+    if (!s || !(keep > 0.0f && keep <= 1.0f) || !(threshold >= 0.0f)) {
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "FFN sparsity: keep = %g must be in (0, 1], threshold = %g >= 0",
+                       (double)keep, (double)threshold);
+    }
+    s->ffn_keep = keep;
+    s->ffn_threshold = threshold;
+    return LOUPE_OK;
+}
 
 // ----------------------------------------------------------------------------
 // helpers
@@ -595,9 +663,178 @@ static loupe_status ffn_forward(lp_llama *m, lp_llama_state *s, int il, int B, l
     return LOUPE_OK;
 }
 
+/* The k-th largest of a (n), 1 <= k <= n; reorders a (quickselect). */
+static float kth_largest(float *a, int n, int k) {
+    int lo = 0, hi = n - 1, want = k - 1; /* index in descending order */
+    while (lo < hi) {
+        float pivot = a[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot) i++;
+            while (a[j] < pivot) j--;
+            if (i <= j) {
+                float t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return a[want];
+}
+
+/* The neurons a decode step of layer il computes, ascending, into
+ * s->ffn_ids; returns their count. xb (n_embd) is the normed FFN input. */
+static loupe_status ffn_select(lp_llama *m, lp_llama_state *s, int il, lp_pool *pool, int *n_out, lp_error *err) {
+    const lp_llama_layer *L = &m->w.layers[il];
+    const int F = m->cfg.n_ff;
+    const bool sparse = (s->ffn_keep < 1.0f || s->ffn_threshold > 0.0f) && present(&L->ffn_pred_a);
+    if (!sparse) {
+        for (int i = 0; i < F; i++) s->ffn_ids[i] = i;
+        *n_out = F;
+        return LOUPE_OK;
+    }
+    // score = B (A xb): (rank) then (n_ff)
+    loupe_status st;
+    if ((st = linear(m, s, &L->ffn_pred_a, s->xb, s->ffn_low, 1, pool, err)) != LOUPE_OK) return st;
+    if ((st = linear(m, s, &L->ffn_pred_b, s->ffn_low, s->ffn_score, 1, pool, err)) != LOUPE_OK) return st;
+    if (strcmp(m->fl.predictor, "svd") == 0) { /* estimated gate pre-activation -> |silu| */
+        for (int i = 0; i < F; i++) {
+            float g = s->ffn_score[i];
+            s->ffn_score[i] = fabsf(g / (1.0f + expf(-g)));
+        }
+    }
+    int n = 0;
+    if (s->ffn_threshold > 0.0f) {
+        for (int i = 0; i < F; i++) {
+            if (s->ffn_score[i] >= s->ffn_threshold) s->ffn_ids[n++] = i;
+        }
+    } else {
+        int k = (int)lroundf(s->ffn_keep * (float)F);
+        if (k < 1) k = 1;
+        if (k > F) k = F;
+        memcpy(s->ffn_sel, s->ffn_score, (size_t)F * sizeof(float));
+        float v = kth_largest(s->ffn_sel, F, k);
+        int above = 0;
+        for (int i = 0; i < F; i++) above += s->ffn_score[i] > v;
+        int ties = k - above; /* the first `ties` neurons scoring exactly v also go */
+        for (int i = 0; i < F; i++) {
+            if (s->ffn_score[i] > v || (s->ffn_score[i] == v && ties-- > 0)) s->ffn_ids[n++] = i;
+        }
+    }
+    *n_out = n;
+    return LOUPE_OK;
+}
+
+/* Flash-layout FFN of block il for one token: y (xb2) = sum over the active
+ * neurons, in ascending order, of silu(g_i) u_i down[:, i]. */
+static loupe_status ffn_decode_flash(lp_llama *m, lp_llama_state *s, int il, lp_pool *pool, lp_error *err) {
+    const lp_llama_layer *L = &m->w.layers[il];
+    const lp_flash_layout *fl = &m->fl;
+    const int64_t E = m->cfg.n_embd;
+    const bool exact = s->exact_matvec;
+    loupe_status st;
+    int n_act = 0;
+    if ((st = ffn_select(m, s, il, pool, &n_act, err)) != LOUPE_OK) return st;
+    m->ws->stats.ffn_active += (uint64_t)n_act;
+    m->ws->stats.ffn_total += (uint64_t)m->cfg.n_ff;
+    // optional biases, whole: hb (n_ff) gate, hb2 (n_ff) up
+    if (present(&L->ffn_gate_b) && (st = load_vec(m, &L->ffn_gate_b, s->hb, err)) != LOUPE_OK) return st;
+    if (present(&L->ffn_up_b) && (st = load_vec(m, &L->ffn_up_b, s->hb2, err)) != LOUPE_OK) return st;
+
+    memset(s->xb2, 0, (size_t)E * sizeof(float));
+    const void **rg = s->ffn_rows, **ru = s->ffn_rows + s->ffn_chunk, **rd = s->ffn_rows + 2 * s->ffn_chunk;
+    for (int c0 = 0; c0 < n_act; c0 += s->ffn_chunk) {
+        const int n = n_act - c0 < s->ffn_chunk ? n_act - c0 : s->ffn_chunk;
+        const int32_t *ids = s->ffn_ids + c0;
+        if ((st = lp_ws_get_bundles(m->ws, il, ids, n, s->ffn_bundles, err)) != LOUPE_OK) return st;
+        for (int j = 0; j < n; j++) {
+            rg[j] = s->ffn_bundles[j];
+            ru[j] = s->ffn_bundles[j] + fl->gate_bytes;
+            rd[j] = s->ffn_bundles[j] + fl->gate_bytes + fl->up_bytes;
+        }
+        bool ok = lp_matvec_gather(fl->gate_type, rg, s->xb, s->ffn_g, n, E, exact, pool) &&
+                  lp_matvec_gather(fl->up_type, ru, s->xb, s->ffn_u, n, E, exact, pool);
+        if (ok) {
+            for (int j = 0; j < n; j++) {
+                if (present(&L->ffn_gate_b)) s->ffn_g[j] += s->hb[ids[j]];
+                if (present(&L->ffn_up_b)) s->ffn_u[j] += s->hb2[ids[j]];
+            }
+            lp_silu(s->ffn_g, n);
+            lp_mul(s->ffn_g, s->ffn_u, n);
+            ok = lp_axpy_gather(fl->down_type, rd, s->ffn_g, s->xb2, n, E, pool);
+        }
+        lp_ws_release_bundles(m->ws, il);
+        if (!ok) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: blk.%d: FFN bundle product failed", model_path(m->ws), il);
+    }
+    return LOUPE_OK;
+}
+
+/* Flash-layout FFN of block il for B > 1 tokens, dense: per panel of
+ * LP_FLASH_PANEL neurons, dequantize the bundles and run three sgemms. */
+static loupe_status ffn_prefill_flash(lp_llama *m, lp_llama_state *s, int il, int B, lp_error *err) {
+    const lp_llama_layer *L = &m->w.layers[il];
+    const lp_flash_layout *fl = &m->fl;
+    const int64_t E = m->cfg.n_embd;
+    const int F = m->cfg.n_ff;
+    loupe_status st;
+    if (present(&L->ffn_gate_b) && (st = load_vec(m, &L->ffn_gate_b, s->hb, err)) != LOUPE_OK) return st;
+    if (present(&L->ffn_up_b) && (st = load_vec(m, &L->ffn_up_b, s->hb2, err)) != LOUPE_OK) return st;
+    for (int p0 = 0; p0 < F; p0 += LP_FLASH_PANEL) {
+        const int np = F - p0 < LP_FLASH_PANEL ? F - p0 : LP_FLASH_PANEL;
+        for (int c0 = 0; c0 < np; c0 += s->ffn_chunk) {
+            const int n = np - c0 < s->ffn_chunk ? np - c0 : s->ffn_chunk;
+            for (int j = 0; j < n; j++) s->ffn_ids[j] = p0 + c0 + j;
+            if ((st = lp_ws_get_bundles(m->ws, il, s->ffn_ids, n, s->ffn_bundles, err)) != LOUPE_OK) return st;
+            bool ok = true;
+            for (int j = 0; j < n && ok; j++) {
+                const uint8_t *b = s->ffn_bundles[j];
+                const int64_t r = (int64_t)(c0 + j) * E;
+                ok = lp_dequantize_row(fl->gate_type, b, s->pnl_g + r, E) &&
+                     lp_dequantize_row(fl->up_type, b + fl->gate_bytes, s->pnl_u + r, E) &&
+                     lp_dequantize_row(fl->down_type, b + fl->gate_bytes + fl->up_bytes, s->pnl_d + r, E);
+            }
+            lp_ws_release_bundles(m->ws, il);
+            if (!ok) return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: blk.%d: cannot dequantize a bundle", model_path(m->ws), il);
+        }
+        // H (B, np) = silu(xb G^T + bg) * (xb U^T + bu); xb2 (B, E) += H D
+        lp_matmul(s->xb, s->pnl_g, s->pnl_h, B, np, (int)E, false);
+        lp_matmul(s->xb, s->pnl_u, s->pnl_h2, B, np, (int)E, false);
+        for (int b = 0; b < B; b++) {
+            float *h = s->pnl_h + (int64_t)b * np, *h2 = s->pnl_h2 + (int64_t)b * np;
+            for (int j = 0; j < np; j++) {
+                if (present(&L->ffn_gate_b)) h[j] += s->hb[p0 + j];
+                if (present(&L->ffn_up_b)) h2[j] += s->hb2[p0 + j];
+            }
+            lp_silu(h, np);
+            lp_mul(h, h2, np);
+        }
+        lp_matmul_nn(s->pnl_h, s->pnl_d, s->xb2, B, (int)E, np, p0 > 0);
+    }
+    return LOUPE_OK;
+}
+
+/* ffn_forward for the flash layout: same input norm, bias and residual. */
+static loupe_status ffn_forward_flash(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
+    const lp_llama_layer *L = &m->w.layers[il];
+    const int64_t E = m->cfg.n_embd;
+    loupe_status st;
+    if ((st = rmsnorm_rows(m, s, &L->ffn_norm, s->xb, s->x, B, E, err)) != LOUPE_OK) return st;
+    st = B == 1 ? ffn_decode_flash(m, s, il, pool, err) : ffn_prefill_flash(m, s, il, B, err);
+    if (st != LOUPE_OK) return st;
+    if ((st = add_bias(m, s, &L->ffn_down_b, s->xb2, B, E, err)) != LOUPE_OK) return st;
+    dump_blk(s, il, "ffn_out", s->xb2, B * E);
+    lp_add(s->x, s->xb2, B * E);
+    return LOUPE_OK;
+}
+
 static loupe_status block_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
     loupe_status st = attention_forward(m, s, il, B, pool, err);
-    if (st == LOUPE_OK) st = ffn_forward(m, s, il, B, pool, err);
+    if (st == LOUPE_OK) st = m->flash ? ffn_forward_flash(m, s, il, B, pool, err) : ffn_forward(m, s, il, B, pool, err);
     if (st == LOUPE_OK) dump_blk(s, il, NULL, s->x, (int64_t)B * m->cfg.n_embd);
     return st;
 }
@@ -624,6 +861,7 @@ static loupe_status output_forward(lp_llama *m, lp_llama_state *s, int B, bool a
 static loupe_status forward_chunk(lp_llama *m, lp_llama_state *s, const float *embd, int B, float *logits, lp_pool *pool,
                                   lp_error *err) {
     const int64_t E = m->cfg.n_embd;
+    lp_ws_step(m->ws); /* the flash store's window counts passes */
     memcpy(s->x, embd, (size_t)B * (size_t)E * sizeof(float));
     dump(s, "embd_in", s->x, B * E);
     for (int il = 0; il < m->cfg.n_layer; il++) {
@@ -644,7 +882,7 @@ static loupe_status check_room(const lp_llama *m, const lp_llama_state *s, int n
     return LOUPE_OK;
 }
 
-loupe_status lp_llama_forward(lp_llama *m, lp_llama_state *s, const float *embd, int n, float *logits, lp_pool *pool,
+static loupe_status lp_llama_forward_impl(lp_llama *m, lp_llama_state *s, const float *embd, int n, float *logits, lp_pool *pool,
                               lp_error *err) {
     if (!m || !s || n < 0 || (n > 0 && !embd)) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_forward: bad arguments");
     loupe_status st = check_room(m, s, n, err);
@@ -690,7 +928,7 @@ static loupe_status embed_into(const lp_llama *m, const int32_t *tokens, int n, 
     return LOUPE_OK;
 }
 
-loupe_status lp_llama_embed(const lp_llama *m, const int32_t *tokens, int n, float *out, lp_error *err) {
+static loupe_status lp_llama_embed_impl(const lp_llama *m, const int32_t *tokens, int n, float *out, lp_error *err) {
     if (!m || n < 0 || (n > 0 && (!tokens || !out))) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_embed: bad arguments");
     if (n == 0) return LOUPE_OK;
     void *rows = malloc((size_t)n * m->w.token_embd.row_bytes);
@@ -702,7 +940,7 @@ loupe_status lp_llama_embed(const lp_llama *m, const int32_t *tokens, int n, flo
     return st;
 }
 
-loupe_status lp_llama_forward_tokens(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
+static loupe_status lp_llama_forward_tokens_impl(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
                                      lp_pool *pool, lp_error *err) {
     if (!m || !s || n < 0 || (n > 0 && !tokens)) {
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_forward_tokens: bad arguments");
@@ -724,4 +962,38 @@ loupe_status lp_llama_forward_tokens(lp_llama *m, lp_llama_state *s, const int32
         }
     }
     return LOUPE_OK;
+}
+
+// ----------------------------------------------------------------------------
+// entry points: a store with per-call state (the flash store) serves one
+// pass at a time
+
+static void ws_lock(const lp_llama *m) {
+    if (m && m->ws && m->ws->serial) pthread_mutex_lock(m->ws->serial);
+}
+static void ws_unlock(const lp_llama *m) {
+    if (m && m->ws && m->ws->serial) pthread_mutex_unlock(m->ws->serial);
+}
+
+loupe_status lp_llama_forward(lp_llama *m, lp_llama_state *s, const float *embd, int n, float *logits, lp_pool *pool,
+                              lp_error *err) {
+    ws_lock(m);
+    loupe_status st = lp_llama_forward_impl(m, s, embd, n, logits, pool, err);
+    ws_unlock(m);
+    return st;
+}
+
+loupe_status lp_llama_embed(const lp_llama *m, const int32_t *tokens, int n, float *out, lp_error *err) {
+    ws_lock(m);
+    loupe_status st = lp_llama_embed_impl(m, tokens, n, out, err);
+    ws_unlock(m);
+    return st;
+}
+
+loupe_status lp_llama_forward_tokens(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
+                                     lp_pool *pool, lp_error *err) {
+    ws_lock(m);
+    loupe_status st = lp_llama_forward_tokens_impl(m, s, tokens, n, logits, pool, err);
+    ws_unlock(m);
+    return st;
 }

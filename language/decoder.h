@@ -19,6 +19,13 @@
  * Weights come only through the lp_weight_store (language/weights.h); each
  * layer piece gets its tensors and releases them before the next piece.
  *
+ * Flash layout (language/flash_format.h): the FFN is computed neuron by
+ * neuron from bundles, y = sum over active i of silu(g_i) u_i down[:, i],
+ * g_i = gate row i . x, u_i = up row i . x. Decode: the active set comes from
+ * the predictor (or is every neuron), rows are dotted with lp_matvec_gather
+ * and the down columns added in ascending neuron order (lp_axpy_gather).
+ * Prefill: dense, in panels of LP_FLASH_PANEL neurons through sgemm.
+ *
  * Threading: a model is read-only after load and may be shared by several
  * states; a state (KV cache + scratch) belongs to one thread at a time. */
 #ifndef LP_DECODER_H
@@ -27,6 +34,7 @@
 #include "../core/error.h"
 #include "../core/kernels.h"
 #include "../core/pool.h"
+#include "flash_format.h"
 #include "weights.h"
 
 #include <stdbool.h>
@@ -67,6 +75,10 @@ typedef struct lp_llama_layer {
     lp_tensor ffn_gate, ffn_up;       /* (n_ff, n_embd) */
     lp_tensor ffn_down;               /* (n_embd, n_ff) */
     lp_tensor ffn_gate_b, ffn_up_b, ffn_down_b; /* optional biases */
+    /* flash layout (language/flash_format.h): ffn_gate/up/down are absent and
+     * each neuron's gate row, up row and down column form one bundle */
+    lp_tensor ffn_bundle;             /* I8 (n_ff, stride) */
+    lp_tensor ffn_pred_a, ffn_pred_b; /* optional predictor: (rank, n_embd), (n_ff, rank) */
 } lp_llama_layer;
 
 typedef struct lp_llama_weights {
@@ -81,6 +93,9 @@ typedef struct lp_llama {
     lp_llama_config cfg;
     lp_llama_weights w;
     lp_weight_store *ws;    /* not owned */
+    bool flash;             /* the file has the flash layout */
+    lp_flash_layout fl;     /* its description, when flash */
+    int pred_rank;          /* largest predictor rank, 0 without predictor */
 } lp_llama;
 
 /* Activation dump: called synchronously with each named activation, row-major
@@ -129,6 +144,23 @@ typedef struct lp_llama_state {
     float *emb;       // (n_batch, n_embd) embeddings of the chunk
     void *emb_rows;   // (n_batch, token_embd.row_bytes) raw token_embd rows
     int64_t *emb_ids; // (n_batch) row indices
+    /* flash layout: which FFN neurons a decode step computes (prefill is
+     * always dense). ffn_keep >= 1 and ffn_threshold <= 0: all of them
+     * (dense; bit-identical whichever store serves the bundles). Otherwise
+     * the predictor scores each neuron and the top ffn_keep * n_ff are
+     * taken, or with ffn_threshold > 0 those scoring at least that. */
+    float ffn_keep;
+    float ffn_threshold;
+    int ffn_chunk;        /* bundles per store call: min(n_ff, the store's max_bundles) */
+    int32_t *ffn_ids;     // (n_ff) active neurons, ascending
+    float *ffn_score;     // (n_ff) predictor scores
+    float *ffn_sel;       // (n_ff) scratch for the top-k selection
+    float *ffn_low;       // (pred_rank) A x
+    const uint8_t **ffn_bundles; // (ffn_chunk) bundle addresses
+    const void **ffn_rows;       // (3, ffn_chunk) gate, up, down row addresses
+    float *ffn_g, *ffn_u;        // (ffn_chunk) gate and up of the chunk's neurons
+    float *pnl_g, *pnl_u, *pnl_d; // (LP_FLASH_PANEL, n_embd) dequantized bundle panel (prefill)
+    float *pnl_h, *pnl_h2;       // (n_batch, LP_FLASH_PANEL)
     /* attention scratch, sized on first use for (n_batch or 1) x n_ctx with the pool in use */
     void *att_scratch;
     size_t att_scratch_bytes;
@@ -136,6 +168,9 @@ typedef struct lp_llama_state {
 } lp_llama_state;
 
 #define LP_LLAMA_DEFAULT_BATCH 512
+/* Prefill over a flash layout runs the FFN in panels of this many neurons
+ * (fixed, so the arithmetic does not depend on the store or its budget). */
+#define LP_FLASH_PANEL 256
 
 /* Read the config, look up and shape-check every tensor. ws must outlive the
  * model. Errors name the file and the key or tensor. */
@@ -160,6 +195,9 @@ void lp_llama_state_set_dump(lp_llama_state *s, lp_llama_dump_fn fn, void *user)
 void lp_llama_state_set_logits_all(lp_llama_state *s, bool all);
 void lp_llama_state_set_kv_f16(lp_llama_state *s, bool on);
 void lp_llama_state_set_exact_matvec(lp_llama_state *s, bool on);
+/* FFN sparsity for flash-layout models (see ffn_keep above); INVALID_ARG
+ * for keep outside (0, 1] or a negative threshold. Ignored by other models. */
+loupe_status lp_llama_state_set_ffn_sparsity(lp_llama_state *s, float keep, float threshold, lp_error *err);
 
 /* Token embedding rows, dequantized: out (n, n_embd). Token ids outside
  * [0, n_vocab) give LOUPE_ERR_INVALID_ARG naming the id. */

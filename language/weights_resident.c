@@ -7,6 +7,8 @@
  * trust its callers. */
 #include "weights.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,7 +29,7 @@ static const lp_gguf_tensor *handle_tensor(const lp_weight_store *ws, const lp_t
     return gt;
 }
 
-static loupe_status resident_lookup(lp_weight_store *ws, const char *name, lp_tensor *out, lp_error *err) {
+loupe_status lp_ws_lookup_gguf(lp_weight_store *ws, const char *name, lp_tensor *out, lp_error *err) {
     const lp_gguf *g = ws->gguf;
     int64_t idx = name ? lp_gguf_find_tensor(g, name) : -1;
     if (idx < 0) {
@@ -110,16 +112,47 @@ static loupe_status resident_get_rows(lp_weight_store *ws, const lp_tensor *t, c
     return LOUPE_OK;
 }
 
+/* Flash layout run resident: a bundle is read where the mapping has it. */
+static loupe_status resident_get_bundles(lp_weight_store *ws, int il, const int32_t *ids, int n, const uint8_t **out,
+                                         lp_error *err) {
+    const lp_gguf *g = ws->gguf;
+    char name[64];
+    snprintf(name, sizeof name, "blk.%d.ffn_bundle", il);
+    int64_t idx = lp_gguf_find_tensor(g, name); /* a few hundred names: cheap next to the layer's FFN */
+    if (idx < 0 || !g->tensors[idx].data || g->tensors[idx].type != LP_TYPE_I8) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s not found (not a flash layout?)", store_path(ws), name);
+    }
+    const lp_gguf_tensor *gt = &g->tensors[idx];
+    const size_t stride = (size_t)gt->ne[0];
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= gt->ne[1]) {
+            return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: %s: neuron %d out of range [0, %lld)", store_path(ws), gt->name,
+                           (int)ids[i], (long long)gt->ne[1]);
+        }
+        out[i] = (const uint8_t *)gt->data + (size_t)ids[i] * stride;
+    }
+    ws->stats.neuron_hits += (uint64_t)n;
+    return LOUPE_OK;
+}
+
+static void resident_release_bundles(lp_weight_store *ws, int il) {
+    (void)ws;
+    (void)il;
+}
+
 static void resident_free(lp_weight_store *ws) {
     free((resident_store *)ws);
 }
 
 static const lp_weight_store_ops resident_ops = {
-    .lookup = resident_lookup,
+    .lookup = lp_ws_lookup_gguf,
     .get = resident_get,
     .release = resident_release,
     .get_rows = resident_get_rows,
     .free = resident_free,
+    .get_bundles = resident_get_bundles,
+    .release_bundles = resident_release_bundles,
+    .step = NULL,
 };
 
 lp_weight_store *lp_weights_resident(const lp_gguf *g, lp_error *err) {
@@ -134,5 +167,6 @@ lp_weight_store *lp_weights_resident(const lp_gguf *g, lp_error *err) {
     }
     s->base.ops = &resident_ops;
     s->base.gguf = g;
+    s->base.max_bundles = INT32_MAX;
     return &s->base;
 }

@@ -71,10 +71,12 @@ static void test_defaults(void **state) {
     assert_int_equal(mp.llamacpp_compat, 0);
     assert_null(mp.template_name);
     assert_null(mp.box_format);
+    assert_int_equal(mp.memory_budget, 0);
+    assert_true(mp.ffn_keep == 1.0f && mp.ffn_threshold == 0.0f);
+    assert_int_equal(mp.flash_window, 5);
     loupe_context_params cp = loupe_context_default_params();
     assert_int_equal(cp.n_threads, 0);
     assert_int_equal(cp.n_ctx, 0);
-    assert_int_equal(cp.memory_budget, 0);
     assert_true(cp.temperature == 0.0f);
     assert_int_equal(cp.top_k, 40);
     assert_true(cp.top_p > 0.94f && cp.top_p < 0.96f);
@@ -93,10 +95,9 @@ static void test_defaults(void **state) {
     assert_string_equal(loupe_model_box_format(m), "ferret");
     assert_int_equal(loupe_model_prep(m), LOUPE_PREP_PAD); /* no metadata key: LLaVA's pad */
     assert_int_equal(loupe_model_can_refer(m), 0);
-    cp.memory_budget = (size_t)1 << 30;
     loupe_context *c = NULL;
     assert_int_equal(loupe_context_new(m, &cp, &c), LOUPE_OK);
-    assert_int_equal(loupe_context_memory_budget(c), (size_t)1 << 30);
+    assert_int_equal(loupe_context_memory_budget(c), 0); /* resident */
     assert_string_equal(loupe_context_last_error(c), "");
     loupe_context_free(c);
     cp.top_p = 2.0f;

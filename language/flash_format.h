@@ -1,0 +1,132 @@
+/* language/flash_format.h — the flash layout of a decoder GGUF, written by
+ * `loupe convert --flash IN.gguf OUT.gguf` and read by the flash weight store
+ * (language/flash.h).
+ *
+ * A flash file is an ordinary GGUF (general.alignment = 4096, so every
+ * tensor starts on a direct-I/O boundary) that holds every tensor of the
+ * input decoder, with the same names, types and bytes, except the three FFN
+ * matrices of each layer, blk.L.ffn_gate.weight, blk.L.ffn_up.weight and
+ * blk.L.ffn_down.weight. Those are replaced by one tensor per layer:
+ *
+ *   blk.L.ffn_bundle   type I8, ne = [stride, n_ff]: the bundle of neuron i
+ *                      starts at byte i * stride of the tensor and holds
+ *        gate row i      (gate_type, n_embd elements)  = ffn_gate row i, bytes as in the input
+ *        up row i        (up_type,   n_embd elements)  = ffn_up row i, bytes as in the input
+ *        down column i   (down_type, n_embd elements)  = ffn_down[:, i] (LLM in a flash's
+ *                        row-column bundling: everything neuron i needs is one read)
+ *        zero padding to stride, a multiple of LP_FLASH_BUNDLE_ALIGN
+ *
+ * The down column is a row of the transposed matrix. For F32/F16/BF16 the
+ * values are the input's exactly. A block-quantized ffn_down (its blocks run
+ * along n_ff, across neurons) cannot be cut into columns without
+ * requantizing: the column is dequantized and quantized again, to the input
+ * type when loupe can quantize it (Q8_0, Q4_0, Q4_K) and to Q8_0 otherwise
+ * (Q6_K, Q5_K, ...). So for quantized models the flash file is a slightly
+ * different model from its input; dense flash mode is bit-identical to
+ * running the *flash file* resident, not to the input file.
+ *
+ * and, per layer, the sparsity predictor (optional: loupe.flash.predictor
+ * "none" writes none):
+ *
+ *   blk.L.ffn_pred_a   F16, ne = [n_embd, rank]   A (rank, n_embd)
+ *   blk.L.ffn_pred_b   F16, ne = [rank, n_ff]     B (n_ff, rank)
+ *        score s = B (A x), x = the FFN input after ffn_norm (n_embd)
+ *        "svd" (training-free, SwiGLU): B A = a truncated SVD of ffn_gate, so
+ *              s estimates the gate pre-activations; a neuron is taken when
+ *              |silu(s_i)| is among the top k (or above a threshold), as in
+ *              CATS/TEAL.
+ *        "lowrank" (trained offline, ReLU family, as in the paper): s_i are
+ *              logits of "neuron i is active"; taken when s_i > 0.
+ *
+ * Optional FFN biases (blk.L.ffn_{gate,up,down}.bias) stay separate tensors.
+ *
+ * Metadata keys:
+ *   loupe.flash.version           u32   LP_FLASH_VERSION
+ *   loupe.flash.gate_type         u32   ggml type id of the gate rows
+ *   loupe.flash.up_type           u32   ggml type id of the up rows
+ *   loupe.flash.down_type         u32   ggml type id of the down columns
+ *   loupe.flash.bundle_bytes      u32   gate + up + down row bytes (unpadded)
+ *   loupe.flash.bundle_stride     u32   bytes from one bundle to the next
+ *   loupe.flash.layer_offsets     u64[n_layer]  offset of blk.L.ffn_bundle's data
+ *                                       from the start of the tensor data section
+ *   loupe.flash.predictor         str   "svd", "lowrank" or "none"
+ *   loupe.flash.predictor_rank    u32[n_layer]  (absent for "none")
+ *   loupe.flash.predictor_energy  f32[n_layer]  svd: ||B A||_F^2 / ||W_gate||_F^2
+ *   loupe.flash.source            str   the input file's name (no directory)
+ * The input's own keys are copied unchanged (general.architecture stays
+ * "llama"/"qwen2"; llama.cpp cannot run a flash file, loupe can, resident or
+ * flash). */
+#ifndef LP_FLASH_FORMAT_H
+#define LP_FLASH_FORMAT_H
+
+#include "../core/error.h"
+#include "../core/gguf.h"
+#include "../core/types.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LP_FLASH_VERSION 1
+#define LP_FLASH_FILE_ALIGN 4096   /* general.alignment of a flash file */
+#define LP_FLASH_BUNDLE_ALIGN 512  /* bundle stride granularity (a sector) */
+
+/* What a flash file says about itself (lp_flash_layout_read). */
+typedef struct lp_flash_layout {
+    int n_layer, n_embd, n_ff;
+    lp_type gate_type, up_type, down_type;
+    size_t gate_bytes, up_bytes, down_bytes; /* row bytes of each part (n_embd elements) */
+    size_t bundle_bytes, stride;
+    char predictor[16];                      /* "svd", "lowrank", "none" */
+} lp_flash_layout;
+
+/* true if the GGUF carries loupe.flash.version. */
+bool lp_flash_is_flash(const lp_gguf *g);
+
+/* Read and check the loupe.flash.* keys against the tensors (types, sizes,
+ * offsets, predictor shapes). n_layer/n_embd/n_ff come from the decoder's
+ * {arch}.* keys. Errors name the file and the key or tensor. */
+loupe_status lp_flash_layout_read(const lp_gguf *g, lp_flash_layout *out, lp_error *err);
+
+/* ---- conversion (language/flash_convert.c) ---- */
+
+typedef enum lp_flash_predictor_kind {
+    LP_FLASH_PRED_SVD = 0,  /* training-free truncated SVD of ffn_gate (default) */
+    LP_FLASH_PRED_NONE = 1, /* no predictor tensors: dense flash mode only */
+} lp_flash_predictor_kind;
+
+typedef struct lp_flash_convert_params {
+    lp_flash_predictor_kind predictor;
+    int rank;            /* > 0: this rank for every layer; 0: chosen per layer (see below) */
+    float energy;        /* auto rank: smallest multiple of 16 capturing this fraction of
+                            ||W_gate||_F^2 (default 0.9) ... */
+    float max_pred_frac; /* ... but predictor bytes at most this fraction of the layer's
+                            FFN bytes (default 0.05) */
+    uint64_t seed;       /* randomized range finder (default 1) */
+} lp_flash_convert_params;
+
+lp_flash_convert_params lp_flash_convert_default_params(void);
+
+/* Per-layer result, for the CLI's summary. */
+typedef struct lp_flash_convert_layer {
+    int rank;
+    float energy;
+} lp_flash_convert_layer;
+
+typedef struct lp_flash_convert_report {
+    int n_layer;
+    lp_flash_convert_layer *layers; /* (n_layer), malloc'd; free with lp_flash_convert_report_free */
+    size_t bundle_stride;
+    uint64_t in_bytes, out_bytes;   /* file sizes */
+} lp_flash_convert_report;
+
+void lp_flash_convert_report_free(lp_flash_convert_report *r);
+
+/* IN (a llama/qwen2 decoder GGUF) -> OUT (flash layout). The output is
+ * written to a temporary file and renamed (never a half-written OUT). rep
+ * may be NULL. Errors name the file and the tensor or key: not a decoder,
+ * already a flash file, a missing or mis-shaped FFN tensor, an unsupported
+ * type, I/O failure. */
+loupe_status lp_flash_convert(const char *in_path, const char *out_path, const lp_flash_convert_params *p,
+                              lp_flash_convert_report *rep, lp_error *err);
+
+#endif
