@@ -738,6 +738,62 @@ typedef struct axpy_args {
     int64_t n, cols, blk;       // blk: the type's block size (columns are split on it)
 } axpy_args;
 
+// y (32 * nb) += c * row (nb blocks): the block's scale folded into c, each
+// element one fused multiply-add (vectorized and scalar give the same
+// result: one rounding per element either way).
+static void axpy_q4_0(float *y, float c, const uint8_t *w, int64_t nb) {
+    for (int64_t b = 0; b < nb; b++, w += 18, y += 32) {
+        uint16_t hd;
+        memcpy(&hd, w, 2);
+        const float s = c * f16_to_f32(hd);
+        const uint8_t *qs = w + 2;
+#if defined(LP_AVX512)
+        __m128i q = _mm_loadu_si128((const __m128i *)qs);
+        __m512i lo = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, _mm_set1_epi8(0x0F))), _mm512_set1_epi32(8));
+        __m512i hi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(0x0F))),
+                                      _mm512_set1_epi32(8));
+        const __m512 vs = _mm512_set1_ps(s);
+        _mm512_storeu_ps(y, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(lo), _mm512_loadu_ps(y)));
+        _mm512_storeu_ps(y + 16, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(hi), _mm512_loadu_ps(y + 16)));
+#else
+        for (int j = 0; j < 16; j++) {
+            y[j] = fmaf(s, (float)((qs[j] & 0x0F) - 8), y[j]);
+            y[j + 16] = fmaf(s, (float)((qs[j] >> 4) - 8), y[j + 16]);
+        }
+#endif
+    }
+}
+
+static void axpy_q8_0(float *y, float c, const uint8_t *w, int64_t nb) {
+    for (int64_t b = 0; b < nb; b++, w += 34, y += 32) {
+        uint16_t hd;
+        memcpy(&hd, w, 2);
+        const float s = c * f16_to_f32(hd);
+        const int8_t *qs = (const int8_t *)(w + 2);
+#if defined(LP_AVX512)
+        const __m512 vs = _mm512_set1_ps(s);
+        __m512i a = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs));
+        __m512i b2 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+        _mm512_storeu_ps(y, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(a), _mm512_loadu_ps(y)));
+        _mm512_storeu_ps(y + 16, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(b2), _mm512_loadu_ps(y + 16)));
+#else
+        for (int j = 0; j < 32; j++) y[j] = fmaf(s, (float)qs[j], y[j]);
+#endif
+    }
+}
+
+static void axpy_f16(float *y, float c, const uint16_t *w, int64_t n) {
+    int64_t j = 0;
+#if defined(LP_AVX512)
+    const __m512 vc = _mm512_set1_ps(c);
+    for (; j + 16 <= n; j += 16) {
+        __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + j)));
+        _mm512_storeu_ps(y + j, _mm512_fmadd_ps(vc, v, _mm512_loadu_ps(y + j)));
+    }
+#endif
+    for (; j < n; j++) y[j] = fmaf(c, f16_to_f32(w[j]), y[j]);
+}
+
 // Each worker owns a column slice and adds every row's part of it in row
 // order, so each y element sees the same sequence of additions whatever the
 // number of workers.
@@ -759,12 +815,42 @@ static void axpy_worker(void *p, int ith, int nth) {
             const uint8_t *w = a->rows[i] + soff;
             if (a->t == LP_TYPE_F32) {
                 axpy_f32(y, a->c[i], (const float *)w, m);
+            } else if (a->t == LP_TYPE_Q4_0) {
+                axpy_q4_0(y, a->c[i], w, m / 32);
+            } else if (a->t == LP_TYPE_Q8_0) {
+                axpy_q8_0(y, a->c[i], w, m / 32);
+            } else if (a->t == LP_TYPE_F16) {
+                axpy_f16(y, a->c[i], (const uint16_t *)w, m);
             } else {
                 lp_dequantize_row(a->t, w, buf, m);
                 axpy_f32(y, a->c[i], buf, m);
             }
         }
     }
+}
+
+typedef struct deq_gather_args {
+    lp_type t;
+    const uint8_t *const *rows; // (n)
+    float *out;                 // (n, cols)
+    int64_t n, cols;
+    bool ok;
+} deq_gather_args;
+
+static void deq_gather_worker(void *p, int ith, int nth) {
+    deq_gather_args *a = p;
+    int64_t r0, r1;
+    lp_split(a->n, ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        if (!lp_dequantize_row(a->t, a->rows[r], a->out + r * a->cols, a->cols)) a->ok = false;
+    }
+}
+
+bool lp_dequantize_gather(lp_type t, const void *const *rows, float *out, int64_t n, int64_t cols, lp_pool *pool) {
+    if (n < 0 || cols <= 0 || (n > 0 && (!rows || !out))) return false;
+    deq_gather_args a = {.t = t, .rows = (const uint8_t *const *)rows, .out = out, .n = n, .cols = cols, .ok = true};
+    if (n > 0) lp_pool_run(pool, deq_gather_worker, &a);
+    return a.ok;
 }
 
 bool lp_axpy_gather(lp_type t, const void *const *rows, const float *c, float *y, int64_t n, int64_t cols, lp_pool *pool) {

@@ -63,12 +63,17 @@ bool lp_matvec_exact(lp_type t, const void *W, const float *x, float *y, int64_t
 bool lp_matvec_gather(lp_type t, const void *const *rows, const float *x, float *y, int64_t n, int64_t cols, bool exact,
                       lp_pool *pool);
 
-/* y (cols) += sum_i c[i] * rows[i] for n gathered rows of type t, dequantized
- * exactly; terms with c[i] == 0 are skipped. Every y element adds its terms
- * in the order i = 0..n-1, one at a time (fused multiply-add where the
- * compiler uses it), so the result does not depend on the pool size. The
+/* y (cols) += sum_i c[i] * rows[i] for n gathered rows of type t; terms
+ * with c[i] == 0 are skipped. Every y element adds its terms in the order
+ * i = 0..n-1, one fused multiply-add each (for block types the block scale
+ * is folded into c: y += (c d) q), so the result does not depend on the
+ * pool size or on SIMD. The
  * flash FFN's down projection: y = sum over active neurons of h_i * down[:, i]. */
 bool lp_axpy_gather(lp_type t, const void *const *rows, const float *c, float *y, int64_t n, int64_t cols, lp_pool *pool);
+
+/* out (n, cols) = the n gathered rows of type t, dequantized (rows split
+ * over the pool). false for a type that cannot be dequantized. */
+bool lp_dequantize_gather(lp_type t, const void *const *rows, float *out, int64_t n, int64_t cols, lp_pool *pool);
 
 /* Activation vectors up to this many columns are quantized into a stack
  * buffer (about 2.2 bytes per column); longer ones are malloc'd per call. */

@@ -776,7 +776,7 @@ static loupe_status ffn_decode_flash(lp_llama *m, lp_llama_state *s, int il, lp_
 
 /* Flash-layout FFN of block il for B > 1 tokens, dense: per panel of
  * LP_FLASH_PANEL neurons, dequantize the bundles and run three sgemms. */
-static loupe_status ffn_prefill_flash(lp_llama *m, lp_llama_state *s, int il, int B, lp_error *err) {
+static loupe_status ffn_prefill_flash(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
     const lp_llama_layer *L = &m->w.layers[il];
     const lp_flash_layout *fl = &m->fl;
     const int64_t E = m->cfg.n_embd;
@@ -790,14 +790,16 @@ static loupe_status ffn_prefill_flash(lp_llama *m, lp_llama_state *s, int il, in
             const int n = np - c0 < s->ffn_chunk ? np - c0 : s->ffn_chunk;
             for (int j = 0; j < n; j++) s->ffn_ids[j] = p0 + c0 + j;
             if ((st = lp_ws_get_bundles(m->ws, il, s->ffn_ids, n, s->ffn_bundles, err)) != LOUPE_OK) return st;
-            bool ok = true;
-            for (int j = 0; j < n && ok; j++) {
-                const uint8_t *b = s->ffn_bundles[j];
-                const int64_t r = (int64_t)(c0 + j) * E;
-                ok = lp_dequantize_row(fl->gate_type, b, s->pnl_g + r, E) &&
-                     lp_dequantize_row(fl->up_type, b + fl->gate_bytes, s->pnl_u + r, E) &&
-                     lp_dequantize_row(fl->down_type, b + fl->gate_bytes + fl->up_bytes, s->pnl_d + r, E);
+            const void **rg = s->ffn_rows, **ru = s->ffn_rows + s->ffn_chunk, **rd = s->ffn_rows + 2 * s->ffn_chunk;
+            for (int j = 0; j < n; j++) {
+                rg[j] = s->ffn_bundles[j];
+                ru[j] = s->ffn_bundles[j] + fl->gate_bytes;
+                rd[j] = s->ffn_bundles[j] + fl->gate_bytes + fl->up_bytes;
             }
+            const int64_t r = (int64_t)c0 * E;
+            bool ok = lp_dequantize_gather(fl->gate_type, rg, s->pnl_g + r, n, E, pool) &&
+                      lp_dequantize_gather(fl->up_type, ru, s->pnl_u + r, n, E, pool) &&
+                      lp_dequantize_gather(fl->down_type, rd, s->pnl_d + r, n, E, pool);
             lp_ws_release_bundles(m->ws, il);
             if (!ok) return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: blk.%d: cannot dequantize a bundle", model_path(m->ws), il);
         }
@@ -824,7 +826,7 @@ static loupe_status ffn_forward_flash(lp_llama *m, lp_llama_state *s, int il, in
     const int64_t E = m->cfg.n_embd;
     loupe_status st;
     if ((st = rmsnorm_rows(m, s, &L->ffn_norm, s->xb, s->x, B, E, err)) != LOUPE_OK) return st;
-    st = B == 1 ? ffn_decode_flash(m, s, il, pool, err) : ffn_prefill_flash(m, s, il, B, err);
+    st = B == 1 ? ffn_decode_flash(m, s, il, pool, err) : ffn_prefill_flash(m, s, il, B, pool, err);
     if (st != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->ffn_down_b, s->xb2, B, E, err)) != LOUPE_OK) return st;
     dump_blk(s, il, "ffn_out", s->xb2, B * E);

@@ -10,6 +10,7 @@
  *   open/free */
 #include "flash.h"
 
+#include <cblas.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -336,7 +337,8 @@ static loupe_status make_plan(flash_store *s, lp_error *err) {
     }
     const size_t stride = fl->stride;
     const size_t book_per_layer = (size_t)fl->n_ff * sizeof(int32_t);
-    const size_t slot_book = sizeof(int32_t) + 2 * sizeof(uint64_t) + sizeof(int); /* per cache slot */
+    /* per cache slot: neuron, last, pin, an eviction-order entry, a miss entry */
+    const size_t slot_book = sizeof(int32_t) + 2 * sizeof(uint64_t) + sizeof(int) + sizeof(int32_t);
     const double active = s->p.expected_active > 0 ? s->p.expected_active : 0.5;
 
     /* I/O staging and the bundle stream buffer scale with the budget (a
@@ -351,7 +353,7 @@ static loupe_status make_plan(flash_store *s, lp_error *err) {
         size_t io_bytes = staging;
         size_t stream_bytes = stream_cap * stride;
         size_t fixed = resident + io_bytes + stream_bytes + (size_t)fl->n_layer * book_per_layer +
-                       stream_cap * 2 * sizeof(int32_t);
+                       stream_cap * sizeof(int32_t);
         double best_cost = -1;
         int best_mode = -1;
         size_t best_att = 0;
@@ -398,7 +400,7 @@ static loupe_status make_plan(flash_store *s, lp_error *err) {
             pl->stream_bytes = stream_bytes;
             pl->io_bytes = io_bytes;
             pl->bookkeeping_bytes = (size_t)fl->n_layer * (book_per_layer + (size_t)best_cap * slot_book) +
-                                    stream_cap * 2 * sizeof(int32_t);
+                                    stream_cap * sizeof(int32_t);
             pl->total_bytes = pl->resident_bytes + pl->attention_bytes + pl->cache_bytes + pl->stream_bytes +
                               pl->io_bytes + pl->bookkeeping_bytes;
             s->staging_bytes = staging;
@@ -411,7 +413,7 @@ static loupe_status make_plan(flash_store *s, lp_error *err) {
     }
     /* the smallest plan: per-tensor streaming, minimal buffers and caches */
     make_groups(s, true, err);
-    size_t min_need = resident + STAGING_MIN + STREAM_BUNDLES_MIN * stride +
+    size_t min_need = resident + STAGING_MIN + STREAM_BUNDLES_MIN * (stride + sizeof(int32_t)) +
                       (size_t)fl->n_layer * (book_per_layer + (size_t)CACHE_BUNDLES_MIN * (stride + slot_book)) +
                       2 * max_group_bytes(s);
     return lp_fail(err, LOUPE_ERR_LIMIT,
@@ -573,8 +575,8 @@ static loupe_status flash_get_bundles(lp_weight_store *ws, int il, const int32_t
     const lp_flash_layout *fl = &s->fl;
     const size_t stride = fl->stride;
     if (il < 0 || il >= fl->n_layer) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: layer %d out of range", fpath(s), il);
-    if (n < 0 || n > s->stream_cap) {
-        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: %d bundles requested, at most %d per call", fpath(s), n, s->stream_cap);
+    if (n < 0 || n > ws->max_bundles) {
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: %d bundles requested, at most %d per call", fpath(s), n, ws->max_bundles);
     }
     for (int i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= fl->n_ff || (i > 0 && ids[i] <= ids[i - 1])) {
@@ -855,7 +857,7 @@ static loupe_status alloc_all(flash_store *s, lp_error *err) {
     s->arena = aligned_alloc_zero(arena);
     s->staging = aligned_alloc_zero(s->staging_bytes);
     s->stream_bundles = aligned_alloc_zero((size_t)s->stream_cap * fl->stride);
-    s->miss = calloc((size_t)s->stream_cap, sizeof *s->miss);
+    s->miss = calloc((size_t)(pl->cache_bundles + s->stream_cap), sizeof *s->miss);
     s->evict_order = calloc((size_t)(pl->cache_bundles > 0 ? pl->cache_bundles : 1), sizeof *s->evict_order);
     s->caches = calloc((size_t)fl->n_layer, sizeof *s->caches);
     bool ok = s->arena && s->staging && s->stream_bundles && s->miss && s->evict_order && s->caches;
@@ -946,10 +948,18 @@ lp_weight_store *lp_weights_flash(const lp_gguf *g, const lp_flash_params *p, lp
     }
     if ((st = assign_roles(s, err)) != LOUPE_OK) goto fail;
     if ((st = make_plan(s, err)) != LOUPE_OK) goto fail;
-    s->base.max_bundles = s->stream_cap;
+    /* a call's hits stay where they are (pinned); its misses fill the
+     * cache (evicting what the call does not use) and then the stream
+     * buffer: cache_bundles + stream_bundles always fit */
+    s->base.max_bundles = s->plan.cache_bundles + s->stream_cap;
     if ((st = open_file(s, err)) != LOUPE_OK) goto fail;
     if ((st = alloc_all(s, err)) != LOUPE_OK) goto fail;
     s->base.stats = (lp_ws_stats){0}; /* loading is not a token's I/O */
+    /* OpenBLAS's idle threads spin (sched_yield) after every sgemm; on a
+     * small machine they take the cores the I/O threads and the pool need
+     * (a 7B prefill went from 72 s to 18 s on 2 cores with this). Flash
+     * mode is bound by reads, not by sgemm: one BLAS thread. */
+    openblas_set_num_threads(1);
     return &s->base;
 fail:
     flash_free(&s->base);

@@ -31,7 +31,9 @@
  *
  * One forward pass at a time: the store's mutex (ws->serial) is held by the
  * decoder for a whole pass, so several contexts may share a flash model but
- * take turns. */
+ * take turns. Opening a flash store sets OpenBLAS to one thread for the
+ * process (its idle threads spin and starve the I/O threads on small
+ * machines; flash mode is bound by reads). */
 #ifndef LP_FLASH_H
 #define LP_FLASH_H
 
