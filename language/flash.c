@@ -790,7 +790,6 @@ static const lp_weight_store_ops flash_ops = {
     .free = flash_free,
     .get_bundles = flash_get_bundles,
     .release_bundles = flash_release_bundles,
-    .step = NULL,
 };
 
 const lp_flash_plan *lp_flash_get_plan(const lp_weight_store *ws) {

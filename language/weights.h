@@ -60,8 +60,6 @@ typedef struct lp_weight_store_ops {
      * until release_bundles(il). n <= max_bundles. ids ascending, in range. */
     loupe_status (*get_bundles)(lp_weight_store *ws, int il, const int32_t *ids, int n, const uint8_t **out, lp_error *err);
     void (*release_bundles)(lp_weight_store *ws, int il);
-    /* A forward pass begins (the flash store's window counts these). May be NULL. */
-    void (*step)(lp_weight_store *ws);
 } lp_weight_store_ops;
 
 struct lp_weight_store {
@@ -92,10 +90,8 @@ static inline loupe_status lp_ws_get_bundles(lp_weight_store *ws, int il, const 
 }
 static inline void lp_ws_release_bundles(lp_weight_store *ws, int il) { ws->ops->release_bundles(ws, il); }
 static inline int lp_ws_max_bundles(const lp_weight_store *ws) { return ws->max_bundles; }
-static inline void lp_ws_step(lp_weight_store *ws) {
-    ws->stats.steps++;
-    if (ws->ops->step) ws->ops->step(ws);
-}
+/* A forward pass begins: the flash store's window counts these. */
+static inline void lp_ws_step(lp_weight_store *ws) { ws->stats.steps++; }
 
 /* Describe tensor `name` of ws->gguf (shape, type, row size, checked against
  * the file): the lookup op of the resident and the flash store. */

@@ -152,7 +152,6 @@ static const lp_weight_store_ops resident_ops = {
     .free = resident_free,
     .get_bundles = resident_get_bundles,
     .release_bundles = resident_release_bundles,
-    .step = NULL,
 };
 
 lp_weight_store *lp_weights_resident(const lp_gguf *g, lp_error *err) {
