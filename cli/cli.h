@@ -47,7 +47,7 @@ typedef struct cli_model_args {
     "                       predictor rates lowest at each generated token (default 0)\n"          \
     "  --ffn-threshold T    instead: compute neurons whose predicted |silu(gate)| >= T\n"          \
     "  --flash-window N     keep neurons used by the last N tokens (default 5)\n"                 \
-    "  --io-threads N       parallel reads in flash mode (default 4)\n"
+    "  --io-threads N       parallel reads in flash mode (default 8)\n"
 void cli_model_args_init(cli_model_args *m);
 /* Handles -m/--model, --mmproj, --template, --box-format, --prep VAL and
  * the flash options (CLI_FLASH_HELP).

@@ -156,6 +156,7 @@ loupe_status loupe_model_load(const char *model_path, const char *mmproj_path, c
     vp.flash.budget = p.memory_budget;
     vp.flash.window = p.flash_window;
     vp.flash.io_threads = p.flash_io_threads;
+    vp.flash.expected_active = p.ffn_threshold > 0 ? 0.5f : p.ffn_keep; /* how the planner weighs attention vs neurons */
     if (!(m->vlm = lp_vlm_load(model_path, mmproj_path, &vp, &e))) {
         free(m);
         return fail_out(&e, err, err_size);

@@ -143,7 +143,7 @@ typedef struct loupe_model_params {
      * message. 0 (default): resident, memory-mapped. */
     size_t memory_budget;
     int flash_window;       /* keep FFN neurons used by the last N tokens (default 5; 0: none) */
-    int flash_io_threads;   /* parallel reads (default 4) */
+    int flash_io_threads;   /* parallel reads (default 8) */
     /* Flash-layout files (resident or flash mode): the fraction of FFN
      * neurons each generated token computes, picked by the file's sparsity
      * predictor (top-k). 1 (default): all of them — dense, the same logits

@@ -798,7 +798,7 @@ const lp_flash_plan *lp_flash_get_plan(const lp_weight_store *ws) {
 
 lp_flash_params lp_flash_default_params(void) {
     return (lp_flash_params){
-        .budget = 0, .window = 5, .io_threads = 4, .min_read = 32u << 10, .direct_io = true, .expected_active = 0.5f,
+        .budget = 0, .window = 5, .io_threads = 8, .min_read = 32u << 10, .direct_io = true, .expected_active = 0.5f,
     };
 }
 

@@ -46,7 +46,7 @@
 typedef struct lp_flash_params {
     size_t budget;          /* DRAM bytes for everything above (> 0) */
     int window;             /* keep neurons used in the last `window` steps (default 5; 0 = no reuse) */
-    int io_threads;         /* parallel reads (default 4; 0 = read in the calling thread) */
+    int io_threads;         /* parallel reads (default 8; 0 = read in the calling thread) */
     size_t min_read;        /* bytes; coalesced reads are at least this long (default 32 KiB) */
     bool direct_io;         /* try O_DIRECT (default true) */
     float expected_active;  /* fraction of FFN neurons a step uses (default 0.5): decides whether
