@@ -829,7 +829,7 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
 
     /* Prefill: the whole prompt in one call (matrix-matrix passes). */
     t = now_ms();
-    const lp_ws_stats io0 = v->lm_ws->stats;
+    const lp_ws_stats io0 = lp_ws_stats_get(v->lm_ws);
     S.tokens = c->tok_io;
     if ((st = lp_prompt_embed(&pr, llama, img_embd, embd, err))) goto done;
     if (n_regions > 0 && (st = lp_prompt_splice_marker(&pr, v->region_id, reg_embd, n_regions, E, embd, err)))
@@ -842,7 +842,8 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     S.prefill_tokens = computed;
     S.prefix_reused = pr.n_pos - computed;
     S.prefill_ms = now_ms() - t;
-    S.prefill_io = io_diff(&io0, &v->lm_ws->stats, S.prefill_ms);
+    const lp_ws_stats io1 = lp_ws_stats_get(v->lm_ws);
+    S.prefill_io = io_diff(&io0, &io1, S.prefill_ms);
     if ((st = progress(&g, LP_VLM_STAGE_PREFILL, pr.n_pos, pr.n_pos, err))) goto cancelled;
 
     /* Decode. */
@@ -895,10 +896,11 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
                 c->tok_io_cap = cap;
                 S.tokens = c->tok_io;
             }
-            const lp_ws_stats before = v->lm_ws->stats;
+            const lp_ws_stats before = lp_ws_stats_get(v->lm_ws);
             const double tp = now_ms();
             if ((st = lp_llama_forward_tokens(llama, c->st, &id, 1, logits, c->pool, err))) goto done;
-            c->tok_io[S.n_tokens++] = io_diff(&before, &v->lm_ws->stats, now_ms() - tp);
+            const lp_ws_stats after = lp_ws_stats_get(v->lm_ws);
+            c->tok_io[S.n_tokens++] = io_diff(&before, &after, now_ms() - tp);
         }
     }
     if (S.stop == LP_VLM_STOP_MAX_TOKENS || S.stop == LP_VLM_STOP_CONTEXT) {

@@ -310,7 +310,9 @@ typedef struct loupe_timings {
 } loupe_timings;
 
 /* What one decoder pass of the answer read and computed (flash mode, and
- * flash-layout files run resident). */
+ * flash-layout files run resident). The counters belong to the model: when
+ * several contexts decode on one flash model at once (they take turns pass
+ * by pass), a pass's figures may include another context's reads. */
 typedef struct loupe_token_stats {
     long long bytes_read;   /* weight bytes read from storage */
     long long reads;        /* read requests issued */

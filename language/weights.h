@@ -90,6 +90,16 @@ static inline loupe_status lp_ws_get_bundles(lp_weight_store *ws, int il, const 
 }
 static inline void lp_ws_release_bundles(lp_weight_store *ws, int il) { ws->ops->release_bundles(ws, il); }
 static inline int lp_ws_max_bundles(const lp_weight_store *ws) { return ws->max_bundles; }
+/* A copy of the counters, taken under the store's lock when it has one.
+ * They are store-wide: while several contexts decode on one flash model,
+ * each one's differences include the others' reads. */
+static inline lp_ws_stats lp_ws_stats_get(lp_weight_store *ws) {
+    if (ws->serial) pthread_mutex_lock(ws->serial);
+    lp_ws_stats s = ws->stats;
+    if (ws->serial) pthread_mutex_unlock(ws->serial);
+    return s;
+}
+
 /* A forward pass begins: the flash store's window counts these. */
 static inline void lp_ws_step(lp_weight_store *ws) { ws->stats.steps++; }
 

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,9 +87,12 @@ static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
     if (!f || tu_mkdtemp(f->dir, sizeof f->dir, "flash") != 0) return -1;
     const char *types[3] = {"f16", "q8_0", "q4_0"};
+    char dir[256];
+    memcpy(dir, f->dir, sizeof dir);
     for (int k = 0; k < 3; k++) {
-        snprintf(f->plain[k], sizeof f->plain[k], "%s/tiny-%s.gguf", f->dir, types[k]);
-        snprintf(f->flash[k], sizeof f->flash[k], "%s/tiny-%s-flash.gguf", f->dir, types[k]);
+        char *pl = f->plain[k], *fl = f->flash[k];
+        snprintf(pl, sizeof f->plain[k], "%s/tiny-%s.gguf", dir, types[k]);
+        snprintf(fl, sizeof f->flash[k], "%s/tiny-%s-flash.gguf", dir, types[k]);
     }
     /* f16: the shipped file as it is */
     char *buf = NULL;
@@ -165,7 +169,7 @@ static void runner_run(runner *r, float *logits, bool exact) {
     for (int i = 0; i < N_PROMPT; i++) prompt[i] = (int32_t)((i * 37 + 11) % V);
     prompt[0] = 1; /* BOS */
     assert_int_equal(lp_llama_forward_tokens(r->m, r->s, prompt, N_PROMPT, logits, NULL, &err), LOUPE_OK);
-    r->after_prefill = r->ws->stats;
+    r->after_prefill = lp_ws_stats_get(r->ws);
     for (int t = 0; t < N_DECODE; t++) {
         const float *prev = logits + (size_t)t * V;
         int32_t best = 0;
@@ -412,6 +416,51 @@ static void test_bundles_are_file_bytes(void **state) {
     runner_close(&res);
 }
 
+/* Two states on one flash model, on two threads at once: the store serves
+ * one pass at a time (ws->serial) and each thread gets the logits it gets
+ * alone. */
+typedef struct shared_run {
+    runner *r;
+    lp_llama_state *s;
+    float *logits;
+} shared_run;
+
+static void *shared_thread(void *p) {
+    shared_run *sr = p;
+    runner mine = *sr->r;
+    mine.s = sr->s;
+    runner_run(&mine, sr->logits, false);
+    return NULL;
+}
+
+static void test_two_contexts_share_a_flash_model(void **state) {
+    fixture *f = *state;
+    lp_flash_params fp = lp_flash_default_params();
+    fp.budget = (size_t)(0.3 * (double)file_size(f->flash[0]));
+    runner r;
+    runner_open(&r, f->flash[0], &fp);
+    const int V = lp_llama_n_vocab(r.m);
+    const size_t n = (size_t)(N_DECODE + 1) * (size_t)V;
+    float *alone = malloc(n * sizeof(float));
+    runner_run(&r, alone, false);
+    lp_error err = {0};
+    shared_run sr[2];
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        sr[i] = (shared_run){.r = &r, .s = lp_llama_state_new(r.m, 128, &err), .logits = malloc(n * sizeof(float))};
+        assert_non_null(sr[i].s);
+        assert_int_equal(pthread_create(&th[i], NULL, shared_thread, &sr[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        assert_memory_equal(sr[i].logits, alone, n * sizeof(float));
+        lp_llama_state_free(sr[i].s);
+        free(sr[i].logits);
+    }
+    free(alone);
+    runner_close(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_bit_identical),
@@ -420,6 +469,7 @@ int main(void) {
         cmocka_unit_test(test_sparse_reads_less),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_bundles_are_file_bytes),
+        cmocka_unit_test(test_two_contexts_share_a_flash_model),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
