@@ -117,12 +117,12 @@ for b in $BUDGETS; do
     if [ -n "${LLAMA_CPP_BIN:-}" ]; then
         drop_caches
         run_in_cgroup $limit "$LLAMA_CPP_BIN" -m "$PLAIN" -p "the" -n "$TOKENS" -t "$THREADS" --no-mmap --no-repack \
-            --temp 0 -no-cnv --no-warmup
-        # llama.cpp prints its own timings on stderr: eval time = X ms / N runs
-        ms=$(grep -E 'eval time' "$tmp_err" | grep -v prompt | sed -E 's/.*= *([0-9.]+) ms \/ *([0-9]+) runs.*/\1 \2/' | tail -1)
-        if [ -n "$ms" ]; then
-            set -- $ms
-            echo "{\"decode_ms_per_token\": $(echo "$1/$2" | bc -l), \"decode_ms_per_token_2nd_half\": 0, \"bytes_per_token\": 0, \"reads_per_token\": 0, \"hit_rate\": 0, \"active_fraction\": 1, \"peak_rss_bytes\": 0}" > "$tmp_out"
+            --temp 0 -no-cnv --no-warmup --perf --ignore-eos
+        # llama.cpp prints its own timings on stderr: "eval time = X ms / N runs"
+        per=$(grep -E ' eval time' "$tmp_err" | grep -v 'prompt eval' | tail -1 |
+              sed -E 's/.*= *([0-9.]+) ms \/ *([0-9]+) runs.*/\1 \2/' | awk 'NF == 2 && $2 > 0 {printf "%.3f", $1 / $2}')
+        if [ -n "$per" ]; then
+            echo "{\"decode_ms_per_token\": $per, \"decode_ms_per_token_2nd_half\": $per, \"bytes_per_token\": 0, \"reads_per_token\": 0, \"hit_rate\": 0, \"active_fraction\": 1, \"peak_rss_bytes\": 0}" > "$tmp_out"
         else
             : > "$tmp_out"
         fi
