@@ -22,6 +22,7 @@
 
 #define IO_ALIGN 4096              /* O_DIRECT offset/length/buffer alignment used everywhere */
 #define MAX_IO_THREADS 16
+#define MAX_READ (256u << 10)      /* longer ranges are split into reads this long, issued together */
 #define IO_QUEUE 1024              /* pending reads */
 #define STAGING_DEFAULT (1u << 20) /* coalesced-read staging, bytes */
 #define STAGING_MIN (128u << 10)
@@ -127,6 +128,17 @@ static void io_submit(io_pool *io, io_batch *b, uint64_t off, size_t len, uint8_
     b->pending++;
     pthread_cond_signal(&io->work);
     pthread_mutex_unlock(&io->mu);
+}
+
+/* A long aligned range as several reads of at most MAX_READ bytes, so the
+ * I/O threads read it in parallel (one 1 MiB read at a time runs at less
+ * than half this disk's bandwidth). */
+static void io_submit_split(io_pool *io, io_batch *b, uint64_t off, size_t len, uint8_t *dst) {
+    while (len > 0) {
+        size_t n = len < MAX_READ ? len : MAX_READ;
+        io_submit(io, b, off, n, dst);
+        off += n, dst += n, len -= n;
+    }
 }
 
 static void io_wait(io_pool *io, io_batch *b) {
@@ -434,7 +446,7 @@ static loupe_status read_range(flash_store *s, uint64_t off, size_t len, uint8_t
         size_t take = s->staging_bytes - lead < len ? s->staging_bytes - lead : len;
         size_t alen = align_up(lead + take, IO_ALIGN);
         io_batch b = {0};
-        io_submit(&s->io, &b, a0, alen, s->staging);
+        io_submit_split(&s->io, &b, a0, alen, s->staging);
         io_wait(&s->io, &b);
         s->base.stats.bytes_read += b.bytes;
         s->base.stats.reads += (uint64_t)b.reads;
@@ -469,7 +481,7 @@ static void stream_start(flash_store *s, int b, int gi) {
         uint64_t off = g->data_offset + t->offset;
         uint64_t a0 = align_down64(off, IO_ALIGN);
         size_t alen = align_up((size_t)(off - a0) + (size_t)t->nbytes, IO_ALIGN);
-        io_submit(&s->io, &sb->batch, a0, alen, sb->mem + s->group_off[id]);
+        io_submit_split(&s->io, &sb->batch, a0, alen, sb->mem + s->group_off[id]);
     }
 }
 
@@ -654,7 +666,7 @@ static loupe_status flash_get_bundles(lp_weight_store *ws, int il, const int32_t
             runs[n_runs].a0 = a0;
             runs[n_runs].alen = alen;
             runs[n_runs].at = used;
-            io_submit(&s->io, &b, a0, alen, s->staging + used);
+            io_submit_split(&s->io, &b, a0, alen, s->staging + used);
             used += alen;
             n_runs++;
             m = mm;
