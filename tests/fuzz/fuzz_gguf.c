@@ -1,7 +1,9 @@
 /* tests/fuzz/fuzz_gguf.c — libFuzzer target for the GGUF reader.
  * Opens the input as a GGUF buffer; when it parses, walks every value and
- * tensor byte (so ASan checks the bounds the reader promised) and prints it. */
+ * tensor byte (so ASan checks the bounds the reader promised) and prints it;
+ * a file with loupe.flash.* keys also goes through the flash layout check. */
 #include "gguf.h"
+#include "../../language/flash_format.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -55,6 +57,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lp_gguf_get_bool_opt(g, "general.flag", &b, &err);
     lp_gguf_get_str_opt(g, "general.architecture", &s, &err);
     if (devnull) lp_gguf_print(g, devnull);
+    /* the flash layout's own checks (language/flash_format.c) */
+    if (lp_flash_is_flash(g)) {
+        lp_flash_layout fl;
+        lp_error fe = {0};
+        if (lp_flash_layout_read(g, &fl, &fe) != LOUPE_OK && (fe.status == LOUPE_OK || !strstr(fe.msg, "fuzz.gguf")))
+            __builtin_trap();
+    }
     lp_gguf_close(g);
     return 0;
 }
