@@ -19,10 +19,16 @@ static void convert_help(FILE *out) {
             "ffn_gate/ffn_up/ffn_down, which become one tensor blk.L.ffn_bundle holding,\n"
             "per FFN neuron, its gate row, up row and down column in one 512-byte\n"
             "aligned record, plus a low-rank sparsity predictor blk.L.ffn_pred_a/_b\n"
-            "(a truncated SVD of ffn_gate). Quantized ffn_down columns are requantized\n"
+            "(a truncated SVD of ffn_gate, or one trained offline and read with\n"
+            "--predictor-file). Quantized ffn_down columns are requantized\n"
             "(to the input type when loupe can write it, else q8_0); f32/f16/bf16 are\n"
             "copied exactly. OUT is written beside itself and renamed when complete.\n\n"
             "  --predictor svd|none  predictor kind (default svd; none: dense flash mode only)\n"
+            "  --predictor-file P    take each layer's predictor from the GGUF P instead:\n"
+            "                        blk.L.ffn_pred_a (f32/f16, ne [n_embd, rank]) and\n"
+            "                        blk.L.ffn_pred_b (ne [rank, n_ff]) for every layer, kind\n"
+            "                        from P's loupe.flash.predictor (lowrank if absent); see\n"
+            "                        tools/flash/train_predictor.py. Not with --predictor/--rank\n"
             "  --rank R              predictor rank for every layer (default: chosen per\n"
             "                        layer, a multiple of 16, by --energy and --max-pred-frac)\n"
             "  --energy E            auto rank: capture this fraction of ||W_gate||_F^2\n"
@@ -49,7 +55,7 @@ static void human(uint64_t b, char *buf, size_t n) {
 int cmd_convert(int argc, char **argv) {
     lp_flash_convert_params p = lp_flash_convert_default_params();
     const char *files[2] = {NULL, NULL};
-    int n_files = 0, flash = 0, force = 0, quiet = 0;
+    int n_files = 0, flash = 0, force = 0, quiet = 0, kind_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -69,9 +75,12 @@ int cmd_convert(int argc, char **argv) {
         long n;
         unsigned long long u;
         if (!strcmp(a, "--predictor")) {
+            kind_given = 1;
             if (!strcmp(v, "svd")) p.predictor = LP_FLASH_PRED_SVD;
             else if (!strcmp(v, "none")) p.predictor = LP_FLASH_PRED_NONE;
             else return cli_usage("convert", "--predictor: '%s' is not a predictor (svd, none)", v);
+        } else if (!strcmp(a, "--predictor-file")) {
+            p.predictor_path = v;
         } else if (!strcmp(a, "--rank")) {
             if (!cli_parse_int(v, 1, 1 << 20, &n)) return cli_usage("convert", "--rank: '%s' is not a rank (1 or more)", v);
             p.rank = (int)n;
@@ -89,6 +98,11 @@ int cmd_convert(int argc, char **argv) {
     if (!flash) return cli_usage("convert", "--flash is required (the only conversion there is)");
     if (n_files < 2) return cli_usage("convert", "IN.gguf and OUT.gguf are required");
     const char *in = files[0], *out = files[1];
+    if (p.predictor_path) {
+        if (kind_given) return cli_usage("convert", "--predictor-file and --predictor exclude each other");
+        if (p.rank > 0) return cli_usage("convert", "--predictor-file and --rank exclude each other (the file sets the ranks)");
+        p.predictor = LP_FLASH_PRED_FILE;
+    }
     if (p.predictor == LP_FLASH_PRED_NONE && p.rank > 0) return cli_usage("convert", "--rank needs --predictor svd");
 
     struct stat si, so;
@@ -119,8 +133,16 @@ int cmd_convert(int argc, char **argv) {
     }
     lp_gguf_close(g);
 
-    printf("convert: %s -> %s (flash layout v%d, predictor %s)\n", in, out, LP_FLASH_VERSION, lay.predictor);
-    if (p.predictor == LP_FLASH_PRED_SVD) {
+    printf("convert: %s -> %s (flash layout v%d, predictor %s%s%s)\n", in, out, LP_FLASH_VERSION, lay.predictor,
+           p.predictor_path ? " from " : "", p.predictor_path ? p.predictor_path : "");
+    if (p.predictor == LP_FLASH_PRED_FILE) {
+        const bool svd = !strcmp(lay.predictor, "svd");
+        printf(svd ? "  layer  rank  energy\n" : "  layer  rank\n");
+        for (int l = 0; l < rep.n_layer; l++) {
+            if (svd) printf("  %5d  %4d  %.4f\n", l, rep.layers[l].rank, (double)rep.layers[l].energy);
+            else printf("  %5d  %4d\n", l, rep.layers[l].rank);
+        }
+    } else if (p.predictor == LP_FLASH_PRED_SVD) {
         printf("  layer  rank  energy\n");
         for (int l = 0; l < rep.n_layer; l++) {
             const bool capped = p.rank == 0 && rep.layers[l].energy < p.energy;

@@ -1,6 +1,8 @@
 /* language/flash_convert.c — a llama/qwen2 decoder GGUF to the flash layout
  * (flash_format.h): FFN neurons bundled row-column (LLM in a flash,
- * Alizadeh et al. 2023) and an SVD sparsity predictor per layer.
+ * Alizadeh et al. 2023) and a sparsity predictor per layer: an SVD of
+ * ffn_gate computed here, or factors trained offline and read from a
+ * predictor file (tools/flash/train_predictor.py).
  *
  * One pass over the input's tensor table. Every tensor other than the dense
  * FFN matrices is added to the writer with its data borrowed from the input
@@ -14,7 +16,11 @@
  * and Tropp 2011, algorithms 4.4 and 5.1): a Gaussian sketch, two power
  * iterations with re-orthonormalization, then the exact SVD of the small
  * projected matrix through the eigen-decomposition of its Gram matrix
- * (cyclic Jacobi, in double). The big products go through OpenBLAS sgemm. */
+ * (cyclic Jacobi, in double). The big products go through OpenBLAS sgemm.
+ *
+ * A predictor file is opened and every layer's factors are checked (present,
+ * F32/F16, shapes against n_embd/n_ff) in the plan, before any work; each
+ * layer's factors are converted to f16 where that layer is converted. */
 #include "flash_format.h"
 #include "../core/fileio.h"
 
@@ -317,6 +323,7 @@ out:
 
 typedef struct layer_in {
     const lp_gguf_tensor *gate, *up, *down; /* in the input */
+    const lp_gguf_tensor *pred_a, *pred_b;  /* in the predictor file (LP_FLASH_PRED_FILE) */
 } layer_in;
 
 typedef struct layer_out {
@@ -332,6 +339,8 @@ typedef struct conv {
     lp_gguf *g;
     const char *in, *out;
     const lp_flash_convert_params *p;
+    lp_gguf *pg;           /* the predictor file (LP_FLASH_PRED_FILE), else NULL */
+    const char *pred_kind; /* loupe.flash.predictor of the output: "svd", "lowrank", "none" */
     int n_layer, n_embd, n_ff;
     lp_type gate_type, up_type, down_type;
     size_t gate_bytes, up_bytes, down_bytes, bundle_bytes, stride;
@@ -379,8 +388,78 @@ static loupe_status check_ffn_tensor(const conv *cv, const lp_gguf_tensor *t, in
     return LOUPE_OK;
 }
 
+/* The predictor file: its kind (loupe.flash.predictor, "lowrank" when
+ * absent) and every layer's blk.L.ffn_pred_a (ne [n_embd, rank]) and
+ * blk.L.ffn_pred_b (ne [rank, n_ff]), F32 or F16, with the rank in
+ * [1, min(n_embd, n_ff)] as lp_flash_layout_read wants it. A factor of a
+ * layer the decoder does not have means the file was made for another
+ * model: refused too. Every error names the predictor file. */
+static loupe_status plan_predictor_file(conv *cv, lp_error *err) {
+    const char *pp = cv->p->predictor_path;
+    if (!(cv->pg = lp_gguf_open(pp, err))) return err ? err->status : LOUPE_ERR_IO;
+    const lp_gguf *pg = cv->pg;
+    cv->pred_kind = "lowrank";
+    const lp_gguf_value *kind = lp_gguf_get(pg, "loupe.flash.predictor");
+    if (kind) {
+        if (kind->type != LP_GGUF_STRING)
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key loupe.flash.predictor is %s, expected str", pp,
+                           lp_gguf_vtype_name(kind->type));
+        if (!strcmp(kind->v.str.s, "svd")) cv->pred_kind = "svd";
+        else if (strcmp(kind->v.str.s, "lowrank") != 0)
+            return lp_fail(err, LOUPE_ERR_FORMAT,
+                           "%s: key loupe.flash.predictor = \"%s\" is not a predictor a file can hold (lowrank, svd)", pp,
+                           kind->v.str.s);
+    }
+    for (uint64_t i = 0; i < pg->n_tensors; i++) {
+        const char *name = pg->tensors[i].name;
+        unsigned l = 0;
+        char ab = 0;
+        int n = 0;
+        if (sscanf(name, "blk.%u.ffn_pred_%c%n", &l, &ab, &n) == 2 && n > 0 && name[n] == '\0' &&
+            (ab == 'a' || ab == 'b') && l >= (unsigned)cv->n_layer)
+            return lp_fail(err, LOUPE_ERR_FORMAT,
+                           "%s: tensor %s belongs to layer %u, but %s has %d layers (a predictor for another model?)", pp,
+                           name, l, cv->in, cv->n_layer);
+    }
+    const int mn = cv->n_embd < cv->n_ff ? cv->n_embd : cv->n_ff;
+    char name[64];
+    for (int l = 0; l < cv->n_layer; l++) {
+        for (int ab = 0; ab < 2; ab++) {
+            snprintf(name, sizeof name, "blk.%d.ffn_pred_%c", l, ab ? 'b' : 'a');
+            int64_t i = lp_gguf_find_tensor(pg, name);
+            if (i < 0)
+                return lp_fail(err, LOUPE_ERR_FORMAT,
+                               "%s: tensor %s is missing (the predictor needs one per layer of %s, %d layers)", pp, name,
+                               cv->in, cv->n_layer);
+            const lp_gguf_tensor *t = &pg->tensors[i];
+            if (t->type != LP_TYPE_F32 && t->type != LP_TYPE_F16)
+                return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor %s has type %s, expected f32 or f16", pp, name,
+                               lp_type_name(t->type));
+            /* A (rank, n_embd): ne [n_embd, rank], rank from A; B (n_ff, rank): ne [rank, n_ff] */
+            const int64_t rank = ab ? cv->li[l].pred_a->ne[1] : t->ne[1];
+            const bool ok = t->n_dims == 2 && (ab ? t->ne[0] == rank && t->ne[1] == cv->n_ff
+                                                  : t->ne[0] == cv->n_embd && t->ne[1] >= 1 && t->ne[1] <= mn);
+            if (!ok) {
+                if (ab)
+                    return lp_fail(err, LOUPE_ERR_FORMAT,
+                                   "%s: tensor %s has shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "] (%" PRIu32
+                                   " dims), expected [%" PRId64 ", %d] (rank of blk.%d.ffn_pred_a, n_ff)",
+                                   pp, name, t->ne[0], t->ne[1], t->ne[2], t->ne[3], t->n_dims, rank, cv->n_ff, l);
+                return lp_fail(err, LOUPE_ERR_FORMAT,
+                               "%s: tensor %s has shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "] (%" PRIu32
+                               " dims), expected [%d, rank] (n_embd, 1 <= rank <= %d)",
+                               pp, name, t->ne[0], t->ne[1], t->ne[2], t->ne[3], t->n_dims, cv->n_embd, mn);
+            }
+            if (!t->data) return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: tensor %s is not mapped", pp, name);
+            *(ab ? &cv->li[l].pred_b : &cv->li[l].pred_a) = t;
+        }
+    }
+    return LOUPE_OK;
+}
+
 /* The decoder's dimensions, every layer's three FFN tensors (present, shaped
- * and typed), and the bundle layout. Nothing heavy: fails before any work. */
+ * and typed), the bundle layout, and the predictor file's tensors. Nothing
+ * heavy: fails before any work. */
 static loupe_status plan(conv *cv, lp_error *err) {
     const lp_gguf *g = cv->g;
     loupe_status st;
@@ -458,6 +537,8 @@ static loupe_status plan(conv *cv, lp_error *err) {
     const int mn = cv->n_embd < cv->n_ff ? cv->n_embd : cv->n_ff;
     if (p->predictor == LP_FLASH_PRED_SVD && p->rank > mn)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: predictor rank %d exceeds min(n_embd, n_ff) = %d", cv->in, p->rank, mn);
+    cv->pred_kind = p->predictor == LP_FLASH_PRED_SVD ? "svd" : "none";
+    if (p->predictor == LP_FLASH_PRED_FILE) return plan_predictor_file(cv, err);
     return LOUPE_OK;
 }
 
@@ -496,6 +577,79 @@ static void write_down_columns(const conv *cv, const lp_gguf_tensor *down, const
         for (size_t i = i0; i < i1; i++)
             lp_quantize_row(cv->down_type, tile + (i - i0) * n_embd, bundle + i * cv->stride + col_off, (int64_t)n_embd);
     }
+}
+
+/* One factor from the predictor file (F32 or F16, checked by the plan) as
+ * f16, in *out (malloc'd). Values that are not finite or beyond the f16
+ * range are refused: a NaN or infinite score would rank neurons at random. */
+static loupe_status read_factor(const conv *cv, const lp_gguf_tensor *t, uint16_t **out, lp_error *err) {
+    const char *pp = cv->p->predictor_path;
+    const size_t n = (size_t)lp_gguf_tensor_nelements(t);
+    float *f = malloc(n * sizeof *f);
+    *out = malloc(n * sizeof **out);
+    loupe_status st = LOUPE_OK;
+    if (!f || !*out) {
+        st = lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory for tensor %s", pp, t->name);
+        goto out;
+    }
+    if (!lp_dequantize_row(t->type, t->data, f, (int64_t)n)) {
+        st = lp_fail(err, LOUPE_ERR_INTERNAL, "%s: tensor %s: conversion to f32 failed", pp, t->name);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!(fabsf(f[i]) <= 65504.0f)) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s: element %zu = %g is not finite or beyond the f16 range", pp,
+                         t->name, i, (double)f[i]);
+            goto out;
+        }
+    lp_quantize_row(LP_TYPE_F16, f, *out, (int64_t)n); /* f16 in: the same bits back */
+out:
+    if (st != LOUPE_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    free(f);
+    return st;
+}
+
+/* An "svd" predictor from a file states its energy too (lp_flash_layout_read
+ * requires it): 1 - ||W - B A||_F^2 / ||W||_F^2 with the f16 factors as
+ * stored, clamped to [0, 1]. For a truncated SVD this is ||B A||^2 / ||W||^2,
+ * what svd_layer reports; for other factors it still says how much of the
+ * gate the scores capture (||B A||^2 alone could exceed ||W||^2). */
+static loupe_status file_svd_energy(conv *cv, int l, lp_error *err) {
+    const layer_in *li = &cv->li[l];
+    layer_out *lo = &cv->lo[l];
+    const size_t n_embd = (size_t)cv->n_embd, n_ff = (size_t)cv->n_ff, R = (size_t)lo->rank;
+    float *w = malloc(n_ff * n_embd * sizeof *w); /* W, then W - B A: (n_ff, n_embd) */
+    float *a = malloc(R * n_embd * sizeof *a), *b = malloc(n_ff * R * sizeof *b);
+    loupe_status st = LOUPE_OK;
+    if (!w || !a || !b) {
+        st = lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory for %s", cv->in, li->gate->name);
+        goto out;
+    }
+    if (!lp_dequantize_row(li->gate->type, li->gate->data, w, (int64_t)(n_ff * n_embd)) ||
+        !lp_dequantize_row(LP_TYPE_F16, lo->pred_a, a, (int64_t)(R * n_embd)) ||
+        !lp_dequantize_row(LP_TYPE_F16, lo->pred_b, b, (int64_t)(n_ff * R))) {
+        st = lp_fail(err, LOUPE_ERR_INTERNAL, "%s: tensor %s: dequantization failed", cv->in, li->gate->name);
+        goto out;
+    }
+    double norm2 = 0.0, res2 = 0.0;
+    for (size_t i = 0; i < n_ff * n_embd; i++) norm2 += (double)w[i] * (double)w[i];
+    if (!isfinite(norm2)) {
+        st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s holds values that are not finite", cv->in, li->gate->name);
+        goto out;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cv->n_ff, cv->n_embd, lo->rank, -1.0f, b, lo->rank, a, cv->n_embd,
+                1.0f, w, cv->n_embd);
+    for (size_t i = 0; i < n_ff * n_embd; i++) res2 += (double)w[i] * (double)w[i];
+    double e = norm2 > 0.0 ? 1.0 - res2 / norm2 : 1.0;
+    lo->energy = (float)(e > 1.0 ? 1.0 : e < 0.0 || !isfinite(e) ? 0.0 : e);
+out:
+    free(w);
+    free(a);
+    free(b);
+    return st;
 }
 
 static loupe_status convert_layer(conv *cv, int l, lp_error *err) {
@@ -561,6 +715,13 @@ static loupe_status convert_layer(conv *cv, int l, lp_error *err) {
         else if (s != LOUPE_OK)
             st = lp_fail(err, s, "%s: out of memory for the predictor of %s", cv->in, li->gate->name);
         if (st != LOUPE_OK) goto out;
+    } else if (cv->p->predictor == LP_FLASH_PRED_FILE) {
+        lo->rank = (int)li->pred_a->ne[1];
+        lo->energy = NAN; /* "lowrank": no energy stated */
+        if ((st = read_factor(cv, li->pred_a, &lo->pred_a, err)) != LOUPE_OK ||
+            (st = read_factor(cv, li->pred_b, &lo->pred_b, err)) != LOUPE_OK)
+            goto out;
+        if (!strcmp(cv->pred_kind, "svd") && (st = file_svd_energy(cv, l, err)) != LOUPE_OK) goto out;
     }
     lo->done = true;
 out:
@@ -609,7 +770,7 @@ static loupe_status build(conv *cv, lp_gguf_writer *wr, lp_error *err) {
         lo->offset = off;
         snprintf(name, sizeof name, "blk.%d.ffn_bundle", l);
         if ((st = add_tensor(wr, cv, name, LP_TYPE_I8, (int64_t)cv->stride, cv->n_ff, lo->bundle, &off, err))) return st;
-        if (cv->p->predictor != LP_FLASH_PRED_SVD) continue;
+        if (!strcmp(cv->pred_kind, "none")) continue;
         snprintf(name, sizeof name, "blk.%d.ffn_pred_a", l);
         if ((st = add_tensor(wr, cv, name, LP_TYPE_F16, cv->n_embd, lo->rank, lo->pred_a, &off, err))) return st;
         snprintf(name, sizeof name, "blk.%d.ffn_pred_b", l);
@@ -632,7 +793,10 @@ static loupe_status build(conv *cv, lp_gguf_writer *wr, lp_error *err) {
         energy[l] = cv->lo[l].energy;
     }
     const char *slash = strrchr(cv->in, '/');
-    const bool svd = cv->p->predictor == LP_FLASH_PRED_SVD;
+    /* ranks for any predictor; the energy for svd only (lp_flash_layout_read
+     * requires it there and reads it as a fraction, which a trained
+     * predictor's logits have no counterpart of) */
+    const bool has_pred = strcmp(cv->pred_kind, "none") != 0, svd = !strcmp(cv->pred_kind, "svd");
     if ((st = lp_gguf_writer_set_u32(wr, "loupe.flash.version", LP_FLASH_VERSION)) ||
         (st = lp_gguf_writer_set_u32(wr, "loupe.flash.gate_type", (uint32_t)cv->gate_type)) ||
         (st = lp_gguf_writer_set_u32(wr, "loupe.flash.up_type", (uint32_t)cv->up_type)) ||
@@ -640,8 +804,8 @@ static loupe_status build(conv *cv, lp_gguf_writer *wr, lp_error *err) {
         (st = lp_gguf_writer_set_u32(wr, "loupe.flash.bundle_bytes", (uint32_t)cv->bundle_bytes)) ||
         (st = lp_gguf_writer_set_u32(wr, "loupe.flash.bundle_stride", (uint32_t)cv->stride)) ||
         (st = lp_gguf_writer_set_arr(wr, "loupe.flash.layer_offsets", LP_GGUF_UINT64, offsets, (uint64_t)nl)) ||
-        (st = lp_gguf_writer_set_str(wr, "loupe.flash.predictor", svd ? "svd" : "none")) ||
-        (svd && (st = lp_gguf_writer_set_arr(wr, "loupe.flash.predictor_rank", LP_GGUF_UINT32, ranks, (uint64_t)nl))) ||
+        (st = lp_gguf_writer_set_str(wr, "loupe.flash.predictor", cv->pred_kind)) ||
+        (has_pred && (st = lp_gguf_writer_set_arr(wr, "loupe.flash.predictor_rank", LP_GGUF_UINT32, ranks, (uint64_t)nl))) ||
         (svd && (st = lp_gguf_writer_set_arr(wr, "loupe.flash.predictor_energy", LP_GGUF_FLOAT32, energy, (uint64_t)nl))) ||
         (st = lp_gguf_writer_set_str(wr, "loupe.flash.source", slash ? slash + 1 : cv->in)))
         st = lp_fail(err, st, "%s: the loupe.flash.* keys cannot be set (%s)", cv->out, loupe_status_str(st));
@@ -653,8 +817,16 @@ out:
 }
 
 static loupe_status check_params(const lp_flash_convert_params *p, lp_error *err) {
-    if (p->predictor != LP_FLASH_PRED_SVD && p->predictor != LP_FLASH_PRED_NONE)
+    if (p->predictor != LP_FLASH_PRED_SVD && p->predictor != LP_FLASH_PRED_NONE && p->predictor != LP_FLASH_PRED_FILE)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_flash_convert: unknown predictor %d", (int)p->predictor);
+    if (p->predictor == LP_FLASH_PRED_FILE && !p->predictor_path)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_flash_convert: predictor file: no predictor_path");
+    if (p->predictor != LP_FLASH_PRED_FILE && p->predictor_path)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_flash_convert: predictor_path %s is given, but the predictor is not "
+                       "LP_FLASH_PRED_FILE", p->predictor_path);
+    if (p->predictor == LP_FLASH_PRED_FILE && p->rank != 0)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_flash_convert: rank %d is given, but a predictor file sets the ranks",
+                       p->rank);
     if (p->rank < 0) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_flash_convert: rank %d is negative", p->rank);
     if (!(p->energy > 0.0f && p->energy <= 1.0f))
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_flash_convert: energy %g is not in (0, 1]", (double)p->energy);
@@ -677,6 +849,9 @@ loupe_status lp_flash_convert(const char *in_path, const char *out_path, const l
     struct stat si, so;
     if (stat(in_path, &si) == 0 && stat(out_path, &so) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: the output is the input file", out_path);
+    if (p->predictor_path && stat(p->predictor_path, &si) == 0 && stat(out_path, &so) == 0 && si.st_dev == so.st_dev &&
+        si.st_ino == so.st_ino)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: the output is the predictor file", out_path);
 
     conv cv = {.in = in_path, .out = out_path, .p = p};
     lp_gguf_writer *wr = NULL;
@@ -755,6 +930,7 @@ out:
     if (tmp_made) unlink(tmp);
     free(tmp);
     lp_gguf_close(check);
+    lp_gguf_close(cv.pg);
     lp_gguf_writer_free(wr);
     if (cv.lo)
         for (int l = 0; l < cv.n_layer; l++) {

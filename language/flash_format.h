@@ -35,8 +35,12 @@
  *              s estimates the gate pre-activations; a neuron is taken when
  *              |silu(s_i)| is among the top k (or above a threshold), as in
  *              CATS/TEAL.
- *        "lowrank" (trained offline, ReLU family, as in the paper): s_i are
- *              logits of "neuron i is active"; taken when s_i > 0.
+ *        "lowrank" (trained offline, as in the paper): s_i are logits of
+ *              "neuron i is active"; a neuron is taken when s_i is among the
+ *              top k (or above a threshold). Written from a predictor file
+ *              (`loupe convert --predictor-file`, made by
+ *              tools/flash/train_predictor.py, which labels a neuron active
+ *              when its |silu(g_i) u_i| is in the top fraction of its layer).
  *
  * Optional FFN biases (blk.L.ffn_{gate,up,down}.bias) stay separate tensors.
  *
@@ -52,6 +56,11 @@
  *   loupe.flash.predictor         str   "svd", "lowrank" or "none"
  *   loupe.flash.predictor_rank    u32[n_layer]  (absent for "none")
  *   loupe.flash.predictor_energy  f32[n_layer]  svd: ||B A||_F^2 / ||W_gate||_F^2
+ *                                       (required for "svd", absent for "lowrank";
+ *                                       for an "svd" predictor read from a file,
+ *                                       1 - ||W_gate - B A||_F^2 / ||W_gate||_F^2
+ *                                       clamped to [0, 1]: the same number for a
+ *                                       truncated SVD, and honest for any other B A)
  *   loupe.flash.source            str   the input file's name (no directory)
  * The input's own keys are copied unchanged (general.architecture stays
  * "llama"/"qwen2"; llama.cpp cannot run a flash file, loupe can, resident or
@@ -92,7 +101,19 @@ loupe_status lp_flash_layout_read(const lp_gguf *g, lp_flash_layout *out, lp_err
 typedef enum lp_flash_predictor_kind {
     LP_FLASH_PRED_SVD = 0,  /* training-free truncated SVD of ffn_gate (default) */
     LP_FLASH_PRED_NONE = 1, /* no predictor tensors: dense flash mode only */
+    LP_FLASH_PRED_FILE = 2, /* read from predictor_path (see below) */
 } lp_flash_predictor_kind;
+
+/* A predictor file (LP_FLASH_PRED_FILE) is a GGUF holding, for every layer L
+ * of the decoder,
+ *   blk.L.ffn_pred_a   F32 or F16, ne = [n_embd, rank_L]   A (rank_L, n_embd)
+ *   blk.L.ffn_pred_b   F32 or F16, ne = [rank_L, n_ff]     B (n_ff, rank_L)
+ * with 1 <= rank_L <= min(n_embd, n_ff), and optionally the string key
+ * loupe.flash.predictor = "lowrank" (the default when absent) or "svd",
+ * which becomes the output's predictor kind (it decides how the decoder
+ * reads the scores). The factors are stored as F16 in the output (values
+ * beyond the f16 range or not finite are refused); other tensors and keys
+ * of the file are ignored. */
 
 typedef struct lp_flash_convert_params {
     lp_flash_predictor_kind predictor;
@@ -102,14 +123,17 @@ typedef struct lp_flash_convert_params {
     float max_pred_frac; /* ... but predictor bytes at most this fraction of the layer's
                             FFN bytes (default 0.05) */
     uint64_t seed;       /* randomized range finder (default 1) */
+    const char *predictor_path; /* LP_FLASH_PRED_FILE: the predictor file (default NULL); rank
+                                   must then be 0 (the file sets the ranks), energy,
+                                   max_pred_frac and seed are unused */
 } lp_flash_convert_params;
 
 lp_flash_convert_params lp_flash_convert_default_params(void);
 
 /* Per-layer result, for the CLI's summary. */
 typedef struct lp_flash_convert_layer {
-    int rank;
-    float energy;
+    int rank;     /* 0 for predictor "none" */
+    float energy; /* as loupe.flash.predictor_energy; 0 for "none", NaN for "lowrank" (not written) */
 } lp_flash_convert_layer;
 
 typedef struct lp_flash_convert_report {
@@ -125,7 +149,8 @@ void lp_flash_convert_report_free(lp_flash_convert_report *r);
  * written to a temporary file and renamed (never a half-written OUT). rep
  * may be NULL. Errors name the file and the tensor or key: not a decoder,
  * already a flash file, a missing or mis-shaped FFN tensor, an unsupported
- * type, I/O failure. */
+ * type, I/O failure; and, with a predictor file, a missing, mis-shaped or
+ * mis-typed blk.L.ffn_pred_a/_b there or a bad loupe.flash.predictor key. */
 loupe_status lp_flash_convert(const char *in_path, const char *out_path, const lp_flash_convert_params *p,
                               lp_flash_convert_report *rep, lp_error *err);
 

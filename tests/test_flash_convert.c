@@ -8,8 +8,11 @@
  * bundles (gate and up rows as in the input, down columns exact or equal to
  * lp_quantize_row of the dequantized column, zero padding), 4096-aligned
  * offsets, untouched non-FFN tensors, and the predictor's error against the
- * energy it claims. Then the refusals (each names the file and the key or
- * tensor) and lp_flash_layout_read on files with edited keys. */
+ * energy it claims. Predictor files (LP_FLASH_PRED_FILE) written here with
+ * random factors are carried into the output exactly after f16 rounding.
+ * Then the refusals (each names the file and the key or tensor, the
+ * predictor file's included) and lp_flash_layout_read on files with edited
+ * keys. */
 #include "support/testutil.h"
 #include <setjmp.h>
 #include <stdarg.h>
@@ -203,8 +206,11 @@ static void check_converted(const char *in_path, const char *out_path, const lp_
     assert_int_equal(L.stride % LP_FLASH_BUNDLE_ALIGN, 0);
     assert_true(L.stride >= L.bundle_bytes && L.stride < L.bundle_bytes + LP_FLASH_BUNDLE_ALIGN);
     assert_int_equal(out->alignment, LP_FLASH_FILE_ALIGN);
-    const bool svd = p->predictor == LP_FLASH_PRED_SVD;
-    assert_string_equal(L.predictor, svd ? "svd" : "none");
+    /* a predictor file says its own kind: lowrank or svd */
+    const bool from_file = p->predictor == LP_FLASH_PRED_FILE, has_pred = p->predictor != LP_FLASH_PRED_NONE;
+    const bool svd = p->predictor == LP_FLASH_PRED_SVD || (from_file && !strcmp(L.predictor, "svd"));
+    if (from_file) assert_true(!strcmp(L.predictor, "svd") || !strcmp(L.predictor, "lowrank"));
+    else assert_string_equal(L.predictor, svd ? "svd" : "none");
     const char *src = NULL;
     assert_int_equal(lp_gguf_get_str(out, "loupe.flash.source", &src, &err), LOUPE_OK);
     const char *slash = strrchr(in_path, '/');
@@ -236,7 +242,7 @@ static void check_converted(const char *in_path, const char *out_path, const lp_
         assert_memory_equal(u->data, t->data, t->nbytes);
         n_kept++;
     }
-    assert_int_equal(out->n_tensors, n_kept + (uint64_t)L.n_layer * (svd ? 3 : 1));
+    assert_int_equal(out->n_tensors, n_kept + (uint64_t)L.n_layer * (has_pred ? 3 : 1));
     /* every input key is there with its value, but general.alignment */
     for (uint64_t i = 0; i < in->n_kv; i++) {
         if (!strcmp(in->kv[i].key, "general.alignment")) continue;
@@ -250,7 +256,7 @@ static void check_converted(const char *in_path, const char *out_path, const lp_
 
     const lp_gguf_value *ranks = lp_gguf_get(out, "loupe.flash.predictor_rank");
     const lp_gguf_value *energies = lp_gguf_get(out, "loupe.flash.predictor_energy");
-    assert_int_equal(ranks != NULL, svd);
+    assert_int_equal(ranks != NULL, has_pred);
     assert_int_equal(energies != NULL, svd);
 
     uint8_t *q = malloc(L.down_bytes);
@@ -287,21 +293,34 @@ static void check_converted(const char *in_path, const char *out_path, const lp_
         free(d);
 
         const lp_gguf_tensor *pa = find(out, "blk.%d.ffn_pred_a", l), *pb = find(out, "blk.%d.ffn_pred_b", l);
-        if (!svd) {
+        if (!has_pred) {
             assert_null(pa);
             assert_null(pb);
             continue;
         }
         int64_t rank = 0;
         assert_true(lp_gguf_arr_int(ranks, (uint64_t)l, &rank));
-        float energy = ((const float *)energies->v.arr.data)[l];
         assert_int_equal(rank, rep->layers[l].rank);
-        assert_true(energy == rep->layers[l].energy);
         if (p->rank > 0) assert_int_equal(rank, p->rank);
-        else assert_int_equal(rank % 16, 0);
+        else if (!from_file) assert_int_equal(rank % 16, 0);
+        if (!svd) { /* lowrank: shapes only (the test compares the values) */
+            assert_true(isnan(rep->layers[l].energy));
+            assert_non_null(pa);
+            assert_non_null(pb);
+            assert_int_equal(pa->type, LP_TYPE_F16);
+            assert_int_equal(pb->type, LP_TYPE_F16);
+            assert_int_equal(pa->ne[0], L.n_embd);
+            assert_int_equal(pa->ne[1], rank);
+            assert_int_equal(pb->ne[0], rank);
+            assert_int_equal(pb->ne[1], L.n_ff);
+            continue;
+        }
+        float energy = ((const float *)energies->v.arr.data)[l];
+        assert_true(energy == rep->layers[l].energy);
         assert_non_null(pa);
         assert_non_null(pb);
         assert_int_equal(pa->type, LP_TYPE_F16);
+        assert_int_equal(pb->type, LP_TYPE_F16);
         assert_int_equal(pa->ne[0], L.n_embd);
         assert_int_equal(pa->ne[1], rank);
         assert_int_equal(pb->ne[0], rank);
@@ -479,6 +498,306 @@ static void test_deterministic(void **state) {
     lp_flash_convert_report_free(&r2);
     unlink(a);
     unlink(b);
+}
+
+/* ---- predictor files ---- */
+
+/* What write_pred_file writes: per layer a rank and a type for both factors,
+ * and the deliberate faults the refusal tests need. */
+typedef struct pred_spec {
+    int rank[4];
+    lp_type type[4];        /* F32 or F16 (anything else: to be refused) */
+    const char *kind;       /* loupe.flash.predictor; NULL: key absent */
+    const char *drop;       /* a tensor left out */
+    const char *reshape;    /* a tensor written with ne[0] = reshape_ne0 */
+    int64_t reshape_ne0;
+    const char *extra;      /* one more tensor of this name, shaped like blk.0.ffn_pred_a */
+    const char *poison;     /* a tensor whose element 5 becomes infinite */
+    const char *from;       /* a flash file whose ffn_pred_a/_b are copied (F16, their ranks) */
+} pred_spec;
+
+/* The f16 bits each factor must have in the output (the values written, f16 rounded). */
+typedef struct pred_want {
+    uint16_t *a[4], *b[4];
+    int rank[4];
+} pred_want;
+
+static void pred_want_free(pred_want *w) {
+    for (int l = 0; l < 4; l++) {
+        free(w->a[l]);
+        free(w->b[l]);
+    }
+}
+
+static uint64_t g_rng = 0x243F6A8885A308D3ull;
+static float urand(void) { /* in [-1, 1) */
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((g_rng >> 40) * 0x1.0p-24) * 2.0f - 1.0f;
+}
+
+/* One factor tensor: ne = [ne0, ne1] of `type` from random values (or the
+ * f16 bits `copy`), poisoned if asked; the expected output bits in *want. */
+static void add_factor(lp_gguf_writer *w, const pred_spec *sp, const char *name, lp_type type, int64_t ne0, int64_t ne1,
+                       const uint16_t *copy, void **keep, uint16_t **want) {
+    if (sp->reshape && !strcmp(name, sp->reshape)) ne0 = sp->reshape_ne0;
+    const size_t n = (size_t)(ne0 * ne1);
+    float *f = malloc(n * sizeof *f);
+    assert_non_null(f);
+    for (size_t i = 0; i < n; i++) f[i] = copy ? lp_f16_to_f32(copy[i]) : 0.25f * urand();
+    if (sp->poison && !strcmp(name, sp->poison)) f[5] = INFINITY;
+    *keep = malloc(lp_row_size(type, ne0) * (size_t)ne1);
+    assert_non_null(*keep);
+    for (int64_t r = 0; r < ne1; r++)
+        assert_true(lp_quantize_row(type, f + r * ne0, (uint8_t *)*keep + (size_t)r * lp_row_size(type, ne0), ne0) > 0);
+    if (want) {
+        *want = malloc(n * sizeof **want);
+        assert_non_null(*want);
+        lp_quantize_row(LP_TYPE_F16, f, *want, (int64_t)n);
+        if (copy) assert_memory_equal(*want, copy, n * 2); /* f16 through f32 and back: the same bits */
+    }
+    const int64_t ne[2] = {ne0, ne1};
+    assert_int_equal(lp_gguf_writer_add_tensor(w, name, type, 2, ne, *keep), LOUPE_OK);
+    free(f);
+}
+
+static void write_pred_file(const char *path, const pred_spec *sp, pred_want *want) {
+    lp_error err = {0};
+    lp_gguf *from = NULL;
+    if (sp->from) {
+        from = lp_gguf_open(sp->from, &err);
+        if (!from) fail_msg("%s", err.msg);
+    }
+    lp_gguf_writer *w = lp_gguf_writer_new();
+    assert_non_null(w);
+    assert_int_equal(lp_gguf_writer_set_str(w, "general.architecture", "llama"), LOUPE_OK);
+    if (sp->kind) assert_int_equal(lp_gguf_writer_set_str(w, "loupe.flash.predictor", sp->kind), LOUPE_OK);
+    void *keep[10] = {0};
+    int nk = 0;
+    if (want) memset(want, 0, sizeof *want);
+    char name[64];
+    for (int l = 0; l < 4; l++) {
+        const uint16_t *ca = NULL, *cb = NULL;
+        int rank = sp->rank[l];
+        lp_type type = sp->type[l];
+        if (from) {
+            const lp_gguf_tensor *a = find(from, "blk.%d.ffn_pred_a", l), *b = find(from, "blk.%d.ffn_pred_b", l);
+            assert_non_null(a);
+            assert_non_null(b);
+            ca = a->data;
+            cb = b->data;
+            rank = (int)a->ne[1];
+            type = LP_TYPE_F16;
+        }
+        if (want) want->rank[l] = rank;
+        snprintf(name, sizeof name, "blk.%d.ffn_pred_a", l);
+        if (!sp->drop || strcmp(name, sp->drop))
+            add_factor(w, sp, name, type, 256, rank, ca, &keep[nk++], want ? &want->a[l] : NULL);
+        snprintf(name, sizeof name, "blk.%d.ffn_pred_b", l);
+        if (!sp->drop || strcmp(name, sp->drop))
+            add_factor(w, sp, name, type, rank, 704, cb, &keep[nk++], want ? &want->b[l] : NULL);
+    }
+    if (sp->extra) add_factor(w, sp, sp->extra, LP_TYPE_F32, 256, sp->rank[0], NULL, &keep[nk++], NULL);
+    assert_int_equal(lp_gguf_writer_write(w, path, &err), LOUPE_OK);
+    lp_gguf_writer_free(w);
+    for (int i = 0; i < nk; i++) free(keep[i]);
+    lp_gguf_close(from);
+}
+
+/* The output's predictor tensors hold exactly the f16 bits wanted. */
+static void check_pred_values(const char *out_path, const pred_want *want, const char *kind) {
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(out_path, &err);
+    if (!g) fail_msg("%s", err.msg);
+    const char *pred = NULL;
+    assert_int_equal(lp_gguf_get_str(g, "loupe.flash.predictor", &pred, &err), LOUPE_OK);
+    assert_string_equal(pred, kind);
+    for (int l = 0; l < 4; l++) {
+        const lp_gguf_tensor *a = find(g, "blk.%d.ffn_pred_a", l), *b = find(g, "blk.%d.ffn_pred_b", l);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_int_equal(a->ne[1], want->rank[l]);
+        assert_int_equal(a->nbytes, (size_t)want->rank[l] * 256 * 2);
+        assert_int_equal(b->nbytes, (size_t)want->rank[l] * 704 * 2);
+        assert_memory_equal(a->data, want->a[l], a->nbytes);
+        assert_memory_equal(b->data, want->b[l], b->nbytes);
+    }
+    lp_gguf_close(g);
+}
+
+static const pred_spec PRED_PLAIN = {
+    .rank = {16, 8, 24, 16},
+    .type = {LP_TYPE_F32, LP_TYPE_F16, LP_TYPE_F32, LP_TYPE_F16},
+};
+
+/* Random factors, one rank per layer, F32 and F16, no kind key: carried
+ * into the output as f16 bits, kind "lowrank", ranks from the tensors, no
+ * energy key. */
+static void test_predictor_file_lowrank(void **state) {
+    (void)state;
+    char pf[512], out[512];
+    snprintf(pf, sizeof pf, "%s", tu_path(g_dir, "pred.gguf"));
+    snprintf(out, sizeof out, "%s", tu_path(g_dir, "tiny-lowrank.gguf"));
+    pred_want want;
+    write_pred_file(pf, &PRED_PLAIN, &want);
+    lp_flash_convert_params p = lp_flash_convert_default_params();
+    assert_null(p.predictor_path);
+    p.predictor = LP_FLASH_PRED_FILE;
+    p.predictor_path = pf;
+    lp_flash_convert_report rep;
+    convert_ok(TINY, out, &p, &rep);
+    check_converted(TINY, out, &p, &rep, LP_TYPE_F16);
+    check_pred_values(out, &want, "lowrank");
+    for (int l = 0; l < 4; l++) assert_int_equal(rep.layers[l].rank, PRED_PLAIN.rank[l]);
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(out, &err);
+    assert_non_null(g);
+    assert_true(lp_gguf_find_key(g, "loupe.flash.predictor_energy") < 0);
+    const lp_gguf_value *ranks = lp_gguf_get(g, "loupe.flash.predictor_rank");
+    for (int l = 0; l < 4; l++) {
+        int64_t r = 0;
+        assert_true(lp_gguf_arr_int(ranks, (uint64_t)l, &r));
+        assert_int_equal(r, PRED_PLAIN.rank[l]);
+    }
+    lp_gguf_close(g);
+    lp_flash_convert_report_free(&rep);
+    pred_want_free(&want);
+
+    /* the key, explicitly "lowrank": the same */
+    pred_spec sp = PRED_PLAIN;
+    sp.kind = "lowrank";
+    write_pred_file(pf, &sp, &want);
+    unlink(out);
+    convert_ok(TINY, out, &p, &rep);
+    check_converted(TINY, out, &p, &rep, LP_TYPE_F16);
+    check_pred_values(out, &want, "lowrank");
+    lp_flash_convert_report_free(&rep);
+    pred_want_free(&want);
+    unlink(out);
+    unlink(pf);
+}
+
+/* An "svd" predictor file holding the factors of an SVD conversion: the
+ * same bits, and the energy computed from them equals the one the SVD
+ * conversion stated. */
+static void test_predictor_file_svd(void **state) {
+    (void)state;
+    char svd[512], pf[512], out[512];
+    snprintf(svd, sizeof svd, "%s", tu_path(g_dir, "tiny-svd32.gguf"));
+    snprintf(pf, sizeof pf, "%s", tu_path(g_dir, "pred-svd.gguf"));
+    snprintf(out, sizeof out, "%s", tu_path(g_dir, "tiny-svd-file.gguf"));
+    lp_flash_convert_params q = lp_flash_convert_default_params();
+    q.rank = 32;
+    lp_flash_convert_report r0, rep;
+    convert_ok(TINY, svd, &q, &r0);
+    pred_spec sp = {.kind = "svd", .from = svd};
+    pred_want want;
+    write_pred_file(pf, &sp, &want);
+    lp_flash_convert_params p = lp_flash_convert_default_params();
+    p.predictor = LP_FLASH_PRED_FILE;
+    p.predictor_path = pf;
+    convert_ok(TINY, out, &p, &rep);
+    check_converted(TINY, out, &p, &rep, LP_TYPE_F16);
+    check_pred_values(out, &want, "svd");
+    for (int l = 0; l < 4; l++) {
+        assert_int_equal(rep.layers[l].rank, 32);
+        if (fabsf(rep.layers[l].energy - r0.layers[l].energy) > 2e-3f)
+            fail_msg("layer %d: energy %g from the file, %g from the SVD", l, (double)rep.layers[l].energy,
+                     (double)r0.layers[l].energy);
+    }
+    lp_flash_convert_report_free(&r0);
+    lp_flash_convert_report_free(&rep);
+    pred_want_free(&want);
+    unlink(svd);
+    unlink(pf);
+    unlink(out);
+}
+
+/* A faulty predictor file: refused with the status, naming the predictor
+ * file and `what`; no output, no temporary file. */
+static void expect_pred_refusal(const pred_spec *sp, loupe_status want, const char *what, const char *what2) {
+    char pf[512], out[512];
+    snprintf(pf, sizeof pf, "%s", tu_path(g_dir, "bad-pred.gguf"));
+    snprintf(out, sizeof out, "%s", tu_path(g_dir, "refused.gguf"));
+    write_pred_file(pf, sp, NULL);
+    lp_flash_convert_params p = lp_flash_convert_default_params();
+    p.predictor = LP_FLASH_PRED_FILE;
+    p.predictor_path = pf;
+    lp_error err = {0};
+    lp_flash_convert_report rep;
+    assert_int_equal(lp_flash_convert(TINY, out, &p, &rep, &err), want);
+    assert_int_equal(err.status, want);
+    assert_contains(err.msg, pf);
+    assert_contains(err.msg, what);
+    if (what2) assert_contains(err.msg, what2);
+    assert_false(exists(out));
+    assert_null(rep.layers);
+    assert_no_temp_files();
+    unlink(pf);
+}
+
+static void test_predictor_file_refusals(void **state) {
+    (void)state;
+    pred_spec sp = PRED_PLAIN;
+    /* a missing layer tensor */
+    sp.drop = "blk.2.ffn_pred_b";
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "blk.2.ffn_pred_b", "missing");
+    sp.drop = "blk.3.ffn_pred_a";
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "blk.3.ffn_pred_a", "missing");
+    sp.drop = NULL;
+    /* wrong shapes: A's rows are not n_embd long; B's rank is not A's */
+    sp.reshape = "blk.1.ffn_pred_a";
+    sp.reshape_ne0 = 128;
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "blk.1.ffn_pred_a", "[128, 8, 1, 1]");
+    sp.reshape = "blk.0.ffn_pred_b";
+    sp.reshape_ne0 = 17;
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "blk.0.ffn_pred_b", "[17, 704, 1, 1]");
+    sp.reshape = NULL;
+    /* a rank beyond min(n_embd, n_ff) */
+    sp.rank[2] = 257;
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "blk.2.ffn_pred_a", "257");
+    sp.rank[2] = 24;
+    /* a type other than f32/f16 */
+    sp.type[1] = LP_TYPE_BF16;
+    expect_pred_refusal(&sp, LOUPE_ERR_UNSUPPORTED, "blk.1.ffn_pred_a", "bf16");
+    sp.type[1] = LP_TYPE_F16;
+    /* a layer the decoder does not have */
+    sp.extra = "blk.4.ffn_pred_a";
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "blk.4.ffn_pred_a", "4 layers");
+    sp.extra = NULL;
+    /* a kind a file cannot hold */
+    sp.kind = "none";
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "loupe.flash.predictor", "\"none\"");
+    sp.kind = NULL;
+    /* a value that is not finite */
+    sp.poison = "blk.2.ffn_pred_a";
+    expect_pred_refusal(&sp, LOUPE_ERR_FORMAT, "blk.2.ffn_pred_a", "not finite");
+    sp.poison = NULL;
+
+    /* no such file */
+    char none[512], out[512];
+    snprintf(none, sizeof none, "%s", tu_path(g_dir, "no-such-pred.gguf"));
+    snprintf(out, sizeof out, "%s", tu_path(g_dir, "refused.gguf"));
+    lp_flash_convert_params p = lp_flash_convert_default_params();
+    p.predictor = LP_FLASH_PRED_FILE;
+    p.predictor_path = none;
+    lp_error err = {0};
+    assert_int_not_equal(lp_flash_convert(TINY, out, &p, NULL, &err), LOUPE_OK);
+    assert_contains(err.msg, none);
+    assert_false(exists(out));
+    /* parameters: a file kind needs a path, a path needs the file kind, ranks come from the file */
+    p.predictor_path = NULL;
+    assert_int_equal(lp_flash_convert(TINY, out, &p, NULL, &err), LOUPE_ERR_INVALID_ARG);
+    assert_contains(err.msg, "predictor_path");
+    p.predictor_path = none;
+    p.rank = 16;
+    assert_int_equal(lp_flash_convert(TINY, out, &p, NULL, &err), LOUPE_ERR_INVALID_ARG);
+    assert_contains(err.msg, "rank");
+    p = lp_flash_convert_default_params();
+    p.predictor_path = none;
+    assert_int_equal(lp_flash_convert(TINY, out, &p, NULL, &err), LOUPE_ERR_INVALID_ARG);
+    assert_contains(err.msg, none);
+    assert_false(exists(out));
+    assert_no_temp_files();
 }
 
 /* ---- refusals ---- */
@@ -765,6 +1084,9 @@ int main(void) {
         cmocka_unit_test(test_mixed_down),
         cmocka_unit_test(test_mixed_float_down),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_predictor_file_lowrank),
+        cmocka_unit_test(test_predictor_file_svd),
+        cmocka_unit_test(test_predictor_file_refusals),
         cmocka_unit_test(test_refuse_flash_input),
         cmocka_unit_test(test_refuse_missing_tensor),
         cmocka_unit_test(test_refuse_arch),

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from region_sampler import RegionSampler  # noqa: E402
 
 DEFAULT_CONFIG = dict(
-    image_size=128, patch_size=16, v_embd=192, v_ff=768, v_head=3, v_layer=4, v_eps=1e-5,
+    image_size=160, patch_size=16, v_embd=192, v_ff=768, v_head=3, v_layer=4, v_eps=1e-5,
     n_embd=256, n_layer=4, n_head=4, n_head_kv=4, n_ff=704, rms_eps=1e-5, rope_base=10000.0, n_ctx=512,
     region_points=128, region_sub=(32, 8), region_nb=(8, 8),
     v_cls=False,
