@@ -1,7 +1,9 @@
 #!/bin/sh
 # `make demo`: the main job on the shipped tiny model (models/loupe-tiny*.gguf,
 # trained by tools/train on synthetic rooms) and a shipped example scene that
-# training never saw (models/example/, `loupe synth --seed 2030 --n 1`):
+# training never saw (models/example/, `loupe synth --seed 2057 --n 1`; chosen among the 40 scenes of seeds
+# 2031-2070 as one whose three demo expressions the model mostly gets right: it
+# grounds 48 % of this scene's expressions, 22.3 % of a held-out split):
 #   1. grounding: "where is <expression>?" -> an answer with a box in image
 #      pixels, printed next to the ground truth and drawn into a PNG;
 #   2. referring: a box region -> "what is this?";
@@ -55,3 +57,5 @@ echo "\$ loupe eval --data $EX/annotations.json --out $OUT/results.jsonl --galle
 "$LOUPE" eval --data "$EX/annotations.json" --out "$OUT/results.jsonl" --gallery "$OUT/misses" -t 2 -q
 echo
 echo "Annotated images: $OUT/grounded-*.png; misses: $OUT/misses/index.html"
+echo "This scene was picked for the demo; on 5,215 held-out expressions the tiny model's"
+echo "Acc@0.5 is 22.3 % (README: the shipped tiny model). It is small and far from done."
