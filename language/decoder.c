@@ -406,13 +406,17 @@ lp_llama_state *lp_llama_state_new_ex(const lp_llama *m, int n_ctx, int n_batch,
         s->ffn_rows = alloc3((size_t)s->ffn_chunk, 3, sizeof(*s->ffn_rows));
         s->ffn_g = alloc3((size_t)s->ffn_chunk, 1, sizeof(float));
         s->ffn_u = alloc3((size_t)s->ffn_chunk, 1, sizeof(float));
+        s->ffn_tg = alloc3((size_t)s->ffn_chunk, 1, sizeof(float));
+        s->ffn_tu = alloc3((size_t)s->ffn_chunk, 1, sizeof(float));
+        s->ffn_ready = alloc3((size_t)s->ffn_chunk, 1, 1);
+        s->ffn_sub = alloc3((size_t)s->ffn_chunk, 1, sizeof(int32_t));
         s->pnl_g = alloc3(LP_FLASH_PANEL, E, sizeof(float));
         s->pnl_u = alloc3(LP_FLASH_PANEL, E, sizeof(float));
         s->pnl_d = alloc3(LP_FLASH_PANEL, E, sizeof(float));
         s->pnl_h = alloc3((size_t)n_batch, LP_FLASH_PANEL, sizeof(float));
         s->pnl_h2 = alloc3((size_t)n_batch, LP_FLASH_PANEL, sizeof(float));
         flash_ok = s->ffn_chunk > 0 && s->ffn_ids && s->ffn_score && s->ffn_sel && s->ffn_low && s->ffn_bundles &&
-                   s->ffn_rows && s->ffn_g && s->ffn_u && s->pnl_g && s->pnl_u && s->pnl_d && s->pnl_h && s->pnl_h2;
+                   s->ffn_rows && s->ffn_g && s->ffn_u && s->ffn_tg && s->ffn_tu && s->ffn_ready && s->ffn_sub && s->pnl_g && s->pnl_u && s->pnl_d && s->pnl_h && s->pnl_h2;
     }
     if (!flash_ok || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->att || !s->hb || !s->hb2 ||
         !s->vec || !s->emb || !s->emb_rows || !s->emb_ids) {
@@ -452,6 +456,10 @@ void lp_llama_state_free(lp_llama_state *s) {
     free(s->ffn_rows);
     free(s->ffn_g);
     free(s->ffn_u);
+    free(s->ffn_tg);
+    free(s->ffn_tu);
+    free(s->ffn_ready);
+    free(s->ffn_sub);
     free(s->pnl_g);
     free(s->pnl_u);
     free(s->pnl_d);
@@ -751,14 +759,32 @@ static loupe_status ffn_decode_flash(lp_llama *m, lp_llama_state *s, int il, lp_
     for (int c0 = 0; c0 < n_act; c0 += s->ffn_chunk) {
         const int n = n_act - c0 < s->ffn_chunk ? n_act - c0 : s->ffn_chunk;
         const int32_t *ids = s->ffn_ids + c0;
-        if ((st = lp_ws_get_bundles(m->ws, il, ids, n, s->ffn_bundles, err)) != LOUPE_OK) return st;
-        for (int j = 0; j < n; j++) {
-            rg[j] = s->ffn_bundles[j];
-            ru[j] = s->ffn_bundles[j] + fl->gate_bytes;
-            rd[j] = s->ffn_bundles[j] + fl->gate_bytes + fl->up_bytes;
+        // bundles: with an asynchronous store, the gate and up dots of the
+        // neurons already in memory run while the others are read (each row's
+        // dot is the same whichever batch computes it)
+        const bool async = m->ws->ops->get_bundles_async != NULL;
+        st = async ? m->ws->ops->get_bundles_async(m->ws, il, ids, n, s->ffn_bundles, s->ffn_ready, err)
+                   : lp_ws_get_bundles(m->ws, il, ids, n, s->ffn_bundles, err);
+        if (st != LOUPE_OK) return st;
+        bool ok = true;
+        for (int pass = async ? 0 : 1; pass < 2 && ok; pass++) {
+            if (pass == 1 && async && (st = m->ws->ops->wait_bundles(m->ws, il, err)) != LOUPE_OK) return st;
+            int k = 0; // pass 0: the ready bundles; pass 1: the rest (all of them without async)
+            for (int j = 0; j < n; j++) {
+                if (async && (s->ffn_ready[j] != 0) != (pass == 0)) continue;
+                s->ffn_sub[k] = j;
+                rg[k] = s->ffn_bundles[j];
+                ru[k] = s->ffn_bundles[j] + fl->gate_bytes;
+                k++;
+            }
+            ok = lp_matvec_gather(fl->gate_type, rg, s->xb, s->ffn_tg, k, E, exact, pool) &&
+                 lp_matvec_gather(fl->up_type, ru, s->xb, s->ffn_tu, k, E, exact, pool);
+            for (int q = 0; q < k; q++) {
+                s->ffn_g[s->ffn_sub[q]] = s->ffn_tg[q];
+                s->ffn_u[s->ffn_sub[q]] = s->ffn_tu[q];
+            }
         }
-        bool ok = lp_matvec_gather(fl->gate_type, rg, s->xb, s->ffn_g, n, E, exact, pool) &&
-                  lp_matvec_gather(fl->up_type, ru, s->xb, s->ffn_u, n, E, exact, pool);
+        for (int j = 0; j < n; j++) rd[j] = s->ffn_bundles[j] + fl->gate_bytes + fl->up_bytes;
         if (ok) {
             for (int j = 0; j < n; j++) {
                 if (present(&L->ffn_gate_b)) s->ffn_g[j] += s->hb[ids[j]];

@@ -159,6 +159,9 @@ typedef struct lp_llama_state {
     const uint8_t **ffn_bundles; // (ffn_chunk) bundle addresses
     const void **ffn_rows;       // (3, ffn_chunk) gate, up, down row addresses
     float *ffn_g, *ffn_u;        // (ffn_chunk) gate and up of the chunk's neurons
+    float *ffn_tg, *ffn_tu;      // (ffn_chunk) gate and up of a subset, before scattering
+    uint8_t *ffn_ready;          // (ffn_chunk) 1: the bundle was already in memory
+    int32_t *ffn_sub;            // (ffn_chunk) positions of that subset in the chunk
     float *pnl_g, *pnl_u, *pnl_d; // (LP_FLASH_PANEL, n_embd) dequantized bundle panel (prefill)
     float *pnl_h, *pnl_h2;       // (n_batch, LP_FLASH_PANEL)
     /* attention scratch, sized on first use for (n_batch or 1) x n_ctx with the pool in use */

@@ -199,6 +199,14 @@ typedef struct neuron_cache {
     uint64_t bundle_off;/* file offset of blk.L.ffn_bundle */
 } neuron_cache;
 
+/* Misses of the last bundle request, being read (indices into its ids). */
+typedef struct pending_read {
+    int il;
+    const int32_t *ids;    // the request's ids (the caller keeps them until the wait)
+    int n_miss;            /* 0: nothing pending; the indices are in flash_store.miss */
+    const uint8_t **out;   // the request's destinations
+} pending_read;
+
 typedef struct flash_store {
     lp_weight_store base;  /* first member */
     pthread_mutex_t serial;
@@ -226,6 +234,14 @@ typedef struct flash_store {
     uint8_t *stream_bundles; // (stream_cap, stride) bundles that did not fit a cache
     int stream_cap;
     uint64_t call;         /* get_bundles calls, for pinning */
+    pending_read pend;
+    /* the loader thread: reads a request's misses while the caller computes its hits */
+    pthread_t ld_thread;
+    pthread_mutex_t ld_mu;
+    pthread_cond_t ld_cv;
+    bool ld_running, ld_job, ld_stop;
+    loupe_status ld_status;
+    lp_error ld_err;
 
     uint8_t *staging;      // (staging_bytes) aligned, coalesced reads land here
     size_t staging_bytes;
@@ -581,9 +597,10 @@ static int cache_make_room(flash_store *s, neuron_cache *c, int need) {
     return room;
 }
 
-static loupe_status flash_get_bundles(lp_weight_store *ws, int il, const int32_t *ids, int n, const uint8_t **out,
-                                      lp_error *err) {
-    flash_store *s = (flash_store *)ws;
+/* Hits are handed out at once; the misses get their destinations (cache
+ * slots or the stream buffer) and are recorded in s->pend for read_misses. */
+static loupe_status bundles_begin(flash_store *s, int il, const int32_t *ids, int n, const uint8_t **out, lp_error *err) {
+    lp_weight_store *ws = &s->base;
     const lp_flash_layout *fl = &s->fl;
     const size_t stride = fl->stride;
     if (il < 0 || il >= fl->n_layer) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: layer %d out of range", fpath(s), il);
@@ -615,6 +632,7 @@ static loupe_status flash_get_bundles(lp_weight_store *ws, int il, const int32_t
     }
     ws->stats.neuron_hits += (uint64_t)(n - n_miss);
     ws->stats.neuron_misses += (uint64_t)n_miss;
+    s->pend.n_miss = 0;
     if (n_miss == 0) return LOUPE_OK;
 
     /* destinations: append to the cache while there is room, then the stream buffer */
@@ -636,12 +654,27 @@ static loupe_status flash_get_bundles(lp_weight_store *ws, int il, const int32_t
         }
     }
 
+    s->pend = (pending_read){.il = il, .ids = ids, .n_miss = n_miss, .out = out};
+    return LOUPE_OK;
+}
+
+/* Read the misses recorded by bundles_begin into their slots. Runs on the
+ * loader thread (or inline); touches only the staging buffer, the I/O pool,
+ * the destinations and the read counters, which nothing else uses until
+ * loader_wait returns. */
+static loupe_status read_misses(flash_store *s, const pending_read *pr, lp_error *err) {
+    lp_weight_store *ws = &s->base;
+    const lp_flash_layout *fl = &s->fl;
+    const size_t stride = fl->stride;
+    const int il = pr->il, n_miss = pr->n_miss;
+    const int32_t *ids = pr->ids;
+    const uint8_t **out = pr->out;
+    const neuron_cache *c = &s->caches[il];
     /* read the misses in runs: bundles within min_read of each other share a
      * read, every read is at least min_read (clipped to the tensor) and at
      * most the staging buffer; runs are issued together and land in staging */
     const uint64_t base = c->bundle_off;
     const uint64_t t_end = base + (uint64_t)fl->n_ff * stride;
-    uint64_t t0 = now_ns();
     int m = 0;
     while (m < n_miss) { /* one staging load: up to 64 runs */
         struct { uint64_t a0; size_t alen, at; } runs[64];
@@ -686,9 +719,83 @@ static loupe_status flash_get_bundles(lp_weight_store *ws, int il, const int32_t
             memcpy((uint8_t *)out[s->miss[q]], s->staging + runs[r].at + (size_t)(off - runs[r].a0), stride);
         }
     }
-    ws->stats.io_wait_ns += now_ns() - t0;
     return LOUPE_OK;
 }
+
+/* The loader thread: one pending read at a time. */
+static void *loader_thread(void *p) {
+    flash_store *s = p;
+    pthread_mutex_lock(&s->ld_mu);
+    for (;;) {
+        while (!s->ld_stop && !s->ld_job) pthread_cond_wait(&s->ld_cv, &s->ld_mu);
+        if (s->ld_stop) break;
+        pthread_mutex_unlock(&s->ld_mu);
+        lp_error e = {0};
+        loupe_status st = read_misses(s, &s->pend, &e);
+        pthread_mutex_lock(&s->ld_mu);
+        s->ld_status = st;
+        s->ld_err = e;
+        s->ld_job = false;
+        pthread_cond_broadcast(&s->ld_cv);
+    }
+    pthread_mutex_unlock(&s->ld_mu);
+    return NULL;
+}
+
+/* Start reading the pending misses (on the loader thread when there is one). */
+static void loader_start(flash_store *s) {
+    if (!s->ld_running) return; /* read inline in loader_wait */
+    pthread_mutex_lock(&s->ld_mu);
+    s->ld_job = true;
+    pthread_cond_broadcast(&s->ld_cv);
+    pthread_mutex_unlock(&s->ld_mu);
+}
+
+/* Wait for the pending misses; the time spent here is I/O the computation
+ * did not hide. */
+static loupe_status loader_wait(flash_store *s, lp_error *err) {
+    if (s->pend.n_miss == 0) return LOUPE_OK;
+    uint64_t t0 = now_ns();
+    loupe_status st;
+    if (!s->ld_running) {
+        st = read_misses(s, &s->pend, err);
+    } else {
+        pthread_mutex_lock(&s->ld_mu);
+        while (s->ld_job) pthread_cond_wait(&s->ld_cv, &s->ld_mu);
+        st = s->ld_status;
+        if (st != LOUPE_OK && err) *err = s->ld_err;
+        pthread_mutex_unlock(&s->ld_mu);
+    }
+    s->pend.n_miss = 0;
+    s->base.stats.io_wait_ns += now_ns() - t0;
+    return st;
+}
+
+static loupe_status flash_get_bundles_async(lp_weight_store *ws, int il, const int32_t *ids, int n, const uint8_t **out,
+                                            uint8_t *ready, lp_error *err) {
+    flash_store *s = (flash_store *)ws;
+    loupe_status st = loader_wait(s, err); /* a previous call not waited for */
+    if (st != LOUPE_OK) return st;
+    if ((st = bundles_begin(s, il, ids, n, out, err)) != LOUPE_OK) return st;
+    if (ready) {
+        for (int i = 0; i < n; i++) ready[i] = 1;
+        for (int m = 0; m < s->pend.n_miss; m++) ready[s->miss[m]] = 0;
+    }
+    if (s->pend.n_miss > 0) loader_start(s);
+    return LOUPE_OK;
+}
+
+static loupe_status flash_wait_bundles(lp_weight_store *ws, int il, lp_error *err) {
+    (void)il;
+    return loader_wait((flash_store *)ws, err);
+}
+
+static loupe_status flash_get_bundles(lp_weight_store *ws, int il, const int32_t *ids, int n, const uint8_t **out,
+                                      lp_error *err) {
+    loupe_status st = flash_get_bundles_async(ws, il, ids, n, out, NULL, err);
+    return st == LOUPE_OK ? flash_wait_bundles(ws, il, err) : st;
+}
+
 
 static void flash_release_bundles(lp_weight_store *ws, int il) {
     (void)ws;
@@ -700,6 +807,8 @@ static void flash_release_bundles(lp_weight_store *ws, int il) {
 
 static loupe_status flash_get(lp_weight_store *ws, const lp_tensor *t, const void **data, lp_error *err) {
     flash_store *s = (flash_store *)ws;
+    loupe_status st0 = loader_wait(s, err); /* never while a bundle read is pending */
+    if (st0 != LOUPE_OK) return st0;
     if (!t || t->id < 0 || t->id >= s->n_tensors) {
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: invalid tensor handle %s", fpath(s), t && t->name ? t->name : "(null)");
     }
@@ -733,6 +842,8 @@ static void flash_release(lp_weight_store *ws, const lp_tensor *t) {
 static loupe_status flash_get_rows(lp_weight_store *ws, const lp_tensor *t, const int64_t *rows, int64_t n, void *dst,
                                    lp_error *err) {
     flash_store *s = (flash_store *)ws;
+    loupe_status st0 = loader_wait(s, err);
+    if (st0 != LOUPE_OK) return st0;
     if (!t || t->id < 0 || t->id >= s->n_tensors || n < 0 || (n > 0 && (!rows || !dst))) {
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: bad row request", fpath(s));
     }
@@ -765,6 +876,15 @@ static loupe_status flash_get_rows(lp_weight_store *ws, const lp_tensor *t, cons
 static void flash_free(lp_weight_store *ws) {
     flash_store *s = (flash_store *)ws;
     if (!s) return;
+    if (s->ld_running) {
+        pthread_mutex_lock(&s->ld_mu);
+        s->ld_stop = true;
+        pthread_cond_broadcast(&s->ld_cv);
+        pthread_mutex_unlock(&s->ld_mu);
+        pthread_join(s->ld_thread, NULL);
+        pthread_mutex_destroy(&s->ld_mu);
+        pthread_cond_destroy(&s->ld_cv);
+    }
     io_stop(&s->io);
     if (s->caches) {
         for (int l = 0; l < s->fl.n_layer; l++) {
@@ -802,6 +922,8 @@ static const lp_weight_store_ops flash_ops = {
     .free = flash_free,
     .get_bundles = flash_get_bundles,
     .release_bundles = flash_release_bundles,
+    .get_bundles_async = flash_get_bundles_async,
+    .wait_bundles = flash_wait_bundles,
 };
 
 const lp_flash_plan *lp_flash_get_plan(const lp_weight_store *ws) {
@@ -965,6 +1087,16 @@ lp_weight_store *lp_weights_flash(const lp_gguf *g, const lp_flash_params *p, lp
     s->base.max_bundles = s->plan.cache_bundles + s->stream_cap;
     if ((st = open_file(s, err)) != LOUPE_OK) goto fail;
     if ((st = alloc_all(s, err)) != LOUPE_OK) goto fail;
+    if (s->io.n_threads > 0) { /* with reads in threads, also overlap them with the caller's work */
+        pthread_mutex_init(&s->ld_mu, NULL);
+        pthread_cond_init(&s->ld_cv, NULL);
+        if (pthread_create(&s->ld_thread, NULL, loader_thread, s) == 0) {
+            s->ld_running = true;
+        } else {
+            pthread_mutex_destroy(&s->ld_mu);
+            pthread_cond_destroy(&s->ld_cv);
+        }
+    }
     s->base.stats = (lp_ws_stats){0}; /* loading is not a token's I/O */
     /* OpenBLAS's idle threads spin (sched_yield) after every sgemm; on a
      * small machine they take the cores the I/O threads and the pool need

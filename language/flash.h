@@ -26,8 +26,10 @@
  * followed by POSIX_FADV_DONTNEED). Missing neurons are read in runs: ids
  * whose bundles lie within min_read of each other share one read, and a
  * read is at least min_read long; runs are issued to io_threads threads at
- * once. Attention prefetch overlaps the computation; neuron reads do not yet
- * (the computing thread waits for them: stats.io_wait_ns).
+ * once. Attention prefetch overlaps the computation; a request's missing
+ * neurons are read by a loader thread while the caller computes with the
+ * neurons already in memory (get_bundles_async / wait_bundles); the time
+ * the caller still waits is stats.io_wait_ns.
  *
  * One forward pass at a time: the store's mutex (ws->serial) is held by the
  * decoder for a whole pass, so several contexts may share a flash model but

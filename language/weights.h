@@ -60,6 +60,13 @@ typedef struct lp_weight_store_ops {
      * until release_bundles(il). n <= max_bundles. ids ascending, in range. */
     loupe_status (*get_bundles)(lp_weight_store *ws, int il, const int32_t *ids, int n, const uint8_t **out, lp_error *err);
     void (*release_bundles)(lp_weight_store *ws, int il);
+    /* Optional (NULL: use get_bundles): the same request, returning before
+     * the misses are read so the caller can compute with the hits
+     * (ready[i] = 1) meanwhile; wait_bundles must follow before the others
+     * are touched, and before any other call on the store. */
+    loupe_status (*get_bundles_async)(lp_weight_store *ws, int il, const int32_t *ids, int n, const uint8_t **out,
+                                      uint8_t *ready, lp_error *err);
+    loupe_status (*wait_bundles)(lp_weight_store *ws, int il, lp_error *err);
 } lp_weight_store_ops;
 
 struct lp_weight_store {
