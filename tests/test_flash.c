@@ -416,6 +416,76 @@ static void test_bundles_are_file_bytes(void **state) {
     runner_close(&res);
 }
 
+/* A "lowrank" predictor file (the kind tools/flash/train_predictor.py
+ * writes), with fixed arbitrary factors, carried into a flash file by
+ * lp_flash_convert: the decoder computes exactly half of the neurons at every
+ * step, ranks them by the raw scores s = B (A x) (negative scores exist; the
+ * svd rule's |silu| never is), and the logits stay finite. */
+static void test_lowrank_predictor_file(void **state) {
+    fixture *f = *state;
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(f->plain[0], &err);
+    assert_non_null(g);
+    const int L = 4, E = 256, F = 704, R = 8;
+    lp_gguf_writer *w = lp_gguf_writer_new();
+    assert_int_equal(lp_gguf_writer_set_str(w, "general.architecture", "llama"), LOUPE_OK);
+    assert_int_equal(lp_gguf_writer_set_str(w, "loupe.flash.predictor", "lowrank"), LOUPE_OK);
+    float *a = calloc((size_t)R * E, sizeof(float)), *b = calloc((size_t)F * R, sizeof(float));
+    for (int r = 0; r < R; r++)
+        for (int e = 0; e < E; e++) a[r * E + e] = (float)((r * 31 + e * 17) % 13 - 6) / 13.0f;
+    for (int i = 0; i < F; i++)
+        for (int r = 0; r < R; r++) b[i * R + r] = (float)((i * 7 + r * 5) % 11 - 5) / 11.0f;
+    char name[64];
+    for (int l = 0; l < L; l++) {
+        int64_t nea[2] = {E, R}, neb[2] = {R, F};
+        snprintf(name, sizeof name, "blk.%d.ffn_pred_a", l);
+        assert_int_equal(lp_gguf_writer_add_tensor(w, name, LP_TYPE_F32, 2, nea, a), LOUPE_OK);
+        snprintf(name, sizeof name, "blk.%d.ffn_pred_b", l);
+        assert_int_equal(lp_gguf_writer_add_tensor(w, name, LP_TYPE_F32, 2, neb, b), LOUPE_OK);
+    }
+    char pred[600], out[600];
+    snprintf(pred, sizeof pred, "%s/pred.gguf", f->dir);
+    snprintf(out, sizeof out, "%s/tiny-lowrank.gguf", f->dir);
+    assert_int_equal(lp_gguf_writer_write(w, pred, &err), LOUPE_OK);
+    lp_gguf_writer_free(w);
+    lp_gguf_close(g);
+    lp_flash_convert_params cp = lp_flash_convert_default_params();
+    cp.predictor = LP_FLASH_PRED_FILE;
+    cp.predictor_path = pred;
+    assert_int_equal(lp_flash_convert(f->plain[0], out, &cp, NULL, &err), LOUPE_OK);
+
+    lp_flash_params fp = lp_flash_default_params();
+    fp.budget = (size_t)(0.4 * (double)file_size(out));
+    runner r;
+    runner_open(&r, out, &fp);
+    assert_string_equal(r.m->fl.predictor, "lowrank");
+    assert_int_equal(r.m->pred_rank, R);
+    assert_int_equal(lp_llama_state_set_ffn_sparsity(r.s, 0.5f, 0.0f, &err), LOUPE_OK);
+    const int V = lp_llama_n_vocab(r.m);
+    float *lg = malloc((size_t)(N_DECODE + 1) * (size_t)V * sizeof(float));
+    runner_run(&r, lg, false);
+    const lp_ws_stats *st = &r.ws->stats;
+    assert_int_equal(st->ffn_active, (uint64_t)N_DECODE * L * (uint64_t)(F / 2));
+    for (size_t i = 0; i < (size_t)(N_DECODE + 1) * (size_t)V; i++) assert_true(isfinite(lg[i]));
+    /* the selection of the last step is the top half of the raw scores */
+    int n_sel = 0;
+    float min_sel = INFINITY, max_rest = -INFINITY;
+    for (int i = 0, k = 0; i < F; i++) {
+        bool sel = k < F / 2 && r.s->ffn_ids[k] == i;
+        if (sel) k++, n_sel++, min_sel = fminf(min_sel, r.s->ffn_score[i]);
+        else max_rest = fmaxf(max_rest, r.s->ffn_score[i]);
+    }
+    assert_int_equal(n_sel, F / 2);
+    assert_true(min_sel >= max_rest);
+    bool negative = false;
+    for (int i = 0; i < F; i++) negative = negative || r.s->ffn_score[i] < 0;
+    assert_true(negative); /* raw scores, not |silu(s)| */
+    free(lg);
+    free(a);
+    free(b);
+    runner_close(&r);
+}
+
 /* Two states on one flash model, on two threads at once: the store serves
  * one pass at a time (ws->serial) and each thread gets the logits it gets
  * alone. */
@@ -470,6 +540,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_bundles_are_file_bytes),
         cmocka_unit_test(test_two_contexts_share_a_flash_model),
+        cmocka_unit_test(test_lowrank_predictor_file),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
