@@ -108,12 +108,11 @@ int main(int argc, char **argv) {
     const double prefill_ms = now_ms() - t0;
     const lp_ws_stats st0 = ws->stats;
     double *tok_ms = calloc((size_t)n_tokens, sizeof(double));
-    lp_ws_stats half = st0;
     double t_half = 0;
     for (int t = 0; t < n_tokens; t++) {
         int32_t best = 0;
         for (int v = 1; v < V; v++) best = logits[v] > logits[best] ? v : best;
-        if (t == n_tokens / 2) half = ws->stats, t_half = now_ms();
+        if (t == n_tokens / 2) t_half = now_ms();
         double ts = now_ms();
         if (lp_llama_forward_tokens(m, s, &best, 1, logits, pool, &err)) {
             fprintf(stderr, "bench_flash: %s\n", err.msg);
@@ -140,7 +139,6 @@ int main(int argc, char **argv) {
                ? (double)(st->ffn_active - st0.ffn_active) / (double)(st->ffn_total - st0.ffn_total)
                : 1.0,
            (double)(st->io_wait_ns - st0.io_wait_ns) / 1e6 / n, peak_rss());
-    (void)half;
     if (pl) {
         static const char *modes[] = {"resident", "streamed per layer", "streamed per tensor"};
         printf(", \"plan\": {\"total\": %zu, \"resident\": %zu, \"attention\": %zu, \"attention_mode\": \"%s\", "

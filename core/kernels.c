@@ -79,26 +79,24 @@ static void axpy_f32(float *y, float s, const float *x, int64_t n) {
 // ----------------------------------------------------------------------------
 // matmul
 
-void lp_matmul(const float *A, const float *B, float *C, int M, int N, int K, bool accumulate) {
-    // A (M, K), B (N, K), C (M, N): C = A B^T
+// C (M, N) [+]= A (M, K) · op(B): op(B) = B^T for B stored (N, K), or B
+// stored (K, N). One place for the empty-K rule and the sgemm call.
+static void sgemm_rm(const float *A, const float *B, float *C, int M, int N, int K, bool accumulate, bool b_transposed) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate) memset(C, 0, (size_t)M * (size_t)N * sizeof(float));
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K,
-                1.0f, A, K, B, K, accumulate ? 1.0f : 0.0f, C, N);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, M, N, K,
+                1.0f, A, K, B, b_transposed ? K : N, accumulate ? 1.0f : 0.0f, C, N);
+}
+
+void lp_matmul(const float *A, const float *B, float *C, int M, int N, int K, bool accumulate) {
+    sgemm_rm(A, B, C, M, N, K, accumulate, true); // A (M, K), B (N, K): C = A B^T
 }
 
 void lp_matmul_nn(const float *A, const float *B, float *C, int M, int N, int K, bool accumulate) {
-    // A (M, K), B (K, N), C (M, N): C = A B
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        if (!accumulate) memset(C, 0, (size_t)M * (size_t)N * sizeof(float));
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K,
-                1.0f, A, K, B, N, accumulate ? 1.0f : 0.0f, C, N);
+    sgemm_rm(A, B, C, M, N, K, accumulate, false); // A (M, K), B (K, N): C = A B
 }
 
 // ----------------------------------------------------------------------------

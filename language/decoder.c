@@ -293,6 +293,7 @@ static loupe_status load_tensors(lp_weight_store *ws, lp_llama *m, lp_error *err
     m->flash = lp_flash_is_flash(ws->gguf);
     if (m->flash) {
         if ((st = lp_flash_layout_read(ws->gguf, &m->fl, err)) != LOUPE_OK) return st;
+        m->pred_svd = strcmp(m->fl.predictor, "svd") == 0;
         if (m->fl.n_embd != c->n_embd || m->fl.n_ff != c->n_ff || m->fl.n_layer != c->n_layer) {
             return lp_fail(err, LOUPE_ERR_FORMAT, "%s: the flash layout's shape does not match the decoder's keys", path);
         }
@@ -710,7 +711,7 @@ static loupe_status ffn_select(lp_llama *m, lp_llama_state *s, int il, lp_pool *
     loupe_status st;
     if ((st = linear(m, s, &L->ffn_pred_a, s->xb, s->ffn_low, 1, pool, err)) != LOUPE_OK) return st;
     if ((st = linear(m, s, &L->ffn_pred_b, s->ffn_low, s->ffn_score, 1, pool, err)) != LOUPE_OK) return st;
-    if (strcmp(m->fl.predictor, "svd") == 0) { /* estimated gate pre-activation -> |silu| */
+    if (m->pred_svd) { /* estimated gate pre-activation -> |silu| */
         for (int i = 0; i < F; i++) {
             float g = s->ffn_score[i];
             s->ffn_score[i] = fabsf(g / (1.0f + expf(-g)));

@@ -96,6 +96,7 @@ typedef struct lp_llama {
     bool flash;             /* the file has the flash layout */
     lp_flash_layout fl;     /* its description, when flash */
     int pred_rank;          /* largest predictor rank, 0 without predictor */
+    bool pred_svd;          /* fl.predictor is "svd": scores are gate estimates, ranked by |silu| */
 } lp_llama;
 
 /* Activation dump: called synchronously with each named activation, row-major

@@ -271,10 +271,12 @@ static int attn_rank(const char *rest) {
     return 8;
 }
 
-static const flash_store *sort_ctx;
-static int cmp_stream(const void *a, const void *b) {
-    const lp_gguf_tensor *ta = &sort_ctx->base.gguf->tensors[*(const int *)a];
-    const lp_gguf_tensor *tb = &sort_ctx->base.gguf->tensors[*(const int *)b];
+/* qsort_r comparators: the context comes as an argument (two stores may
+ * sort at the same time on two threads). */
+static int cmp_stream(const void *a, const void *b, void *ctx) {
+    const lp_gguf *g = ctx;
+    const lp_gguf_tensor *ta = &g->tensors[*(const int *)a];
+    const lp_gguf_tensor *tb = &g->tensors[*(const int *)b];
     const char *ra, *rb;
     int la = layer_of(ta->name, &ra), lb = layer_of(tb->name, &rb);
     if (la != lb) return la < lb ? -1 : 1;
@@ -312,9 +314,7 @@ static loupe_status assign_roles(flash_store *s, lp_error *err) {
             s->role[i] = ROLE_RESIDENT;
         }
     }
-    sort_ctx = s;
-    qsort(s->stream_order, (size_t)s->n_stream, sizeof(int), cmp_stream);
-    sort_ctx = NULL;
+    qsort_r(s->stream_order, (size_t)s->n_stream, sizeof(int), cmp_stream, (void *)g);
     return LOUPE_OK;
 }
 
@@ -570,9 +570,9 @@ static void cache_sweep(flash_store *s, neuron_cache *c, uint64_t step) {
     }
 }
 
-static const uint64_t *lru_key;
-static int cmp_lru(const void *a, const void *b) {
-    uint64_t x = lru_key[*(const int *)a], y = lru_key[*(const int *)b];
+static int cmp_lru(const void *a, const void *b, void *ctx) {
+    const uint64_t *last = ctx;
+    uint64_t x = last[*(const int *)a], y = last[*(const int *)b];
     return x < y ? -1 : x > y;
 }
 
@@ -585,9 +585,7 @@ static int cache_make_room(flash_store *s, neuron_cache *c, int need) {
     for (int k = 0; k < c->used; k++) {
         if (c->pin[k] != s->call) s->evict_order[n++] = k;
     }
-    lru_key = c->last;
-    qsort(s->evict_order, (size_t)n, sizeof(int), cmp_lru); /* oldest first */
-    lru_key = NULL;
+    qsort_r(s->evict_order, (size_t)n, sizeof(int), cmp_lru, c->last); /* oldest first */
     /* deleting moves slots, so go by neuron */
     for (int i = 0; i < n; i++) s->evict_order[i] = c->neuron[s->evict_order[i]];
     for (int i = 0; i < n && room < need; i++) {
