@@ -616,7 +616,7 @@ static loupe_status bundles_begin(flash_store *s, int il, const int32_t *ids, in
     s->call++;
     cache_sweep(s, c, step);
 
-    /* hits are handed out (and pinned) first; misses are collected */
+    /* hits are pinned first (their slots may still move, below); misses are collected */
     int n_miss = 0;
     for (int i = 0; i < n; i++) {
         int k = c->where[ids[i]];
@@ -635,6 +635,13 @@ static loupe_status bundles_begin(flash_store *s, int il, const int32_t *ids, in
 
     /* destinations: append to the cache while there is room, then the stream buffer */
     int room = c->cap > 0 ? cache_make_room(s, c, n_miss) : 0;
+    /* eviction deletes by swap-with-last, which can move a pinned hit into
+     * the hole: hand out the hits' slots as they are now (before any append
+     * reuses a freed position) */
+    for (int i = 0; i < n; i++) {
+        int k = c->where[ids[i]];
+        if (k >= 0) out[i] = c->slots + (size_t)k * stride;
+    }
     int n_stream = 0;
     for (int m = 0; m < n_miss; m++) {
         int i = s->miss[m];
