@@ -132,7 +132,7 @@ loupe_status loupe_model_load(const char *model_path, const char *mmproj_path, c
         lp_fail(&e, LOUPE_ERR_INVALID_ARG, "loupe_model_load: unknown preprocessing %d", (int)p.prep);
         return fail_out(&e, err, err_size);
     }
-    lp_box_family fam = LP_BOX_FERRET; /* every family loupe loads today writes Ferret boxes */
+    lp_box_family fam = LP_BOX_UNKNOWN; /* unless named: the model family's own (after loading) */
     if (p.box_format && (fam = lp_box_family_from_name(p.box_format)) == LP_BOX_UNKNOWN) {
         lp_fail(&e, LOUPE_ERR_INVALID_ARG,
                 "box format \"%.64s\" is not one of ferret, shikra, internvl, qwen2-vl, qwen2.5-vl, kosmos-2, "
@@ -161,6 +161,7 @@ loupe_status loupe_model_load(const char *model_path, const char *mmproj_path, c
         free(m);
         return fail_out(&e, err, err_size);
     }
+    if (fam == LP_BOX_UNKNOWN) fam = lp_vlm_get_family(m->vlm) == LP_VLM_INTERNVL ? LP_BOX_INTERNVL : LP_BOX_FERRET;
     m->boxes = fam;
     m->prep = prep;
     m->p = p;

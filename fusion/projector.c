@@ -231,15 +231,19 @@ loupe_status lp_projector_type_parse(const char *s, const char *path, const char
         *out = LP_PROJECTOR_LINEAR;
         return LOUPE_OK;
     }
+    if (strcmp(s, "internvl") == 0) {
+        *out = LP_PROJECTOR_INTERNVL;
+        return LOUPE_OK;
+    }
     /* names llama.cpp knows (clip-impl.h PROJECTOR_TYPE_NAMES) but loupe does not run */
     static const char *const known[] = {
         "ldp", "ldpv2", "resampler", "adapter", "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger",
-        "gemma3", "gemma3nv", "idefics3", "pixtral", "internvl", "llama4", "lfm2", "kimivl", "cogvlm",
+        "gemma3", "gemma3nv", "idefics3", "pixtral", "llama4", "lfm2", "kimivl", "cogvlm",
         "janus_pro", "glm4v", "phi4", "ultravox", "qwen2a", "qwen2.5o", "voxtral", "lightonocr",
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
         if (strcmp(s, known[i]) == 0) {
-            return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s: projector type \"%s\" is not supported (mlp, linear)",
+            return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s: projector type \"%s\" is not supported (mlp, linear, internvl)",
                            path, key, s);
         }
     }
@@ -251,6 +255,16 @@ loupe_status lp_projector_load(lp_projector *p, lp_projector_type type, const lp
     memset(p, 0, sizeof *p);
     p->type = type;
     p->in_dim = in_dim;
+    loupe_status st;
+    if (type == LP_PROJECTOR_INTERNVL) {
+        if ((st = lp_load_f32(g, ws, "mm.model.mlp.0.weight", in_dim, &p->norm_w, err))) goto fail;
+        if ((st = lp_load_f32(g, ws, "mm.model.mlp.0.bias", in_dim, &p->norm_b, err))) goto fail;
+        if ((st = lp_dense_load(&p->mm0, g, ws, "mm.model.mlp.1", in_dim, -1, true, err))) goto fail;
+        p->hidden_dim = p->mm0.out;
+        if ((st = lp_dense_load(&p->mm2, g, ws, "mm.model.mlp.3", p->hidden_dim, -1, true, err))) goto fail;
+        p->out_dim = p->mm2.out;
+        return LOUPE_OK;
+    }
     /* Yi-VL style (llama.cpp MLP_NORM) and other mm.N layouts are refused */
     static const char *const foreign[] = {"mm.1.weight", "mm.3.weight", "mm.4.weight"};
     for (size_t i = 0; i < sizeof foreign / sizeof foreign[0]; i++) {
@@ -260,7 +274,7 @@ loupe_status lp_projector_load(lp_projector *p, lp_projector_type type, const lp
                            gpath(g), foreign[i]);
         }
     }
-    loupe_status st = lp_dense_load(&p->mm0, g, ws, "mm.0", in_dim, -1, true, err);
+    st = lp_dense_load(&p->mm0, g, ws, "mm.0", in_dim, -1, true, err);
     if (st != LOUPE_OK) goto fail;
     p->hidden_dim = p->mm0.out;
     if (type == LP_PROJECTOR_MLP) {
@@ -285,25 +299,41 @@ void lp_projector_free(lp_projector *p) {
     if (!p) return;
     lp_dense_free(&p->mm0);
     lp_dense_free(&p->mm2);
+    free(p->norm_w);
+    free(p->norm_b);
+    p->norm_w = p->norm_b = NULL;
 }
 
 loupe_status lp_projector_mlp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
                               lp_act act, lp_dense_round round, float *scratch_hidden, lp_pool *pool,
                               lp_error *err) {
     // x (n, in_dim), hidden (n, hidden_dim), out (n, out_dim)
-    if (p->type != LP_PROJECTOR_MLP) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not an mlp");
+    if (p->type != LP_PROJECTOR_MLP && p->type != LP_PROJECTOR_INTERNVL)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not an mlp");
     if (n <= 0) return LOUPE_OK;
     float *hidden = scratch_hidden;
-    float *own = NULL;
+    float *own = NULL, *normed = NULL; // normed (n, in_dim): internvl's LayerNorm of x
     if (!hidden) {
         hidden = own = malloc((size_t)n * (size_t)p->hidden_dim * sizeof(float));
         if (!own) return lp_fail(err, LOUPE_ERR_NOMEM, "projector: out of memory");
+    }
+    if (p->type == LP_PROJECTOR_INTERNVL) {
+        normed = malloc((size_t)n * (size_t)p->in_dim * sizeof(float));
+        if (!normed) {
+            free(own);
+            return lp_fail(err, LOUPE_ERR_NOMEM, "projector: out of memory");
+        }
+        for (int i = 0; i < n; i++)
+            lp_layernorm(normed + (int64_t)i * p->in_dim, x + (int64_t)i * p->in_dim, p->norm_w, p->norm_b, p->in_dim,
+                         LP_INTERNVL_PROJ_EPS);
+        x = normed;
     }
     loupe_status st = lp_dense_forward(&p->mm0, ws, x, hidden, n, round, NULL, pool, err);
     if (st == LOUPE_OK) {
         lp_act_apply(act, hidden, (int64_t)n * p->hidden_dim);
         st = lp_dense_forward(&p->mm2, ws, hidden, out, n, round, NULL, pool, err);
     }
+    free(normed);
     free(own);
     return st;
 }

@@ -91,16 +91,20 @@ loupe_status lp_load_f32(const lp_gguf *g, lp_weight_store *ws, const char *name
 /* ---- projectors ---- */
 typedef enum lp_projector_type {
     LP_PROJECTOR_MLP = 0,
-    LP_PROJECTOR_LINEAR = 1
+    LP_PROJECTOR_LINEAR = 1,
+    LP_PROJECTOR_INTERNVL = 2
 } lp_projector_type;
+
+#define LP_INTERNVL_PROJ_EPS 1e-5f
 
 typedef struct lp_projector {
     lp_projector_type type;
     int64_t in_dim;     /* vision feature width                         */
     int64_t hidden_dim; /* mm.0 output width (== out_dim for linear)    */
     int64_t out_dim;    /* language-model embedding width               */
-    lp_dense mm0;       /* (hidden_dim, in_dim)                         */
-    lp_dense mm2;       /* (out_dim, hidden_dim); mlp only              */
+    lp_dense mm0;       /* (hidden_dim, in_dim)    internvl: mm.model.mlp.1 */
+    lp_dense mm2;       /* (out_dim, hidden_dim)   mlp: mm.2; internvl: mm.model.mlp.3 */
+    float *norm_w, *norm_b; /* (in_dim) internvl only: mm.model.mlp.0   */
 } lp_projector;
 
 /* Parse a clip.projector_type string; LOUPE_ERR_UNSUPPORTED (names key and
@@ -115,7 +119,8 @@ loupe_status lp_projector_load(lp_projector *p, lp_projector_type type, const lp
                                int64_t in_dim, lp_error *err);
 void lp_projector_free(lp_projector *p);
 
-/* mlp: out (n, out_dim) = act(x W0^T + b0) W2^T + b2.
+/* mlp: out (n, out_dim) = act(x W0^T + b0) W2^T + b2; internvl: the same
+ * after a LayerNorm of each row of x.
  * scratch_hidden: NULL or n*hidden_dim floats. */
 loupe_status lp_projector_mlp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
                               lp_act act, lp_dense_round round, float *scratch_hidden, lp_pool *pool,

@@ -2,6 +2,8 @@
  * about an image. */
 #include "vlm.h"
 
+#include "../vision/tiles.h"
+
 #include "../core/gguf.h"
 #include "../core/pool.h"
 #include "../language/decoder.h"
@@ -36,6 +38,8 @@ struct lp_vlm {
     int32_t region_id;     /* "<region_fea>" (control or user-defined), -1: none */
     const lp_template *tmpl;
     lp_prep_mode prep;
+    lp_vlm_family family;
+    int min_tiles, max_tiles; /* InternVL */
     int32_t *eog;   /* ids that end generation */
     int n_eog;
     int n_vocab;    /* ids the sampler may pick: min(tokenizer, output rows) */
@@ -56,7 +60,8 @@ struct lp_vlm_ctx {
      * [that prefix] then [the rest], so reusing the prefix's cache computes
      * exactly what recomputing it would. */
     uint64_t img_key;     /* pixels + size hash of the cached encoding; 0: none */
-    float *img_embd;      // (n_image_tokens, n_embd)
+    float *img_embd;      // (img_n, n_embd)
+    int img_n, img_cap;   /* rows held, rows allocated */
     float *img_feat;      // (n_patches, feature_dim) or NULL when not computed
     lp_prep_geom img_geom;
     float *pfx_embd;      // (pfx_len, n_embd): the prefix rows whose KV st holds
@@ -236,6 +241,8 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
         lp_error_prefix(err, "%s", mmproj_path);
         goto fail;
     }
+    v->family = lp_clip_projector_type(v->clip) == LP_PROJECTOR_INTERNVL ? LP_VLM_INTERNVL : LP_VLM_LLAVA;
+    lp_clip_tile_limits(v->clip, &v->min_tiles, &v->max_tiles);
     if (load_region_sampler(v, err)) goto fail;
     if (choose_template(v, p.template_name, err)) goto fail;
     if (collect_eog(v, err)) goto fail;
@@ -264,6 +271,31 @@ void lp_vlm_free(lp_vlm *v) {
 
 const lp_template *lp_vlm_template(const lp_vlm *v) { return v->tmpl; }
 int lp_vlm_n_image_tokens(const lp_vlm *v) { return lp_clip_n_out_tokens(v->clip); }
+lp_vlm_family lp_vlm_get_family(const lp_vlm *v) { return v->family; }
+
+const char *lp_vlm_family_name(lp_vlm_family f) {
+    switch (f) {
+    case LP_VLM_LLAVA: return "llava";
+    case LP_VLM_INTERNVL: return "internvl";
+    }
+    return "?";
+}
+
+/* InternVL: the tile plan of a w × h image under this model's rule. */
+static loupe_status tile_plan(const lp_vlm *v, int w, int h, lp_tile_plan *plan, lp_error *err) {
+    return lp_tiles_plan(w, h, lp_clip_image_size(v->clip), v->min_tiles, v->max_tiles, v->prep, plan, err);
+}
+
+loupe_status lp_vlm_image_tokens(const lp_vlm *v, int w, int h, int *n, lp_error *err) {
+    if (v->family != LP_VLM_INTERNVL) {
+        *n = lp_clip_n_out_tokens(v->clip);
+        return LOUPE_OK;
+    }
+    lp_tile_plan plan;
+    loupe_status st = tile_plan(v, w, h, &plan, err);
+    *n = st ? 0 : plan.n_tiles * lp_clip_n_out_tokens(v->clip);
+    return st;
+}
 int lp_vlm_n_ctx_train(const lp_vlm *v) { return lp_llama_n_ctx_train(v->llama); }
 double lp_vlm_load_ms(const lp_vlm *v) { return v->load_ms; }
 int lp_vlm_image_size(const lp_vlm *v) { return lp_clip_image_size(v->clip); }
@@ -366,12 +398,37 @@ static loupe_status ensure_state(lp_vlm_ctx *c, const lp_prompt *pr, int n_predi
     return c->st ? LOUPE_OK : (err ? err->status : LOUPE_ERR_NOMEM);
 }
 
+/* InternVL: every tile through the ViT and projector, rows in tile order.
+ * The box frame is the whole image (InternVL's boxes are 0..1000 of it,
+ * whatever the tiling): geom says so as an S×S squeeze. */
+static loupe_status encode_tiles(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd,
+                                 lp_prep_geom *geom, lp_error *err) {
+    const int S = lp_clip_image_size(v->clip), n_tok = lp_clip_n_out_tokens(v->clip), E = lp_clip_out_dim(v->clip);
+    lp_tile_plan plan;
+    loupe_status st = tile_plan(v, img->w, img->h, &plan, err);
+    if (st) return st;
+    const size_t per = (size_t)3 * S * S;
+    float *pixels = malloc((size_t)plan.n_tiles * per * sizeof *pixels); // (n_tiles, 3, S, S)
+    if (!pixels) return lp_fail(err, LOUPE_ERR_NOMEM, "preprocessing the image: out of memory");
+    st = lp_tiles_pixels(img, S, v->min_tiles, v->max_tiles, v->prep, lp_clip_mean(v->clip), lp_clip_std(v->clip),
+                         pixels, &plan, err);
+    for (int t = 0; t < plan.n_tiles && !st; t++) {
+        st = lp_clip_encode(v->clip, pixels + (size_t)t * per, embd + (size_t)t * n_tok * E, c->pool, err);
+        if (st) lp_error_prefix(err, "%s: tile %d of %d", v->mm_path, t + 1, plan.n_tiles);
+    }
+    free(pixels);
+    if (!st && geom)
+        *geom = (lp_prep_geom){(double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S};
+    return st;
+}
+
 /* Image -> (n_image, n_embd) rows for the prompt; with `features`, also the
  * (N, feature_dim) patch features; `geom` (may be NULL) gets the
  * preprocessing geometry. */
 static loupe_status encode_image(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd, float *features,
                                  lp_prep_geom *geom, lp_error *err) {
     const int S = lp_clip_image_size(v->clip);
+    if (v->family == LP_VLM_INTERNVL) return encode_tiles(v, c, img, embd, geom, err);
     float *pixels = malloc((size_t)3 * S * S * sizeof *pixels);
     if (!pixels) return lp_fail(err, LOUPE_ERR_NOMEM, "preprocessing the image: out of memory");
     loupe_status st = lp_clip_preprocess(v->clip, img, v->prep, pixels, geom, err);
@@ -382,6 +439,24 @@ static loupe_status encode_image(const lp_vlm *v, lp_vlm_ctx *c, const lp_image 
     }
     free(pixels);
     return st;
+}
+
+/* Put `beg` and `end` around the image marker of the rendered text (what
+ * llama.cpp's mtmd adds as text around an image's tokens). */
+static loupe_status wrap_image(char **text, size_t *image_at, const char *beg, const char *end, lp_error *err) {
+    const size_t len = strlen(*text), mk = strlen(LP_IMAGE_MARKER), lb = strlen(beg), le = strlen(end);
+    char *out = malloc(len + lb + le + 1);
+    if (!out) return lp_fail(err, LOUPE_ERR_NOMEM, "out of memory for the prompt");
+    const size_t at = *image_at;
+    memcpy(out, *text, at);
+    memcpy(out + at, beg, lb);
+    memcpy(out + at + lb, *text + at, mk);
+    memcpy(out + at + lb + mk, end, le);
+    memcpy(out + at + lb + mk + le, *text + at + mk, len - at - mk + 1);
+    free(*text);
+    *text = out;
+    *image_at = at + lb;
+    return LOUPE_OK;
 }
 
 /* FNV-1a over the size and pixels: the identity of an image for reuse. */
@@ -397,14 +472,14 @@ static uint64_t image_key(const lp_image *img) {
 
 /* encode_image through the context's one-image cache: the same pixels give
  * the same encoding, so it is computed once. features may be NULL. */
-static loupe_status encode_image_cached(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd,
-                                        float *features, lp_prep_geom *geom, bool *hit, lp_error *err) {
+static loupe_status encode_image_cached(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, int n_img,
+                                        float *embd, float *features, lp_prep_geom *geom, bool *hit, lp_error *err) {
     const int E = lp_llama_n_embd(v->llama);
-    const size_t ne = (size_t)lp_clip_n_out_tokens(v->clip) * E;
+    const size_t ne = (size_t)n_img * E;
     const size_t nf = (size_t)lp_clip_n_patches(v->clip) * lp_clip_feature_dim(v->clip);
     const uint64_t key = image_key(img);
     *hit = false;
-    if (key == c->img_key && c->img_embd && (!features || c->img_feat)) {
+    if (key == c->img_key && c->img_embd && c->img_n == n_img && (!features || c->img_feat)) {
         memcpy(embd, c->img_embd, ne * sizeof *embd);
         if (features) memcpy(features, c->img_feat, nf * sizeof *features);
         *geom = c->img_geom;
@@ -414,7 +489,11 @@ static loupe_status encode_image_cached(const lp_vlm *v, lp_vlm_ctx *c, const lp
     c->img_key = 0;
     loupe_status st = encode_image(v, c, img, embd, features, geom, err);
     if (st) return st;
-    if (!c->img_embd) c->img_embd = malloc(ne * sizeof *c->img_embd);
+    if (c->img_cap < n_img) {
+        free(c->img_embd);
+        c->img_embd = malloc(ne * sizeof *c->img_embd);
+        c->img_cap = c->img_embd ? n_img : 0;
+    }
     if (features && !c->img_feat) c->img_feat = malloc(nf * sizeof *c->img_feat);
     if (!c->img_embd || (features && !c->img_feat)) return LOUPE_OK; /* no cache, no harm */
     memcpy(c->img_embd, embd, ne * sizeof *embd);
@@ -424,6 +503,7 @@ static loupe_status encode_image_cached(const lp_vlm *v, lp_vlm_ctx *c, const lp
         c->img_feat = NULL;
     }
     c->img_geom = *geom;
+    c->img_n = n_img;
     c->img_key = key;
     return LOUPE_OK;
 }
@@ -653,6 +733,11 @@ loupe_status lp_vlm_prep_geom(const lp_vlm *v, const lp_image *img, lp_prep_geom
     if (!v || !img || !img->rgb || !g || !S_out)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_prep_geom: NULL argument");
     const int S = lp_clip_image_size(v->clip);
+    if (v->family == LP_VLM_INTERNVL) { /* the box frame is the whole image */
+        *g = (lp_prep_geom){(double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S};
+        *S_out = S;
+        return LOUPE_OK;
+    }
     float *pixels = malloc((size_t)3 * S * S * sizeof *pixels);
     if (!pixels) return lp_fail(err, LOUPE_ERR_NOMEM, "preprocessing the image: out of memory");
     loupe_status st = lp_clip_preprocess(v->clip, img, v->prep, pixels, g, err);
@@ -755,7 +840,6 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     lp_llama *llama = (lp_llama *)v->llama;
     const int E = lp_llama_n_embd(llama), V = lp_llama_n_vocab(llama);
     S.load_ms = v->load_ms;
-    S.n_image_tokens = lp_clip_n_out_tokens(v->clip);
 
     loupe_status st;
     char *text = NULL, *q = NULL;
@@ -771,8 +855,12 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     double t = 0;
 
     /* Prompt first: an over-long one is refused before any heavy work. */
+    if ((st = lp_vlm_image_tokens(v, image->w, image->h, &S.n_image_tokens, err))) goto done;
     if ((st = lp_vlm_region_question(question, regions, n_regions, image->w, image->h, &q, err))) goto done;
-    if ((st = lp_template_render(v->tmpl, g.system, q, &text, &image_at, err))) goto done;
+    const char *system = g.system;
+    if (!system && v->family == LP_VLM_INTERNVL) system = LP_INTERNVL_SYSTEM;
+    if ((st = lp_template_render(v->tmpl, system, q, &text, &image_at, err))) goto done;
+    if (v->family == LP_VLM_INTERNVL && (st = wrap_image(&text, &image_at, "<img>", "</img>", err))) goto done;
     if ((st = lp_prompt_build(&pr, v->tok, text, strlen(text), image_at, strlen(LP_IMAGE_MARKER), S.n_image_tokens,
                               err)))
         goto done;
@@ -810,7 +898,8 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     }
     if ((st = progress(&g, LP_VLM_STAGE_ENCODE, 0, 1, err))) goto cancelled;
     bool enc_hit = false;
-    if ((st = encode_image_cached(v, c, image, img_embd, features, &geom, &enc_hit, err))) goto done;
+    if ((st = encode_image_cached(v, c, image, S.n_image_tokens, img_embd, features, &geom, &enc_hit, err)))
+        goto done;
     S.image_reused = enc_hit;
     S.has_geom = 1;
     S.image_size = lp_clip_image_size(v->clip);

@@ -101,6 +101,30 @@
 typedef struct lp_vlm lp_vlm;
 typedef struct lp_vlm_ctx lp_vlm_ctx;
 
+/* Model families, told apart by the mmproj's clip.projector_type:
+ *   llava     "mlp" / "linear": one S×S image (LLaVA-1.5, Ferret, loupe's
+ *             tiny model), the region sampler when the mmproj has one.
+ *   internvl  "internvl": dynamic tiles (vision/tiles.h), each tile's
+ *             pixel-shuffled tokens in tile order, the whole image wrapped
+ *             in "<img>" … "</img>" text as InternVL and llama.cpp do; the
+ *             default system text is InternVL's own (LP_INTERNVL_SYSTEM).
+ *             Boxes: "<box>[[x1, y1, x2, y2]]</box>", 0..1000 of the whole
+ *             image. Tiling follows the reference unless `llamacpp`. */
+typedef enum lp_vlm_family {
+    LP_VLM_LLAVA = 0,
+    LP_VLM_INTERNVL = 1
+} lp_vlm_family;
+
+/* InternVL2.5/3's system message (its conversation template "internvl2_5"). */
+#define LP_INTERNVL_SYSTEM \
+    "\xe4\xbd\xa0\xe6\x98\xaf\xe4\xb9\xa6\xe7\x94\x9f\xc2\xb7\xe4\xb8\x87\xe8\xb1\xa1\xef\xbc\x8c" \
+    "\xe8\x8b\xb1\xe6\x96\x87\xe5\x90\x8d\xe6\x98\xafInternVL\xef\xbc\x8c\xe6\x98\xaf\xe7\x94\xb1" \
+    "\xe4\xb8\x8a\xe6\xb5\xb7\xe4\xba\xba\xe5\xb7\xa5\xe6\x99\xba\xe8\x83\xbd\xe5\xae\x9e" \
+    "\xe9\xaa\x8c\xe5\xae\xa4\xe3\x80\x81\xe6\xb8\x85\xe5\x8d\x8e\xe5\xa4\xa7\xe5\xad\xa6" \
+    "\xe5\x8f\x8a\xe5\xa4\x9a\xe4\xb8\xaa\xe5\x90\x88\xe4\xbd\x9c\xe5\x8d\x95\xe4\xbd\x8d" \
+    "\xe8\x81\x94\xe5\x90\x88\xe5\xbc\x80\xe5\x8f\x91\xe7\x9a\x84\xe5\xa4\x9a\xe6\xa8\xa1" \
+    "\xe6\x80\x81\xe5\xa4\xa7\xe8\xaf\xad\xe8\xa8\x80\xe6\xa8\xa1\xe5\x9e\x8b\xe3\x80\x82"
+
 typedef struct lp_vlm_params {
     /* Chat template by name (fusion/template.h); NULL: recognise the
      * language model's tokenizer.chat_template, or vicuna (LLaVA-1.5, whose
@@ -126,7 +150,12 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
 void lp_vlm_free(lp_vlm *vlm);
 
 const lp_template *lp_vlm_template(const lp_vlm *vlm);
-int lp_vlm_n_image_tokens(const lp_vlm *vlm); /* positions one image takes  */
+lp_vlm_family lp_vlm_get_family(const lp_vlm *vlm);
+const char *lp_vlm_family_name(lp_vlm_family f); /* "llava", "internvl" */
+/* Positions one S×S input (one tile) takes. */
+int lp_vlm_n_image_tokens(const lp_vlm *vlm);
+/* Positions a w × h image takes (InternVL: tiles × tokens per tile). */
+loupe_status lp_vlm_image_tokens(const lp_vlm *vlm, int w, int h, int *n, lp_error *err);
 int lp_vlm_n_ctx_train(const lp_vlm *vlm);
 double lp_vlm_load_ms(const lp_vlm *vlm);
 int lp_vlm_image_size(const lp_vlm *vlm);     /* S of the S×S model input */

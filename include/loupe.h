@@ -128,10 +128,11 @@ typedef struct loupe_model_params {
     /* How boxes are written in the model's answers (and how loupe_ground
      * asks): "ferret", "shikra", "internvl", "qwen2-vl", "qwen2.5-vl",
      * "kosmos-2", "florence-2", "paligemma". NULL (default): the model
-     * family's. Every model loupe loads today (LLaVA-style: llama/qwen2
-     * decoder + mlp projector, loupe's own Ferret-style model) writes Ferret
-     * text boxes "[x1, y1, x2, y2]" on a 0..999 grid, so the default is
-     * "ferret". An unknown name is LOUPE_ERR_INVALID_ARG. */
+     * family's, from the mmproj's clip.projector_type: "internvl" for
+     * InternVL2.5/3 files, "ferret" for the LLaVA-style ones (llama/qwen2
+     * decoder + mlp projector, loupe's own Ferret-style model: text boxes
+     * "[x1, y1, x2, y2]" on a 0..999 grid). An unknown name is
+     * LOUPE_ERR_INVALID_ARG. */
     const char *box_format;
     /* ---- flash mode (Apple's "LLM in a flash"; README "Flash mode") ----
      * memory_budget > 0: the language model's weights stay in its file and

@@ -3,6 +3,7 @@
 #include "clip.h"
 
 #include "kernels.h"
+#include "tiles.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -21,6 +22,9 @@ typedef struct clip_layer {
     lp_dense up, down;   /* up (n_ff, n_embd), down (n_embd, n_ff)        */
     float *ln1_w, *ln1_b; /* (n_embd) or NULL                            */
     float *ln2_w, *ln2_b; /* (n_embd) or NULL                            */
+    /* InternViT */
+    float *ls1, *ls2;     /* (n_embd) layer scales of the two branches, or NULL */
+    float *qn_w, *qn_b, *kn_w, *kn_b; /* (qk_norm_dim) q/k norms, or NULL  */
 } clip_layer;
 
 struct lp_clip {
@@ -37,6 +41,13 @@ struct lp_clip {
     int feature_layers[CLIP_MAX_FEATURE_LAYERS]; /* sorted, unique        */
     int n_feature_layers;                        /* 0: key absent        */
     bool has_pinpoints;
+    lp_projector_type ptype;
+    /* InternVL: pixel shuffle by n_merge (clip.vision.projector.scale_factor),
+     * RMSNorm instead of LayerNorm for the 6B ViT, q/k norm width */
+    int n_merge;
+    bool rms_norm;
+    int qk_norm_dim;
+    int min_tiles, max_tiles;
 
     /* weights (matrices stay in the store; vectors are f32 copies) */
     lp_dense patch;      /* w ne = [P, P, 3, n_embd] used as (n_embd, 3·P·P) */
@@ -87,9 +98,16 @@ static int feature_dim_of(const lp_clip *c) {
     return c->n_embd * (c->n_feature_layers > 0 ? c->n_feature_layers : 1);
 }
 
+static bool is_internvl(const lp_clip *c) { return c->ptype == LP_PROJECTOR_INTERNVL; }
+
+/* Projector input: the features, pixel-shuffled for InternVL (n_merge² patches per row). */
+static int proj_in_dim_of(const lp_clip *c) { return feature_dim_of(c) * (is_internvl(c) ? c->n_merge * c->n_merge : 1); }
+static int n_out_of(const lp_clip *c) { return c->n_patches / (is_internvl(c) ? c->n_merge * c->n_merge : 1); }
+
 static int n_run_of(const lp_clip *c, unsigned quirks) {
     if (c->n_feature_layers > 0) return c->feature_layers[c->n_feature_layers - 1];
-    return (quirks & LP_CLIP_QUIRK_DROP_LAYER) ? c->n_layer - 1 : c->n_layer;
+    /* DROP_LAYER is a defect of llama.cpp's llava graph only; its InternVL graph runs every block */
+    return (quirks & LP_CLIP_QUIRK_DROP_LAYER) && !is_internvl(c) ? c->n_layer - 1 : c->n_layer;
 }
 
 static bool is_feature_layer(const lp_clip *c, int il) {
@@ -249,6 +267,32 @@ static loupe_status load_hparams(lp_clip *c, lp_error *err) {
     return LOUPE_OK;
 }
 
+/* InternVL: pixel shuffle factor, tile limits, the 6B ViT's RMSNorm. */
+static loupe_status load_internvl_keys(lp_clip *c, lp_error *err) {
+    const lp_gguf *g = c->g;
+    loupe_status st;
+    if ((st = get_dim(g, "clip.vision.projector.scale_factor", 1, 16, &c->n_merge, err))) return st;
+    if (c->n_side % c->n_merge) {
+        return lp_fail(err, LOUPE_ERR_FORMAT,
+                       "%s: key clip.vision.projector.scale_factor = %d does not divide the %d patches per side",
+                       cpath(g), c->n_merge, c->n_side);
+    }
+    /* llama.cpp's defaults when the keys are absent (older InternVL files) */
+    uint32_t lo = 1, hi = 12;
+    if ((st = lp_gguf_get_u32_opt(g, "clip.vision.preproc_min_tiles", &lo, err))) return st;
+    if ((st = lp_gguf_get_u32_opt(g, "clip.vision.preproc_max_tiles", &hi, err))) return st;
+    if (lo < 1 || hi < lo || hi > LP_TILES_MAX) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: keys clip.vision.preproc_min/max_tiles = %u/%u out of range [1, %d]",
+                       cpath(g), lo, hi, LP_TILES_MAX);
+    }
+    c->min_tiles = (int)lo;
+    c->max_tiles = (int)hi;
+    /* llama.cpp tells InternViT-6B (RMSNorm) from InternViT-300M (LayerNorm)
+     * by its shape; the file has no key for it */
+    c->rms_norm = c->n_embd == 3200 && c->n_layer == 45;
+    return LOUPE_OK;
+}
+
 static loupe_status load_layer(lp_clip *c, int il, lp_error *err) {
     clip_layer *L = &c->layers[il];
     const lp_gguf *g = c->g;
@@ -257,8 +301,9 @@ static loupe_status load_layer(lp_clip *c, int il, lp_error *err) {
     loupe_status st;
 
     /* tensors the llava graph would use differently: refuse, don't ignore */
-    static const char *const foreign[] = {"attn_qkv", "ffn_gate", "attn_q_norm", "attn_k_norm"};
+    static const char *const foreign[] = {"attn_qkv", "ffn_gate", "attn_q_norm", "attn_k_norm", "ls1", "ls2"};
     for (size_t i = 0; i < sizeof foreign / sizeof foreign[0]; i++) {
+        if (is_internvl(c) && i >= 2) break; /* InternViT has q/k norms and layer scales */
         snprintf(name, sizeof name, "v.blk.%d.%s.weight", il, foreign[i]);
         if (has_tensor(g, name)) {
             return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: not supported by the CLIP ViT", cpath(g), name);
@@ -294,6 +339,35 @@ static loupe_status load_layer(lp_clip *c, int il, lp_error *err) {
         if ((st = opt_vec(c, name, E, n == 1 ? &L->ln1_w : &L->ln2_w, err))) return st;
         if ((st = opt_vec(c, name2, E, n == 1 ? &L->ln1_b : &L->ln2_b, err))) return st;
     }
+    if (!is_internvl(c)) return LOUPE_OK;
+    for (int n = 1; n <= 2; n++) {
+        snprintf(name, sizeof name, "v.blk.%d.ls%d.weight", il, n);
+        if ((st = opt_vec(c, name, E, n == 1 ? &L->ls1 : &L->ls2, err))) return st;
+    }
+    /* q/k norm over the whole projection (InternViT-6B) or per head; every
+     * layer must agree with layer 0 */
+    snprintf(name, sizeof name, "v.blk.%d.attn_q_norm.weight", il);
+    if (has_tensor(g, name)) {
+        lp_tensor tq;
+        if ((st = lp_ws_lookup(c->ws, name, &tq, err))) return st;
+        if (il == 0) c->qk_norm_dim = (int)tq.ne[0];
+        if (c->qk_norm_dim != E && c->qk_norm_dim != c->head_dim)
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s: %lld elements, expected %lld or %d (head_dim)",
+                           cpath(g), name, (long long)tq.ne[0], (long long)E, c->head_dim);
+        const int64_t D = c->qk_norm_dim;
+        const char *what[4] = {"attn_q_norm.weight", "attn_q_norm.bias", "attn_k_norm.weight", "attn_k_norm.bias"};
+        float **dst[4] = {&L->qn_w, &L->qn_b, &L->kn_w, &L->kn_b};
+        for (int i = 0; i < 4; i++) {
+            snprintf(name, sizeof name, "v.blk.%d.%s", il, what[i]);
+            if (i % 2 == 0) {
+                if ((st = lp_load_f32(g, c->ws, name, D, dst[i], err))) return st;
+            } else if ((st = opt_vec(c, name, D, dst[i], err))) {
+                return st;
+            }
+        }
+    } else if (c->qk_norm_dim) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s missing (layer 0 has q/k norms)", cpath(g), name);
+    }
     return LOUPE_OK;
 }
 
@@ -308,6 +382,12 @@ static void free_layer(clip_layer *L) {
     free(L->ln1_b);
     free(L->ln2_w);
     free(L->ln2_b);
+    free(L->ls1);
+    free(L->ls2);
+    free(L->qn_w);
+    free(L->qn_b);
+    free(L->kn_w);
+    free(L->kn_b);
 }
 
 static loupe_status load_embeddings(lp_clip *c, lp_error *err) {
@@ -404,6 +484,8 @@ lp_clip *lp_clip_load(const lp_gguf *mmproj, lp_weight_store *ws, lp_error *err)
     }
     lp_projector_type pt;
     if ((st = lp_projector_type_parse(ptype, c->path, key, &pt, err))) goto fail;
+    c->ptype = pt;
+    if (pt == LP_PROJECTOR_INTERNVL && (st = load_internvl_keys(c, err))) goto fail;
 
     if ((st = load_embeddings(c, err))) goto fail;
     c->layers = calloc((size_t)c->n_layer, sizeof *c->layers);
@@ -414,7 +496,7 @@ lp_clip *lp_clip_load(const lp_gguf *mmproj, lp_weight_store *ws, lp_error *err)
     for (int il = 0; il < c->n_layer; il++) {
         if ((st = load_layer(c, il, err))) goto fail;
     }
-    if ((st = lp_projector_load(&c->proj, pt, mmproj, ws, feature_dim_of(c), err))) goto fail;
+    if ((st = lp_projector_load(&c->proj, pt, mmproj, ws, proj_in_dim_of(c), err))) goto fail;
     if (c->proj.hidden_dim > CLIP_MAX_FF || c->proj.out_dim > CLIP_MAX_FF) {
         st = lp_fail(err, LOUPE_ERR_LIMIT, "%s: tensor mm.0.weight: projector too wide", c->path);
         goto fail;
@@ -454,10 +536,15 @@ int lp_clip_n_embd(const lp_clip *c) { return c->n_embd; }
 int lp_clip_n_layer(const lp_clip *c) { return c->n_layer; }
 int lp_clip_n_layer_run(const lp_clip *c) { return n_run_of(c, c->quirks); }
 int lp_clip_feature_dim(const lp_clip *c) { return feature_dim_of(c); }
-int lp_clip_n_out_tokens(const lp_clip *c) { return c->n_patches; }
+int lp_clip_n_out_tokens(const lp_clip *c) { return n_out_of(c); }
+int lp_clip_n_merge(const lp_clip *c) { return is_internvl(c) ? c->n_merge : 1; }
+void lp_clip_tile_limits(const lp_clip *c, int *min_tiles, int *max_tiles) {
+    *min_tiles = is_internvl(c) ? c->min_tiles : 1;
+    *max_tiles = is_internvl(c) ? c->max_tiles : 1;
+}
 int lp_clip_out_dim(const lp_clip *c) { return (int)c->proj.out_dim; }
 bool lp_clip_has_class(const lp_clip *c) { return c->class_embd != NULL; }
-lp_projector_type lp_clip_projector_type(const lp_clip *c) { return c->proj.type; }
+lp_projector_type lp_clip_projector_type(const lp_clip *c) { return c->ptype; }
 const float *lp_clip_mean(const lp_clip *c) { return c->mean; }
 const float *lp_clip_std(const lp_clip *c) { return c->std; }
 unsigned lp_clip_quirks(const lp_clip *c) { return c->quirks; }
@@ -554,17 +641,36 @@ static bool acts_alloc(const lp_clip *c, clip_acts *a, const lp_pool *pool) {
     a->ff = malloc(T * F * f);
     a->rnd = malloc(T * widest * f);
     a->stack = c->n_feature_layers > 0 ? malloc(T * D * f) : NULL;
-    a->proj_in = malloc(N * D * f);
-    a->mm_hid = c->proj.type == LP_PROJECTOR_MLP ? malloc(N * (size_t)c->proj.hidden_dim * f) : NULL;
+    a->proj_in = malloc(N * D * f); /* = (N / n_merge², D · n_merge²) for InternVL */
+    const bool mlp = c->proj.type != LP_PROJECTOR_LINEAR;
+    a->mm_hid = mlp ? malloc((size_t)n_out_of(c) * (size_t)c->proj.hidden_dim * f) : NULL;
     a->attn_scratch_bytes = lp_attention_scratch_size(c->n_pos, c->n_pos, c->n_head, c->head_dim, pool);
     a->attn_scratch = malloc(a->attn_scratch_bytes);
     return a->attn_scratch && a->cols && a->pe && a->x && a->xn && a->q && a->k && a->v && a->att && a->tmp && a->ff && a->rnd &&
-           (a->stack || c->n_feature_layers == 0) && a->proj_in && (a->mm_hid || c->proj.type != LP_PROJECTOR_MLP);
+           (a->stack || c->n_feature_layers == 0) && a->proj_in && (a->mm_hid || !mlp);
 }
 
 static void layernorm_rows(float *out, const float *x, const float *w, const float *b, int n, int E, float eps) {
     // out, x (n, E)
     for (int t = 0; t < n; t++) lp_layernorm(out + (int64_t)t * E, x + (int64_t)t * E, w, b, E, eps);
+}
+
+/* The ViT's norm: LayerNorm, or RMSNorm (+ bias) for InternViT-6B. */
+static void norm_rows(const lp_clip *c, float *out, const float *x, const float *w, const float *b, int n, int E) {
+    if (!c->rms_norm) {
+        layernorm_rows(out, x, w, b, n, E, c->eps);
+        return;
+    }
+    for (int t = 0; t < n; t++) {
+        lp_rmsnorm(out + (int64_t)t * E, x + (int64_t)t * E, w, E, c->eps);
+        if (b) lp_add(out + (int64_t)t * E, b, E);
+    }
+}
+
+/* q/k norm in place on x (T, n_embd), over rows of qk_norm_dim (whole or per head). */
+static void qk_norm(const lp_clip *c, float *x, const float *w, const float *b, int T) {
+    const int D = c->qk_norm_dim, per = c->n_embd / D;
+    norm_rows(c, x, x, w, b, T * per, D); /* row-wise, in place is safe */
 }
 
 /* pixels (3, S, S) -> a->x (n_pos, n_embd): patches, class token, positions */
@@ -598,6 +704,12 @@ static loupe_status embed_forward(const lp_clip *c, clip_acts *a, const float *p
     return LOUPE_OK;
 }
 
+/* x (n, E) *= s (E), row by row: InternViT's layer scale. */
+static void scale_rows(float *x, const float *s, int n, int E) {
+    for (int t = 0; t < n; t++)
+        for (int e = 0; e < E; e++) x[(int64_t)t * E + e] *= s[e];
+}
+
 /* One pre-norm transformer block on a->x (n_pos, n_embd), in place. */
 static loupe_status block_forward(const lp_clip *c, const clip_layer *L, clip_acts *a, lp_pool *pool,
                                   lp_error *err) {
@@ -606,25 +718,48 @@ static loupe_status block_forward(const lp_clip *c, const clip_layer *L, clip_ac
     loupe_status st;
 
     // attention branch: x += o(attn(q, k, v)) over ln1(x)
-    layernorm_rows(a->xn, a->x, L->ln1_w, L->ln1_b, T, E, c->eps);
+    norm_rows(c, a->xn, a->x, L->ln1_w, L->ln1_b, T, E);
     if ((st = lp_dense_forward(&L->q, c->ws, a->xn, a->q, T, rnd, a->rnd, pool, err))) return st;
     if ((st = lp_dense_forward(&L->k, c->ws, a->xn, a->k, T, rnd, a->rnd, pool, err))) return st;
     if ((st = lp_dense_forward(&L->v, c->ws, a->xn, a->v, T, rnd, a->rnd, pool, err))) return st;
+    if (L->qn_w) {
+        qk_norm(c, a->q, L->qn_w, L->qn_b, T);
+        qk_norm(c, a->k, L->kn_w, L->kn_b, T);
+    }
     const float scale = 1.0f / sqrtf((float)c->head_dim);
     if (!lp_attention_ex(a->att, a->q, a->k, a->v, T, T, c->n_head, c->n_head, c->head_dim, 0, false, scale,
                          a->attn_scratch, a->attn_scratch_bytes, pool)) {
         return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: attention failed", c->path);
     }
     if ((st = lp_dense_forward(&L->o, c->ws, a->att, a->tmp, T, rnd, a->rnd, pool, err))) return st;
+    if (L->ls1) scale_rows(a->tmp, L->ls1, T, E);
     lp_add(a->x, a->tmp, (int64_t)T * E);
 
-    // MLP branch: x += down(act(up(ln2(x))))
-    layernorm_rows(a->xn, a->x, L->ln2_w, L->ln2_b, T, E, c->eps);
+    // MLP branch: x += down(act(up(ln2(x)))) [· ls2]
+    norm_rows(c, a->xn, a->x, L->ln2_w, L->ln2_b, T, E);
     if ((st = lp_dense_forward(&L->up, c->ws, a->xn, a->ff, T, rnd, a->rnd, pool, err))) return st;
     lp_act_apply(ffn_act(c), a->ff, (int64_t)T * c->n_ff);
     if ((st = lp_dense_forward(&L->down, c->ws, a->ff, a->tmp, T, rnd, a->rnd, pool, err))) return st;
+    if (L->ls2) scale_rows(a->tmp, L->ls2, T, E);
     lp_add(a->x, a->tmp, (int64_t)T * E);
     return LOUPE_OK;
+}
+
+/* InternVL's pixel_shuffle(scale 1/s) as llama.cpp computes it (the same
+ * as the reference's ps_version "v2"): in (rows, cols, D) patches ->
+ * out (rows/s · cols/s, s²·D); output token (i, j), row-major, holds the
+ * patches (s·i + u, s·j + v) for u = 0..s−1 (outer), v = 0..s−1 (inner),
+ * each D wide: for s = 2 [x(2i,2j) | x(2i,2j+1) | x(2i+1,2j) | x(2i+1,2j+1)]. */
+static void pixel_shuffle(float *out, const float *in, int rows, int cols, int D, int s) {
+    const int oc = cols / s;
+    for (int i = 0; i < rows / s; i++)
+        for (int j = 0; j < oc; j++) {
+            float *o = out + ((int64_t)i * oc + j) * (int64_t)s * s * D;
+            for (int u = 0; u < s; u++)
+                for (int v = 0; v < s; v++)
+                    memcpy(o + ((int64_t)u * s + v) * D, in + ((int64_t)(s * i + u) * cols + (s * j + v)) * D,
+                           (size_t)D * sizeof(float));
+        }
 }
 
 /* Copy hidden state h (n_pos, n_embd) into slot s of stack (n_pos, D). */
@@ -646,7 +781,7 @@ static loupe_status encode(const lp_clip *c, const float *pixels, float *out, fl
     dump(c, "v.patch_embd", a->x, (int64_t)T * E);
 
     if (c->pre_ln_w) {
-        layernorm_rows(a->xn, a->x, c->pre_ln_w, c->pre_ln_b, T, E, c->eps);
+        norm_rows(c, a->xn, a->x, c->pre_ln_w, c->pre_ln_b, T, E);
         memcpy(a->x, a->xn, (size_t)T * (size_t)E * sizeof(float));
         dump(c, "v.pre_ln", a->x, (int64_t)T * E);
     }
@@ -660,7 +795,7 @@ static loupe_status encode(const lp_clip *c, const float *pixels, float *out, fl
     }
 
     if ((c->quirks & LP_CLIP_QUIRK_POST_LN) && c->post_ln_w) {
-        layernorm_rows(a->xn, a->x, c->post_ln_w, c->post_ln_b, T, E, c->eps);
+        norm_rows(c, a->xn, a->x, c->post_ln_w, c->post_ln_b, T, E);
         memcpy(a->x, a->xn, (size_t)T * (size_t)E * sizeof(float));
         dump(c, "v.post_ln", a->x, (int64_t)T * E);
     }
@@ -671,28 +806,33 @@ static loupe_status encode(const lp_clip *c, const float *pixels, float *out, fl
         hidden = a->stack;
     }
 
-    /* projector input: rows 1..N with a class token, 0..N-1 without (llama.cpp "patches") */
-    const int row0 = c->class_embd ? 1 : 0;
-    memcpy(a->proj_in, hidden + (int64_t)row0 * D, (size_t)N * (size_t)D * sizeof(float));
-    dump(c, "v.features", a->proj_in, (int64_t)N * D);
-
-    if (features) {
-        const bool cls_first = c->class_embd && !(c->quirks & LP_CLIP_QUIRK_CLS_LAST);
-        const int p0 = cls_first ? 1 : 0;
-        memcpy(features, hidden + (int64_t)p0 * D, (size_t)N * (size_t)D * sizeof(float));
+    const bool cls_first = c->class_embd && !(c->quirks & LP_CLIP_QUIRK_CLS_LAST);
+    const int p0 = cls_first ? 1 : 0; /* first patch row, whatever the class token's place */
+    if (is_internvl(c)) {
+        /* llama.cpp's InternVL graph drops the class token wherever it is and
+         * keeps the patches, then pixel-shuffles them */
+        pixel_shuffle(a->proj_in, hidden + (int64_t)p0 * D, c->n_side, c->n_side, D, c->n_merge);
+    } else {
+        /* projector input: rows 1..N with a class token, 0..N-1 without (llama.cpp "patches") */
+        const int row0 = c->class_embd ? 1 : 0;
+        memcpy(a->proj_in, hidden + (int64_t)row0 * D, (size_t)N * (size_t)D * sizeof(float));
     }
+    const int n_out = n_out_of(c), Din = proj_in_dim_of(c);
+    dump(c, "v.features", a->proj_in, (int64_t)n_out * Din);
+
+    if (features) memcpy(features, hidden + (int64_t)p0 * D, (size_t)N * (size_t)D * sizeof(float));
     if (!out) return LOUPE_OK;
 
     const lp_projector *p = &c->proj;
-    if (p->type == LP_PROJECTOR_MLP) {
-        st = lp_projector_mlp(p, c->ws, a->proj_in, out, N, proj_act(c), dense_round(c), a->mm_hid, pool, err);
+    if (p->type != LP_PROJECTOR_LINEAR) {
+        st = lp_projector_mlp(p, c->ws, a->proj_in, out, n_out, proj_act(c), dense_round(c), a->mm_hid, pool, err);
         if (st != LOUPE_OK) return st;
-        dump(c, "mm.hidden", a->mm_hid, (int64_t)N * p->hidden_dim);
+        dump(c, "mm.hidden", a->mm_hid, (int64_t)n_out * p->hidden_dim);
     } else {
         st = lp_projector_linear(p, c->ws, a->proj_in, out, N, dense_round(c), pool, err);
         if (st != LOUPE_OK) return st;
     }
-    dump(c, "mm.out", out, (int64_t)N * p->out_dim);
+    dump(c, "mm.out", out, (int64_t)n_out * p->out_dim);
     return LOUPE_OK;
 }
 

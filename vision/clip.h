@@ -21,6 +21,21 @@
  *   mm        rows 1..N (with a class token) or 0..N−1 (without) of the
  *             features go through the projector (fusion/projector.h)
  *
+ * InternVL (clip.projector_type "internvl", llama.cpp's clip_graph_internvl;
+ * OpenGVLab's InternViT + mlp1): the same blocks with, where the file has
+ * them, layer scales (v.blk.N.ls1/ls2: x += ls1 ⊙ attn(..), x += ls2 ⊙
+ * mlp(..)) and q/k norms (v.blk.N.attn_q_norm/attn_k_norm, over the whole
+ * projection or per head, after the bias); RMSNorm instead of LayerNorm
+ * for the 6B ViT (n_embd 3200, 45 layers: llama.cpp's rule, the file has no
+ * key). No pre/post norm. Every block runs (DROP_LAYER does not apply). The
+ * patches (the class token dropped, wherever it is) are pixel-shuffled by
+ * n_merge = clip.vision.projector.scale_factor (2: each output token is a
+ * 2×2 patch group, 4·D wide) and go through the "internvl" projector
+ * (fusion/projector.h). Its GELUs follow GELU_TANH/ACT_F16 like the others.
+ * Tiling an image into S×S tiles is vision/tiles.h's job; this file encodes
+ * one tile. CLS_LAST applies as for LLaVA: llama.cpp appends InternViT's
+ * class token after the patches and adds the position rows in token order.
+ *
  * Known llama.cpp defects and numeric shortcuts are reproduced by "quirk"
  * bits, all on by default (LP_CLIP_QUIRKS_LLAMACPP) so that output matches
  * llama.cpp's CPU backend; LP_CLIP_QUIRKS_NONE gives the PyTorch/HF
@@ -123,7 +138,12 @@ int lp_clip_n_embd(const lp_clip *clip);       /* ViT width                     
 int lp_clip_n_layer(const lp_clip *clip);      /* clip.vision.block_count           */
 int lp_clip_n_layer_run(const lp_clip *clip);  /* blocks that run (current quirks)  */
 int lp_clip_feature_dim(const lp_clip *clip);  /* n_embd × number of stacked layers */
-int lp_clip_n_out_tokens(const lp_clip *clip); /* tokens out of the projector (N)   */
+int lp_clip_n_out_tokens(const lp_clip *clip); /* tokens out of the projector per
+                                                  S×S input: N, or N / n_merge² */
+int lp_clip_n_merge(const lp_clip *clip);      /* InternVL pixel-shuffle factor; 1 otherwise */
+/* InternVL's tile limits (clip.vision.preproc_min/max_tiles, default 1/12);
+ * 1/1 for other projectors. */
+void lp_clip_tile_limits(const lp_clip *clip, int *min_tiles, int *max_tiles);
 int lp_clip_out_dim(const lp_clip *clip);      /* projector output width            */
 bool lp_clip_has_class(const lp_clip *clip);
 lp_projector_type lp_clip_projector_type(const lp_clip *clip);

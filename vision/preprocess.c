@@ -73,13 +73,43 @@ loupe_status lp_resize_llamacpp_bicubic(const lp_image *src, lp_image *dst, int 
     return LOUPE_OK;
 }
 
-static void fill(lp_image *img, const uint8_t c[3]) {
+loupe_status lp_resize_llamacpp_bilinear(const lp_image *src, lp_image *dst, int tw, int th, lp_error *err) {
+    memset(dst, 0, sizeof *dst);
+    loupe_status st = check_img(src, err);
+    if (st != LOUPE_OK) return st;
+    if (tw <= 0 || th <= 0) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "preprocess: bad target size %dx%d", tw, th);
+    if ((st = lp_image_alloc(dst, tw, th, err))) return st;
+    const int sw = src->w, sh = src->h;
+    /* corners map to corners: source step (n - 1) / (t - 1), in f32 */
+    const float xr = tw > 1 ? (float)(sw - 1) / (float)(tw - 1) : 0.0f;
+    const float yr = th > 1 ? (float)(sh - 1) / (float)(th - 1) : 0.0f;
+    for (int y = 0; y < th; y++) {
+        const float py = (float)y * yr;
+        const int y0 = (int)py < sh - 1 ? (int)py : sh - 1, y1 = y0 + 1 < sh ? y0 + 1 : sh - 1;
+        const float yf = py - (float)y0;
+        for (int x = 0; x < tw; x++) {
+            const float px = (float)x * xr;
+            const int x0 = (int)px < sw - 1 ? (int)px : sw - 1, x1 = x0 + 1 < sw ? x0 + 1 : sw - 1;
+            const float xf = px - (float)x0;
+            const uint8_t *p00 = src->rgb + ((size_t)y0 * sw + x0) * 3, *p10 = src->rgb + ((size_t)y0 * sw + x1) * 3;
+            const uint8_t *p01 = src->rgb + ((size_t)y1 * sw + x0) * 3, *p11 = src->rgb + ((size_t)y1 * sw + x1) * 3;
+            uint8_t *o = dst->rgb + ((size_t)y * tw + x) * 3;
+            for (int c = 0; c < 3; c++) {
+                const float top = (float)p00[c] + ((float)p10[c] - (float)p00[c]) * xf;
+                const float bot = (float)p01[c] + ((float)p11[c] - (float)p01[c]) * xf;
+                o[c] = (uint8_t)(top + (bot - top) * yf); /* truncation, as llama.cpp's cast */
+            }
+        }
+    }
+    return LOUPE_OK;
+}
+
+void lp_image_fill(lp_image *img, const uint8_t c[3]) {
     size_t n = (size_t)img->w * (size_t)img->h;
     for (size_t i = 0; i < n; i++) memcpy(img->rgb + i * 3, c, 3);
 }
 
-/* paste src into dst at (ox, oy), clipped */
-static void paste(lp_image *dst, const lp_image *src, int ox, int oy) {
+void lp_image_paste(lp_image *dst, const lp_image *src, int ox, int oy) {
     for (int y = 0; y < src->h; y++) {
         int dy = y + oy;
         if (dy < 0 || dy >= dst->h) continue;
@@ -103,14 +133,16 @@ static void set_geom(lp_prep_geom *g, double sx, double sy, double ox, double oy
     g->content_h = ch;
 }
 
-void lp_fit_inside(int w, int h, int S, int *nw, int *nh) {
+void lp_fit_inside_rect(int w, int h, int W, int H, int *nw, int *nh) {
     /* PAD_CEIL sizing, in f32 like llama.cpp */
-    const float sw = (float)S / (float)w, sh = (float)S / (float)h;
+    const float sw = (float)W / (float)w, sh = (float)H / (float)h;
     const float scale = sw < sh ? sw : sh;
     int x = (int)ceilf((float)w * scale), y = (int)ceilf((float)h * scale);
-    *nw = x > S ? S : x < 1 ? 1 : x;
-    *nh = y > S ? S : y < 1 ? 1 : y;
+    *nw = x > W ? W : x < 1 ? 1 : x;
+    *nh = y > H ? H : y < 1 ? 1 : y;
 }
+
+void lp_fit_inside(int w, int h, int S, int *nw, int *nh) { lp_fit_inside_rect(w, h, S, S, nw, nh); }
 
 static loupe_status prep_llamacpp(const lp_image *img, int S, lp_image *dst, lp_prep_geom *geom, lp_error *err) {
     const int w = img->w, h = img->h;
@@ -129,9 +161,9 @@ static loupe_status prep_llamacpp(const lp_image *img, int S, lp_image *dst, lp_
         return st;
     }
     static const uint8_t pad[3] = {122, 116, 104}; /* llama.cpp's image_pad_color for llava */
-    fill(dst, pad);
+    lp_image_fill(dst, pad);
     const int ox = (S - nw) / 2, oy = (S - nh) / 2;
-    paste(dst, &resized, ox, oy);
+    lp_image_paste(dst, &resized, ox, oy);
     lp_image_free(&resized);
     set_geom(geom, (double)nw / w, (double)nh / h, ox, oy, ox, oy, nw, nh);
     return LOUPE_OK;
@@ -149,9 +181,9 @@ static loupe_status prep_pad_pil(const lp_image *img, int S, const float mean[3]
         double v = (double)mean[c] * 255.0; /* Python int(x*255): truncation */
         bg[c] = (uint8_t)(v < 0.0 ? 0 : (v > 255.0 ? 255 : (int)v));
     }
-    fill(&sq, bg);
+    lp_image_fill(&sq, bg);
     const int px = (M - w) / 2, py = (M - h) / 2;
-    paste(&sq, img, px, py);
+    lp_image_paste(&sq, img, px, py);
     st = lp_image_resize(&sq, dst, S, S, LP_RESAMPLE_BICUBIC, err);
     lp_image_free(&sq);
     if (st != LOUPE_OK) return st;

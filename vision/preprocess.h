@@ -83,7 +83,20 @@ loupe_status lp_preprocess_rgb(const lp_image *img, int S, const float mean[3], 
  * clamped to 1..S). Box geometry (fusion/boxes.c) uses the same rule so
  * boxes map back exactly. */
 void lp_fit_inside(int w, int h, int S, int *nw, int *nh);
+/* The same rule into a W × H rectangle (llama.cpp's letterbox of InternVL
+ * tiles, vision/tiles.h). */
+void lp_fit_inside_rect(int w, int h, int W, int H, int *nw, int *nh);
 
 loupe_status lp_resize_llamacpp_bicubic(const lp_image *src, lp_image *dst, int w, int h, lp_error *err);
+
+/* llama.cpp's bilinear resize (mtmd-image.cpp resize_bilinear): corners
+ * map to corners (source x = j·(src_w−1)/(dst_w−1) in f32), 2×2 taps, no
+ * antialiasing, the result truncated (not rounded) to u8. Used by InternVL's
+ * overview tile in llama.cpp mode. */
+loupe_status lp_resize_llamacpp_bilinear(const lp_image *src, lp_image *dst, int w, int h, lp_error *err);
+
+/* Fill every pixel with c; paste src into dst at (ox, oy), clipped. */
+void lp_image_fill(lp_image *img, const uint8_t c[3]);
+void lp_image_paste(lp_image *dst, const lp_image *src, int ox, int oy);
 
 #endif
