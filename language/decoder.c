@@ -1,4 +1,4 @@
-/* language/decoder.c — the llama-architecture decoder (llama, qwen2).
+/* language/decoder.c — the llama-architecture decoder (llama, qwen2, qwen2vl).
  *
  * Layout, top to bottom:
  *   loading     config keys, tensor lookup and shape checks
@@ -49,6 +49,46 @@ static loupe_status read_dim(const lp_gguf *g, const char *path, const char *key
     return LOUPE_OK;
 }
 
+/* {arch}.rope.dimension_sections, as llama.cpp's get_key_or_arr reads it
+ * (src/models/qwen2vl.cpp:4): required; an array of exactly 4 integers, or
+ * one integer repeated. ggml needs sum > 0 and sum <= head_dim. */
+static loupe_status read_rope_sections(const lp_gguf *g, const char *path, lp_llama_config *c, lp_error *err) {
+    char key[128];
+    arch_key(key, sizeof key, c, "rope.dimension_sections");
+    const lp_gguf_value *v = lp_gguf_get(g, key);
+    if (!v) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s missing (required for M-RoPE)", path, key);
+    int64_t sec[4];
+    if (v->type == LP_GGUF_ARRAY) {
+        if (v->v.arr.n != 4) {
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s has %llu elements, expected 4", path, key,
+                           (unsigned long long)v->v.arr.n);
+        }
+        for (int i = 0; i < 4; i++) {
+            if (!v->v.arr.data || !lp_gguf_arr_int(v, (uint64_t)i, &sec[i])) {
+                return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: expected an array of integers", path, key);
+            }
+        }
+    } else {
+        int64_t one = 0;
+        loupe_status st = lp_gguf_get_i64(g, key, &one, err);
+        if (st != LOUPE_OK) return st;
+        for (int i = 0; i < 4; i++) sec[i] = one;
+    }
+    int64_t sum = 0;
+    for (int i = 0; i < 4; i++) {
+        if (sec[i] < 0 || sec[i] > LP_LLAMA_MAX_DIM) {
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: section %d = %lld out of range", path, key, i, (long long)sec[i]);
+        }
+        sum += sec[i];
+        c->rope_sections[i] = (int)sec[i];
+    }
+    if (sum <= 0 || sum > c->head_dim) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: sections sum to %lld, expected 1 .. %d (the head size)", path, key,
+                       (long long)sum, c->head_dim);
+    }
+    return LOUPE_OK;
+}
+
 static loupe_status load_config(lp_weight_store *ws, lp_llama_config *c, lp_error *err) {
     const lp_gguf *g = ws->gguf;
     const char *path = model_path(ws);
@@ -64,9 +104,13 @@ static loupe_status load_config(lp_weight_store *ws, lp_llama_config *c, lp_erro
     } else if (strcmp(arch, "qwen2") == 0) {
         c->arch = LP_ARCH_QWEN2;
         c->rope_mode = LP_ROPE_NEOX;
+    } else if (strcmp(arch, "qwen2vl") == 0) {
+        c->arch = LP_ARCH_QWEN2VL;
+        c->rope_mode = LP_ROPE_NEOX; /* pair layout of M-RoPE */
+        c->mrope = true;
     } else {
-        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key general.architecture = \"%s\" is not supported (llama, qwen2)",
-                       path, arch);
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED,
+                       "%s: key general.architecture = \"%s\" is not supported (llama, qwen2, qwen2vl)", path, arch);
     }
     snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
 
@@ -133,6 +177,7 @@ static loupe_status load_config(lp_weight_store *ws, lp_llama_config *c, lp_erro
     if (!(c->rope_base > 0.0f) || !isfinite(c->rope_base)) {
         return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %g is not a positive number", path, key, (double)c->rope_base);
     }
+    if (c->mrope && (st = read_rope_sections(g, path, c, err)) != LOUPE_OK) return st;
 
     /* features of the architecture that this decoder does not implement */
     const char *scaling = "linear";
@@ -594,7 +639,29 @@ static loupe_status attention_scratch(lp_llama_state *s, lp_pool *pool, lp_error
     return LOUPE_OK;
 }
 
-static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
+/* RoPE of one token's q (n_head rows) and k (n_head_kv rows). pos: NULL
+ * (position n_past + i), or this token's first id with ids stride apart. */
+static void rope_token(const lp_llama_config *c, float *q, float *k, int64_t p_default, const int32_t *pos,
+                       int64_t stride) {
+    if (c->mrope) {
+        int32_t p4[4];
+        if (pos) {
+            for (int j = 0; j < 4; j++) p4[j] = pos[j * stride];
+        } else { /* a text token: (p, p, p, 0), as llama-graph.cpp sets it */
+            p4[0] = p4[1] = p4[2] = (int32_t)p_default;
+            p4[3] = 0;
+        }
+        lp_rope_mrope(q, c->n_head, c->head_dim, c->n_rot, p4, c->rope_sections, c->rope_base);
+        lp_rope_mrope(k, c->n_head_kv, c->head_dim, c->n_rot, p4, c->rope_sections, c->rope_base);
+        return;
+    }
+    const int64_t p = pos ? (int64_t)pos[0] : p_default;
+    lp_rope(q, c->n_head, c->head_dim, c->n_rot, p, c->rope_base, c->rope_mode);
+    lp_rope(k, c->n_head_kv, c->head_dim, c->n_rot, p, c->rope_base, c->rope_mode);
+}
+
+static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, int B, const int32_t *pos,
+                                      int64_t pos_stride, lp_pool *pool, lp_error *err) {
     const lp_llama_config *c = &m->cfg;
     const lp_llama_layer *L = &m->w.layers[il];
     const int64_t E = c->n_embd;
@@ -618,10 +685,9 @@ static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, in
     if ((st = linear(m, s, &L->wv, s->xb, v_new, B, pool, err)) != LOUPE_OK) return st;
     if ((st = add_bias(m, s, &L->bv, v_new, B, kv_dim, err)) != LOUPE_OK) return st;
 
-    // rotary position embedding of q and k, token i at position pos0 + i
+    // rotary position embedding of q and k, token i at position pos0 + i (or the given ids)
     for (int i = 0; i < B; i++) {
-        lp_rope(s->q + i * q_dim, c->n_head, c->head_dim, c->n_rot, pos0 + i, c->rope_base, c->rope_mode);
-        lp_rope(k_new + i * kv_dim, c->n_head_kv, c->head_dim, c->n_rot, pos0 + i, c->rope_base, c->rope_mode);
+        rope_token(c, s->q + i * q_dim, k_new + i * kv_dim, pos0 + i, pos ? pos + i : NULL, pos_stride);
     }
     if (s->kv_f16) {
         round_f16(k_new, B * kv_dim);
@@ -861,8 +927,9 @@ static loupe_status ffn_forward_flash(lp_llama *m, lp_llama_state *s, int il, in
     return LOUPE_OK;
 }
 
-static loupe_status block_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
-    loupe_status st = attention_forward(m, s, il, B, pool, err);
+static loupe_status block_forward(lp_llama *m, lp_llama_state *s, int il, int B, const int32_t *pos, int64_t pos_stride,
+                                  lp_pool *pool, lp_error *err) {
+    loupe_status st = attention_forward(m, s, il, B, pos, pos_stride, pool, err);
     if (st == LOUPE_OK) st = m->flash ? ffn_forward_flash(m, s, il, B, pool, err) : ffn_forward(m, s, il, B, pool, err);
     if (st == LOUPE_OK) dump_blk(s, il, NULL, s->x, (int64_t)B * m->cfg.n_embd);
     return st;
@@ -886,20 +953,34 @@ static loupe_status output_forward(lp_llama *m, lp_llama_state *s, int B, bool a
     return LOUPE_OK;
 }
 
-/* One pass of B <= n_batch tokens. */
-static loupe_status forward_chunk(lp_llama *m, lp_llama_state *s, const float *embd, int B, float *logits, lp_pool *pool,
-                                  lp_error *err) {
+/* One pass of B <= n_batch tokens; pos: NULL or the chunk's first ids,
+ * pos_stride apart (section-major over the whole call). */
+static loupe_status forward_chunk(lp_llama *m, lp_llama_state *s, const float *embd, int B, const int32_t *pos,
+                                  int64_t pos_stride, float *logits, lp_pool *pool, lp_error *err) {
     const int64_t E = m->cfg.n_embd;
     lp_ws_step(m->ws); /* the flash store's window counts passes */
     memcpy(s->x, embd, (size_t)B * (size_t)E * sizeof(float));
     dump(s, "embd_in", s->x, B * E);
     for (int il = 0; il < m->cfg.n_layer; il++) {
-        loupe_status st = block_forward(m, s, il, B, pool, err);
+        loupe_status st = block_forward(m, s, il, B, pos, pos_stride, pool, err);
         if (st != LOUPE_OK) return st;
     }
     s->n_past += B; /* every layer has its k, v for these positions now */
     if (!logits) return LOUPE_OK;
     return output_forward(m, s, B, s->logits_all, logits, pool, err);
+}
+
+/* Explicit position ids must not be negative (ggml takes them as i32 positions). */
+static loupe_status check_pos(const lp_llama *m, const int32_t *pos, int n, lp_error *err) {
+    if (!pos) return LOUPE_OK;
+    const int64_t total = (int64_t)n * lp_llama_n_pos_per_token(m);
+    for (int64_t i = 0; i < total; i++) {
+        if (pos[i] < 0) {
+            return lp_fail(err, LOUPE_ERR_INVALID_ARG, "position id %lld of token %lld is negative (%d)",
+                           (long long)(i / n), (long long)(i % n), (int)pos[i]);
+        }
+    }
+    return LOUPE_OK;
 }
 
 static loupe_status check_room(const lp_llama *m, const lp_llama_state *s, int n, lp_error *err) {
@@ -911,10 +992,11 @@ static loupe_status check_room(const lp_llama *m, const lp_llama_state *s, int n
     return LOUPE_OK;
 }
 
-static loupe_status lp_llama_forward_impl(lp_llama *m, lp_llama_state *s, const float *embd, int n, float *logits, lp_pool *pool,
-                              lp_error *err) {
+static loupe_status lp_llama_forward_impl(lp_llama *m, lp_llama_state *s, const float *embd, const int32_t *pos, int n,
+                                          float *logits, lp_pool *pool, lp_error *err) {
     if (!m || !s || n < 0 || (n > 0 && !embd)) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_forward: bad arguments");
     loupe_status st = check_room(m, s, n, err);
+    if (st == LOUPE_OK) st = check_pos(m, pos, n, err);
     if (st != LOUPE_OK) return st;
     const int64_t E = m->cfg.n_embd, V = m->cfg.n_vocab;
     const int start = s->n_past;
@@ -923,7 +1005,7 @@ static loupe_status lp_llama_forward_impl(lp_llama *m, lp_llama_state *s, const 
         float *lg = NULL; // where this chunk's logits go, if anywhere
         if (logits && s->logits_all) lg = logits + (int64_t)c0 * V;
         else if (logits && c0 + B == n) lg = logits;
-        st = forward_chunk(m, s, embd + (int64_t)c0 * E, B, lg, pool, err);
+        st = forward_chunk(m, s, embd + (int64_t)c0 * E, B, pos ? pos + c0 : NULL, n, lg, pool, err);
         if (st != LOUPE_OK) {
             s->n_past = start;
             return st;
@@ -969,12 +1051,13 @@ static loupe_status lp_llama_embed_impl(const lp_llama *m, const int32_t *tokens
     return st;
 }
 
-static loupe_status lp_llama_forward_tokens_impl(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
-                                     lp_pool *pool, lp_error *err) {
+static loupe_status lp_llama_forward_tokens_impl(lp_llama *m, lp_llama_state *s, const int32_t *tokens, const int32_t *pos,
+                                                 int n, float *logits, lp_pool *pool, lp_error *err) {
     if (!m || !s || n < 0 || (n > 0 && !tokens)) {
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_llama_forward_tokens: bad arguments");
     }
     loupe_status st = check_room(m, s, n, err);
+    if (st == LOUPE_OK) st = check_pos(m, pos, n, err);
     if (st != LOUPE_OK) return st;
     const int64_t V = m->cfg.n_vocab;
     const int start = s->n_past;
@@ -984,7 +1067,7 @@ static loupe_status lp_llama_forward_tokens_impl(lp_llama *m, lp_llama_state *s,
         if (logits && s->logits_all) lg = logits + (int64_t)c0 * V;
         else if (logits && c0 + B == n) lg = logits;
         st = embed_into(m, tokens + c0, B, s->emb, s->emb_rows, s->emb_ids, err);
-        if (st == LOUPE_OK) st = forward_chunk(m, s, s->emb, B, lg, pool, err);
+        if (st == LOUPE_OK) st = forward_chunk(m, s, s->emb, B, pos ? pos + c0 : NULL, n, lg, pool, err);
         if (st != LOUPE_OK) {
             s->n_past = start;
             return st;
@@ -1007,7 +1090,7 @@ static void ws_unlock(const lp_llama *m) {
 loupe_status lp_llama_forward(lp_llama *m, lp_llama_state *s, const float *embd, int n, float *logits, lp_pool *pool,
                               lp_error *err) {
     ws_lock(m);
-    loupe_status st = lp_llama_forward_impl(m, s, embd, n, logits, pool, err);
+    loupe_status st = lp_llama_forward_impl(m, s, embd, NULL, n, logits, pool, err);
     ws_unlock(m);
     return st;
 }
@@ -1022,7 +1105,100 @@ loupe_status lp_llama_embed(const lp_llama *m, const int32_t *tokens, int n, flo
 loupe_status lp_llama_forward_tokens(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
                                      lp_pool *pool, lp_error *err) {
     ws_lock(m);
-    loupe_status st = lp_llama_forward_tokens_impl(m, s, tokens, n, logits, pool, err);
+    loupe_status st = lp_llama_forward_tokens_impl(m, s, tokens, NULL, n, logits, pool, err);
     ws_unlock(m);
     return st;
+}
+
+loupe_status lp_llama_forward_pos(lp_llama *m, lp_llama_state *s, const float *embd, const int32_t *pos, int n,
+                                  float *logits, lp_pool *pool, lp_error *err) {
+    ws_lock(m);
+    loupe_status st = lp_llama_forward_impl(m, s, embd, pos, n, logits, pool, err);
+    ws_unlock(m);
+    return st;
+}
+
+loupe_status lp_llama_forward_tokens_pos(lp_llama *m, lp_llama_state *s, const int32_t *tokens, const int32_t *pos,
+                                         int n, float *logits, lp_pool *pool, lp_error *err) {
+    ws_lock(m);
+    loupe_status st = lp_llama_forward_tokens_impl(m, s, tokens, pos, n, logits, pool, err);
+    ws_unlock(m);
+    return st;
+}
+
+// ----------------------------------------------------------------------------
+// M-RoPE (see decoder.h for the rule and its llama.cpp sources)
+
+int lp_llama_n_pos_per_token(const lp_llama *m) { return m && m->cfg.mrope ? 4 : 1; }
+
+void lp_rope_mrope(float *x, int n_head, int head_dim, int n_rot, const int32_t pos[4], const int sections[4],
+                   float base) {
+    // x (n_head, head_dim)
+    if (n_rot > head_dim) n_rot = head_dim;
+    n_rot &= ~1;
+    const int sect_dims = sections[0] + sections[1] + sections[2] + sections[3];
+    if (n_rot <= 0 || n_head <= 0 || sect_dims <= 0) return;
+    const int sec_w = sections[0] + sections[1], sec_e = sec_w + sections[2];
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    const int half = n_rot / 2;
+    float cs[2 * 256], *cache = cs, *own = NULL; // (half) cos, (half) sin
+    if (half > 256) {
+        own = malloc((size_t)n_rot * sizeof(float));
+        if (!own) return;
+        cache = own;
+    }
+    /* ggml_mrope_cache_init, GGML_ROPE_TYPE_MROPE: four chains multiplied
+     * in step, the sector picks which one a pair uses */
+    float th_t = (float)pos[0], th_h = (float)pos[1], th_w = (float)pos[2], th_e = (float)pos[3];
+    for (int i = 0; i < half; i++) {
+        const int sector = i % sect_dims;
+        float theta = th_t;
+        if (sector >= sections[0] && sector < sec_w) theta = th_h;
+        else if (sector >= sec_w && sector < sec_e) theta = th_w;
+        else if (sector >= sec_e) theta = th_e;
+        cache[i] = cosf(theta);
+        cache[half + i] = sinf(theta);
+        th_t *= theta_scale;
+        th_h *= theta_scale;
+        th_w *= theta_scale;
+        th_e *= theta_scale;
+    }
+    for (int h = 0; h < n_head; h++) {
+        float *xh = x + (int64_t)h * head_dim; // (head_dim); dims n_rot.. pass through
+        for (int i = 0; i < half; i++) {
+            const float c = cache[i], s = cache[half + i];
+            const float x0 = xh[i], x1 = xh[i + half];
+            xh[i] = x0 * c - x1 * s;
+            xh[i + half] = x0 * s + x1 * c;
+        }
+    }
+    free(own);
+}
+
+int32_t lp_mrope_pos_text(int32_t *pos, int64_t stride, int64_t i0, int n, int32_t p) {
+    for (int k = 0; k < n; k++) {
+        const int64_t i = i0 + k;
+        pos[i] = pos[stride + i] = pos[2 * stride + i] = p + k;
+        pos[3 * stride + i] = 0;
+    }
+    return p + n;
+}
+
+int32_t lp_mrope_pos_image(int32_t *pos, int64_t stride, int64_t i0, int nx, int ny, int32_t p) {
+    const int n = nx * ny;
+    for (int k = 0; k < n; k++) {
+        const int64_t i = i0 + k;
+        pos[i] = p;                        /* t */
+        pos[stride + i] = p + k / nx;      /* h: row    */
+        pos[2 * stride + i] = p + k % nx;  /* w: column */
+        pos[3 * stride + i] = 0;
+    }
+    return p + (nx > ny ? nx : ny);
+}
+
+int32_t lp_mrope_pos_prompt(int32_t *pos, int n_pre, int nx, int ny, int n_post, int32_t p0) {
+    const int64_t n = (int64_t)n_pre + (int64_t)nx * ny + n_post;
+    int32_t p = lp_mrope_pos_text(pos, n, 0, n_pre, p0);
+    p = lp_mrope_pos_image(pos, n, n_pre, nx, ny, p);
+    return lp_mrope_pos_text(pos, n, n_pre + (int64_t)nx * ny, n_post, p);
 }

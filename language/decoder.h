@@ -1,15 +1,19 @@
-/* language/decoder.h — the llama-architecture text decoder (llama, qwen2).
+/* language/decoder.h — the llama-architecture text decoder (llama, qwen2,
+ * qwen2vl).
  *
- * Computes what llama.cpp computes for general.architecture "llama" and
- * "qwen2" (no MoE, no RoPE scaling):
+ * Computes what llama.cpp computes for general.architecture "llama",
+ * "qwen2" and "qwen2vl" (no MoE, no RoPE scaling):
  *
  *   x = embd_in                                    (n, n_embd)
  *   for each block l:
  *     h  = rmsnorm(x) * attn_norm
  *     q,k,v = h Wq^T (+bq), h Wk^T (+bk), h Wv^T (+bv)
- *     rope(q), rope(k) at positions n_past..n_past+n-1
+ *     rope(q), rope(k) at positions n_past..n_past+n-1 (or explicit ones,
+ *        lp_llama_forward_pos)
  *        llama: NORMAL pairs (2i, 2i+1) — the GGUF converter permuted Wq/Wk
  *        qwen2: NEOX pairs (i, i + n_rot/2)
+ *        qwen2vl: M-RoPE (below): NEOX pairs, each pair's angle from one of
+ *                 four position ids
  *     append k, v to the cache; causal GQA attention, scale 1/sqrt(head_dim)
  *     x = x + attn Wo^T (+bo)
  *     h  = rmsnorm(x) * ffn_norm
@@ -27,7 +31,52 @@
  * Prefill: dense, in panels of LP_FLASH_PANEL neurons through sgemm.
  *
  * Threading: a model is read-only after load and may be shared by several
- * states; a state (KV cache + scratch) belongs to one thread at a time. */
+ * states; a state (KV cache + scratch) belongs to one thread at a time.
+ *
+ * M-RoPE (general.architecture "qwen2vl": Qwen2-VL and Qwen2.5-VL).
+ * llama.cpp loads it like qwen2 plus the required key
+ * "qwen2vl.rope.dimension_sections" (src/models/qwen2vl.cpp:4,
+ * get_key_or_arr: an array of exactly 4 integers, or one integer used 4
+ * times; Qwen2.5-VL has [16, 24, 24, 0]), and ropes q and k with
+ * ggml_rope_multi in mode GGML_ROPE_TYPE_MROPE (= 8; llama-model.cpp:2803
+ * llama_model_rope_type; not the interleaved IMROPE of qwen3vl). Each token
+ * has 4 position ids (t, h, w, e). ggml-cpu (ops.cpp:5858
+ * ggml_mrope_cache_init, non-vision, sections not independent;
+ * ops.cpp:6077-6080 rotate_pairs(n_rot, n_rot/2)) rotates the NEOX pair
+ * (i, i + n_rot/2), i = 0 .. n_rot/2 − 1, by the angle
+ *   θ_i = p_sel · s^i,   s = powf(freq_base, −2/n_rot),
+ *   sector = i mod (s0+s1+s2+s3):  sector < s0 -> p_t;  < s0+s1 -> p_h;
+ *                                  < s0+s1+s2 -> p_w;  else p_e,
+ * each of the four chains built as ggml does (start at (float)p, multiply by
+ * s after every pair), so equal ids give exactly the NEOX rope of qwen2.
+ *
+ * Position ids llama.cpp gives (rules reproduced by lp_mrope_pos_text /
+ * lp_mrope_pos_image below):
+ *   text token at position p:  (p, p, p, 0). A token batch carries one
+ *     position per token; llama-batch.cpp:781-787 (ubatch_add) copies it to
+ *     all 4 and llama-graph.cpp:131-141 (llm_graph_input_pos::set_input)
+ *     sets the 4th to 0. Positions count on from the previous token + 1.
+ *   image of nx × ny merged tokens starting at p0 (the position after the
+ *     preceding text), token i in raster order (row i / nx, column i % nx):
+ *     (t, h, w, e) = (p0, p0 + i / nx, p0 + i % nx, 0)
+ *     (mtmd.cpp:2403-2409 mtmd_image_tokens_get_decoder_pos, MROPE case:
+ *     t = pos_0, y = pos_0 + i / nx, x = pos_0 + i % nx, z = 0; written as
+ *     (t, y, x, z) by mtmd-helper-common.h:113-124 set_position_mrope_2d).
+ *   after the image the position advances by max(nx, ny), not nx·ny
+ *     (mtmd.cpp:2461-2462 mtmd_image_tokens_get_n_pos; mtmd-helper.cpp:191
+ *     n_past += mtmd_input_chunk_get_n_pos): the next text token is at
+ *     p0 + max(nx, ny). mtmd wraps the image in the text tokens
+ *     <|vision_start|> ... <|vision_end|> (mtmd.cpp:697-698); they are
+ *     ordinary text tokens here.
+ * Attention stays causal in cache order (slot j visible to query slot i iff
+ * j <= i). llama.cpp masks M-RoPE batches by t, and on equal t by (y, x)
+ * raster order (llama-kv-cache.cpp:1648-1663); for sequences laid out as
+ * above that is the same mask.
+ * The KV cache counts slots (n_past), not positions: after an image the two
+ * differ, so a caller that has fed an image must keep feeding explicit
+ * positions (lp_llama_forward_pos / _tokens_pos). Without explicit positions
+ * token i of a call is at n_past + i, i.e. (n_past + i, n_past + i,
+ * n_past + i, 0) for qwen2vl. */
 #ifndef LP_DECODER_H
 #define LP_DECODER_H
 
@@ -42,13 +91,14 @@
 
 typedef enum lp_llama_arch {
     LP_ARCH_LLAMA = 0,
-    LP_ARCH_QWEN2 = 1
+    LP_ARCH_QWEN2 = 1,
+    LP_ARCH_QWEN2VL = 2  /* qwen2 + M-RoPE */
 } lp_llama_arch;
 
 /* Hyperparameters, read from "{arch}.*" keys and checked against the tensors. */
 typedef struct lp_llama_config {
     lp_llama_arch arch;
-    char arch_name[16];  /* "llama" / "qwen2" */
+    char arch_name[16];  /* "llama" / "qwen2" / "qwen2vl" */
     int n_vocab;         /* token_embd rows */
     int n_embd;          /* {arch}.embedding_length */
     int n_layer;         /* {arch}.block_count */
@@ -60,8 +110,10 @@ typedef struct lp_llama_config {
     int n_ctx_train;     /* {arch}.context_length */
     float rms_eps;       /* {arch}.attention.layer_norm_rms_epsilon */
     float rope_base;     /* {arch}.rope.freq_base (default 10000) */
-    lp_rope_mode rope_mode; /* NORMAL for llama, NEOX for qwen2 */
+    lp_rope_mode rope_mode; /* NORMAL for llama, NEOX for qwen2 and qwen2vl */
     bool tied_output;    /* no output.weight: the head reuses token_embd */
+    bool mrope;          /* qwen2vl: M-RoPE with rope_sections, 4 position ids per token */
+    int rope_sections[4]; /* {arch}.rope.dimension_sections (qwen2vl), else zeros */
 } lp_llama_config;
 
 /* Per-layer tensor handles (lp_tensor.id < 0 marks an absent optional one). */
@@ -219,5 +271,41 @@ loupe_status lp_llama_forward(lp_llama *m, lp_llama_state *s, const float *embd,
 /* Convenience: embed tokens (n <= n_batch per internal chunk) and forward. */
 loupe_status lp_llama_forward_tokens(lp_llama *m, lp_llama_state *s, const int32_t *tokens, int n, float *logits,
                                      lp_pool *pool, lp_error *err);
+
+/* ---- explicit positions (M-RoPE) ----
+ * Position ids per token: 4 for qwen2vl (M-RoPE), 1 otherwise. */
+int lp_llama_n_pos_per_token(const lp_llama *m);
+
+/* As lp_llama_forward / lp_llama_forward_tokens, with the RoPE positions
+ * given: pos (n_pos_per_token, n), section-major like llama_batch.pos —
+ * pos[k * n + i] is id k of token i (t, h, w, e for M-RoPE; the one
+ * position otherwise). pos == NULL is the default (n_past + i). The cache
+ * and n_past advance by n slots whatever the positions; attention is causal
+ * in slot order. Negative positions give INVALID_ARG. */
+loupe_status lp_llama_forward_pos(lp_llama *m, lp_llama_state *s, const float *embd, const int32_t *pos, int n,
+                                  float *logits, lp_pool *pool, lp_error *err);
+loupe_status lp_llama_forward_tokens_pos(lp_llama *m, lp_llama_state *s, const int32_t *tokens, const int32_t *pos,
+                                         int n, float *logits, lp_pool *pool, lp_error *err);
+
+/* ggml's rope "multi" in MROPE mode on x (n_head, head_dim) in place: NEOX
+ * pairs over the first n_rot dims, pair i's angle from position id
+ * pos[sector(i)] as described above (sections[4] >= 0, sum > 0). With
+ * pos[0] == pos[1] == pos[2] (and sections[3] == 0, or pos[3] equal too)
+ * it equals lp_rope(..., pos[0], base, LP_ROPE_NEOX) bit for bit. */
+void lp_rope_mrope(float *x, int n_head, int head_dim, int n_rot, const int32_t pos[4], const int sections[4],
+                   float base);
+
+/* Fill M-RoPE position ids (section-major, stride = the batch's token
+ * count) for tokens i0 .. of a batch; each returns the next text position.
+ *   text:  n tokens at p, p+1, ...: (p+k, p+k, p+k, 0); returns p + n.
+ *   image: nx × ny merged tokens (raster order) starting at p:
+ *          (p, p + i/nx, p + i%nx, 0); returns p + max(nx, ny). */
+int32_t lp_mrope_pos_text(int32_t *pos, int64_t stride, int64_t i0, int n, int32_t p);
+int32_t lp_mrope_pos_image(int32_t *pos, int64_t stride, int64_t i0, int nx, int ny, int32_t p);
+/* A whole prompt: n_pre text tokens, one nx × ny image, n_post text tokens,
+ * starting at p0; pos must hold 4 · (n_pre + nx·ny + n_post) ids (stride =
+ * that token count). Returns the position of the token after the prompt,
+ * p0 + n_pre + max(nx, ny) + n_post. */
+int32_t lp_mrope_pos_prompt(int32_t *pos, int n_pre, int nx, int ny, int n_post, int32_t p0);
 
 #endif
