@@ -228,7 +228,9 @@ typedef struct loupe_context_params {
     int top_k;                /* default 40, 0 = off (only with temperature > 0) */
     float top_p;              /* default 0.95, 1 = off */
     int max_tokens;           /* most generated tokens, default 256; < 0: no limit */
-    /* System prompt; NULL (default): the template's; "": none. Copied. */
+    /* System prompt; NULL (default): the model family's (InternVL: its own
+     * Chinese system message, as its conversation template), else the
+     * template's; "": none. Copied. */
     const char *system_prompt;
     loupe_progress_fn progress; /* may be NULL (default) */
     void *progress_user;
