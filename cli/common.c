@@ -102,6 +102,11 @@ int cli_model_arg(cli_model_args *m, const char *cmd, const char *opt, const cha
         long v;
         if (!cli_parse_int(val, 0, 1000000, &v)) *rc = cli_usage(cmd, "--flash-window: '%s' is not a count", val);
         else m->params.flash_window = (int)v;
+    } else if (!strcmp(opt, "--image-min-tokens") || !strcmp(opt, "--image-max-tokens")) {
+        long v;
+        if (!cli_parse_int(val, 1, 1 << 20, &v)) *rc = cli_usage(cmd, "%s: '%s' is not a token count", opt, val);
+        else if (!strcmp(opt, "--image-min-tokens")) m->params.image_min_tokens = (int)v;
+        else m->params.image_max_tokens = (int)v;
     } else if (!strcmp(opt, "--io-threads")) {
         long v;
         if (!cli_parse_int(val, 0, 16, &v)) *rc = cli_usage(cmd, "--io-threads: '%s' is not in [0, 16]", val);

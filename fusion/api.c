@@ -154,6 +154,8 @@ loupe_status loupe_model_load(const char *model_path, const char *mmproj_path, c
     vp.prep = to_lp_prep(prep);
     vp.llamacpp = p.llamacpp_compat != 0;
     vp.flash.budget = p.memory_budget;
+    vp.image_min_tokens = p.image_min_tokens;
+    vp.image_max_tokens = p.image_max_tokens;
     vp.flash.window = p.flash_window;
     vp.flash.io_threads = p.flash_io_threads;
     vp.flash.expected_active = p.ffn_threshold > 0 ? 0.5f : p.ffn_keep; /* how the planner weighs attention vs neurons */
@@ -161,7 +163,10 @@ loupe_status loupe_model_load(const char *model_path, const char *mmproj_path, c
         free(m);
         return fail_out(&e, err, err_size);
     }
-    if (fam == LP_BOX_UNKNOWN) fam = lp_vlm_get_family(m->vlm) == LP_VLM_INTERNVL ? LP_BOX_INTERNVL : LP_BOX_FERRET;
+    if (fam == LP_BOX_UNKNOWN) {
+        const lp_vlm_family f = lp_vlm_get_family(m->vlm);
+        fam = f == LP_VLM_INTERNVL ? LP_BOX_INTERNVL : f == LP_VLM_QWEN25VL ? LP_BOX_QWEN25VL : LP_BOX_FERRET;
+    }
     m->boxes = fam;
     m->prep = prep;
     m->p = p;
@@ -352,7 +357,7 @@ static loupe_status parse_boxes(const loupe_model *m, const lp_vlm_stats *s, con
     if (!a->raw || !a->raw_issues) return lp_fail(e, LOUPE_ERR_NOMEM, "parsing boxes: out of memory");
     if (!s->has_geom) return lp_fail(e, LOUPE_ERR_INTERNAL, "the pipeline reported no image geometry");
     lp_box_geom g;
-    loupe_status st = lp_box_geom_from_prep(&g, &s->geom, img->w, img->h, s->image_size, e);
+    loupe_status st = lp_box_geom_from_prep_wh(&g, &s->geom, img->w, img->h, s->frame_w, s->frame_h, e);
     if (st) return st;
     a->n_boxes = lp_boxes_parse(m->boxes, a->text, &g, a->raw, cap, a->raw_issues, cap + 1);
     a->n_issues = lp_box_issue_count(a->raw_issues, cap + 1);
@@ -464,7 +469,8 @@ loupe_status loupe_answer_parse(const loupe_model *m, const loupe_image *image, 
         lp_fail(&e, LOUPE_ERR_NOMEM, "loupe_answer_parse: out of memory");
         return fail_out(&e, err, err_size);
     }
-    loupe_status st = lp_vlm_prep_geom(m->vlm, &image->img, &s.geom, &s.image_size, &e);
+    loupe_status st = lp_vlm_prep_frame(m->vlm, &image->img, &s.geom, &s.frame_w, &s.frame_h, &e);
+    s.image_size = lp_vlm_image_size(m->vlm);
     s.has_geom = st == LOUPE_OK;
     if (!st) st = parse_boxes(m, &s, &image->img, a, NULL, &e);
     if (st) {

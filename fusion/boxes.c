@@ -279,13 +279,19 @@ loupe_status lp_box_geom_internvl(lp_box_geom *g, int w, int h, int tile, int mi
 }
 
 loupe_status lp_box_geom_from_prep(lp_box_geom *g, const lp_prep_geom *p, int w, int h, int S, lp_error *err) {
+    return lp_box_geom_from_prep_wh(g, p, w, h, S, S, err);
+}
+
+loupe_status lp_box_geom_from_prep_wh(lp_box_geom *g, const lp_prep_geom *p, int w, int h, int in_w, int in_h,
+                                      lp_error *err) {
     loupe_status st = check_image(w, h, err);
-    if (!st) st = check_side(S, err);
+    if (!st) st = check_side(in_w, err);
+    if (!st) st = check_side(in_h, err);
     if (st) return st;
     if (!p || !(p->scale_x > 0) || !(p->scale_y > 0) || !isfinite(p->scale_x) || !isfinite(p->scale_y) ||
         !isfinite(p->off_x) || !isfinite(p->off_y))
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "box geometry: preprocess geometry missing or not finite");
-    geom_set(g, LP_GEOM_PREP, w, h, S, S, p->scale_x, p->scale_y, p->off_x, p->off_y);
+    geom_set(g, LP_GEOM_PREP, w, h, in_w, in_h, p->scale_x, p->scale_y, p->off_x, p->off_y);
     g->content_x = p->content_x;
     g->content_y = p->content_y;
     g->content_w = p->content_w;

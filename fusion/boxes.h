@@ -106,6 +106,9 @@ loupe_status lp_box_geom_qwen(lp_box_geom *g, int w, int h, int factor, long lon
 loupe_status lp_box_geom_internvl(lp_box_geom *g, int w, int h, int tile, int min_num, int max_num, lp_error *err);
 /* From the geometry lp_preprocess_image reported for an S×S input. */
 loupe_status lp_box_geom_from_prep(lp_box_geom *g, const lp_prep_geom *p, int w, int h, int S, lp_error *err);
+/* The same for a W × H (not square) model input: Qwen2.5-VL's resized image. */
+loupe_status lp_box_geom_from_prep_wh(lp_box_geom *g, const lp_prep_geom *p, int w, int h, int in_w, int in_h,
+                                      lp_error *err);
 
 /* Qwen's smart_resize alone: the (w, h) the processor resizes a w×h image to.
  * Same defaults and errors as lp_box_geom_qwen. */

@@ -2,6 +2,7 @@
  * about an image. */
 #include "vlm.h"
 
+#include "../vision/qwen_vit.h"
 #include "../vision/tiles.h"
 
 #include "../core/gguf.h"
@@ -33,7 +34,9 @@ struct lp_vlm {
     lp_weight_store *lm_ws, *mm_ws;
     lp_tokenizer *tok;
     lp_llama *llama;
-    lp_clip *clip;
+    lp_clip *clip;         /* llava and internvl                      */
+    lp_qwen_vit *qvit;     /* qwen2.5-vl (then clip is NULL)          */
+    lp_qwen_prep_mode qprep;
     lp_region_sampler *rs; /* NULL: the mmproj has none */
     int32_t region_id;     /* "<region_fea>" (control or user-defined), -1: none */
     const lp_template *tmpl;
@@ -62,6 +65,10 @@ struct lp_vlm_ctx {
     uint64_t img_key;     /* pixels + size hash of the cached encoding; 0: none */
     float *img_embd;      // (img_n, n_embd)
     int img_n, img_cap;   /* rows held, rows allocated */
+    lp_qwen_geom img_qgeom; /* Qwen2.5-VL: the cached image's grid */
+    int32_t *pos;         // (4, pos_cap) M-RoPE ids of a prefill call
+    int pos_cap;
+    int32_t next_pos;     /* M-RoPE: the position of the next token */
     float *img_feat;      // (n_patches, feature_dim) or NULL when not computed
     lp_prep_geom img_geom;
     float *pfx_embd;      // (pfx_len, n_embd): the prefix rows whose KV st holds
@@ -192,6 +199,15 @@ static loupe_status load_region_sampler(lp_vlm *v, lp_error *err) {
     return LOUPE_OK;
 }
 
+/* A Qwen2/2.5-VL vision tower (vision/qwen_vit.h) rather than a CLIP one. */
+static bool is_qwen_mmproj(const lp_gguf *g) {
+    lp_error e = {0};
+    const char *t = NULL;
+    if (lp_gguf_get_str_opt(g, "clip.projector_type", &t, &e) || !t || !t[0])
+        if (lp_gguf_get_str_opt(g, "clip.vision.projector_type", &t, &e) || !t) return false;
+    return !strcmp(t, "qwen2.5vl_merger") || !strcmp(t, "qwen2vl_merger") || !strcmp(t, "qwen2.5o");
+}
+
 lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_params *params, lp_error *err) {
     const double t0 = now_ms();
     if (!lm_path || !mmproj_path) {
@@ -213,9 +229,22 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
 
     if (!(v->mm_gguf = lp_gguf_open(mmproj_path, err))) goto fail;
     if (!(v->mm_ws = lp_weights_resident(v->mm_gguf, err))) goto fail;
-    if (!(v->clip = lp_clip_load(v->mm_gguf, v->mm_ws, err))) goto fail;
+    if (is_qwen_mmproj(v->mm_gguf)) {
+        v->family = LP_VLM_QWEN25VL;
+        if (!(v->qvit = lp_qwen_vit_load(v->mm_gguf, v->mm_ws, err))) goto fail;
+        if (lp_llama_n_pos_per_token(v->llama) != 4) {
+            lp_fail(err, LOUPE_ERR_MISMATCH,
+                    "%s: a Qwen2-VL/2.5-VL mmproj needs a language model with M-RoPE (general.architecture "
+                    "\"qwen2vl\"), but %s is \"%s\"",
+                    mmproj_path, lm_path, lp_llama_get_config(v->llama)->arch_name);
+            goto fail;
+        }
+    } else if (!(v->clip = lp_clip_load(v->mm_gguf, v->mm_ws, err))) {
+        goto fail;
+    }
 
-    const int out_dim = lp_clip_out_dim(v->clip), n_embd = lp_llama_n_embd(v->llama);
+    const int out_dim = v->qvit ? lp_qwen_vit_out_dim(v->qvit) : lp_clip_out_dim(v->clip);
+    const int n_embd = lp_llama_n_embd(v->llama);
     if (out_dim != n_embd) {
         lp_fail(err, LOUPE_ERR_MISMATCH,
                 "%s: projector output width %d does not match the embedding width %d of %s (not a pair)", mmproj_path,
@@ -237,12 +266,25 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
         lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_load: unknown preprocessing mode %d", (int)v->prep);
         goto fail;
     }
-    if (lp_clip_set_quirks(v->clip, quirks, err)) {
-        lp_error_prefix(err, "%s", mmproj_path);
-        goto fail;
+    if (v->qvit) {
+        /* llama.cpp mode: its numerics and its 8..4096 tokens; else HF's model (erf GELU) and
+         * the grounding token range */
+        v->qprep = p.llamacpp ? LP_QWEN_PREP_LLAMACPP : LP_QWEN_PREP_HF;
+        const int lo = p.image_min_tokens > 0 ? p.image_min_tokens : p.llamacpp ? 0 : LP_QWEN_GROUND_MIN_TOKENS;
+        const int hi = p.image_max_tokens > 0 ? p.image_max_tokens : p.llamacpp ? 0 : LP_QWEN_GROUND_MAX_TOKENS;
+        if (lp_qwen_vit_set_quirks(v->qvit, p.llamacpp ? LP_QWEN_VIT_QUIRKS_LLAMACPP : 0, err) ||
+            lp_qwen_vit_set_token_limits(v->qvit, lo, hi > 0 && hi < lo ? lo : hi, err)) {
+            lp_error_prefix(err, "%s", mmproj_path);
+            goto fail;
+        }
+    } else {
+        if (lp_clip_set_quirks(v->clip, quirks, err)) {
+            lp_error_prefix(err, "%s", mmproj_path);
+            goto fail;
+        }
+        v->family = lp_clip_projector_type(v->clip) == LP_PROJECTOR_INTERNVL ? LP_VLM_INTERNVL : LP_VLM_LLAVA;
+        lp_clip_tile_limits(v->clip, &v->min_tiles, &v->max_tiles);
     }
-    v->family = lp_clip_projector_type(v->clip) == LP_PROJECTOR_INTERNVL ? LP_VLM_INTERNVL : LP_VLM_LLAVA;
-    lp_clip_tile_limits(v->clip, &v->min_tiles, &v->max_tiles);
     if (load_region_sampler(v, err)) goto fail;
     if (choose_template(v, p.template_name, err)) goto fail;
     if (collect_eog(v, err)) goto fail;
@@ -255,6 +297,7 @@ fail:
 
 void lp_vlm_free(lp_vlm *v) {
     if (!v) return;
+    lp_qwen_vit_free(v->qvit);
     lp_region_sampler_free(v->rs);
     lp_clip_free(v->clip);
     lp_llama_free(v->llama);
@@ -270,13 +313,14 @@ void lp_vlm_free(lp_vlm *v) {
 }
 
 const lp_template *lp_vlm_template(const lp_vlm *v) { return v->tmpl; }
-int lp_vlm_n_image_tokens(const lp_vlm *v) { return lp_clip_n_out_tokens(v->clip); }
+int lp_vlm_n_image_tokens(const lp_vlm *v) { return v->clip ? lp_clip_n_out_tokens(v->clip) : 0; }
 lp_vlm_family lp_vlm_get_family(const lp_vlm *v) { return v->family; }
 
 const char *lp_vlm_family_name(lp_vlm_family f) {
     switch (f) {
     case LP_VLM_LLAVA: return "llava";
     case LP_VLM_INTERNVL: return "internvl";
+    case LP_VLM_QWEN25VL: return "qwen2.5-vl";
     }
     return "?";
 }
@@ -287,6 +331,12 @@ static loupe_status tile_plan(const lp_vlm *v, int w, int h, lp_tile_plan *plan,
 }
 
 loupe_status lp_vlm_image_tokens(const lp_vlm *v, int w, int h, int *n, lp_error *err) {
+    if (v->qvit) {
+        lp_qwen_geom qg;
+        loupe_status st = lp_qwen_vit_plan(v->qvit, w, h, v->qprep, &qg, err);
+        *n = st ? 0 : qg.nx * qg.ny;
+        return st;
+    }
     if (v->family != LP_VLM_INTERNVL) {
         *n = lp_clip_n_out_tokens(v->clip);
         return LOUPE_OK;
@@ -298,7 +348,7 @@ loupe_status lp_vlm_image_tokens(const lp_vlm *v, int w, int h, int *n, lp_error
 }
 int lp_vlm_n_ctx_train(const lp_vlm *v) { return lp_llama_n_ctx_train(v->llama); }
 double lp_vlm_load_ms(const lp_vlm *v) { return v->load_ms; }
-int lp_vlm_image_size(const lp_vlm *v) { return lp_clip_image_size(v->clip); }
+int lp_vlm_image_size(const lp_vlm *v) { return v->clip ? lp_clip_image_size(v->clip) : 0; }
 lp_prep_mode lp_vlm_prep(const lp_vlm *v) { return v->prep; }
 const char *lp_vlm_lm_path(const lp_vlm *v) { return v->lm_path; }
 const char *lp_vlm_mmproj_path(const lp_vlm *v) { return v->mm_path; }
@@ -370,6 +420,7 @@ void lp_vlm_ctx_free(lp_vlm_ctx *c) {
     free(c->img_feat);
     free(c->pfx_embd);
     free(c->tok_io);
+    free(c->pos);
     lp_llama_state_free(c->st);
     lp_pool_free(c->pool);
     free(c);
@@ -422,11 +473,32 @@ static loupe_status encode_tiles(const lp_vlm *v, lp_vlm_ctx *c, const lp_image 
     return st;
 }
 
+/* Qwen2.5-VL: one smart-resized input; geom maps original -> input pixels
+ * (the frame of its bbox_2d answers), c->img_qgeom gets the token grid. */
+static loupe_status encode_qwen(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd,
+                                lp_prep_geom *geom, lp_error *err) {
+    lp_qwen_geom qg;
+    loupe_status st = lp_qwen_vit_plan(v->qvit, img->w, img->h, v->qprep, &qg, err);
+    if (st) return st;
+    float *pixels = malloc((size_t)3 * qg.width * qg.height * sizeof *pixels); // (3, H, W)
+    if (!pixels) return lp_fail(err, LOUPE_ERR_NOMEM, "preprocessing the image: out of memory");
+    st = lp_qwen_vit_preprocess(v->qvit, img, v->qprep, pixels, &qg, err);
+    if (!st) st = lp_qwen_vit_encode(v->qvit, pixels, qg.width, qg.height, embd, c->pool, err);
+    if (st) lp_error_prefix(err, "%s", v->mm_path);
+    free(pixels);
+    if (!st) {
+        c->img_qgeom = qg;
+        if (geom) *geom = qg.map;
+    }
+    return st;
+}
+
 /* Image -> (n_image, n_embd) rows for the prompt; with `features`, also the
  * (N, feature_dim) patch features; `geom` (may be NULL) gets the
  * preprocessing geometry. */
 static loupe_status encode_image(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd, float *features,
                                  lp_prep_geom *geom, lp_error *err) {
+    if (v->qvit) return encode_qwen(v, c, img, embd, geom, err);
     const int S = lp_clip_image_size(v->clip);
     if (v->family == LP_VLM_INTERNVL) return encode_tiles(v, c, img, embd, geom, err);
     float *pixels = malloc((size_t)3 * S * S * sizeof *pixels);
@@ -521,6 +593,51 @@ static int prefix_positions(const lp_prompt *pr) {
 /* The prefill: [prefix] then [rest] as two forward calls. When the state
  * already holds exactly this prefix (the same rows) only the rest is
  * computed. */
+/* M-RoPE ids (language/decoder.h) of prompt positions [a, b) into c->pos,
+ * laid out (4, b - a); the image is the prompt's image segment, nx × ny.
+ * Returns the position after the whole prompt. */
+static int32_t prompt_positions(lp_vlm_ctx *c, const lp_prompt *pr, int nx, int ny, int a, int b, lp_error *err,
+                                loupe_status *st) {
+    int n_pre = 0, n_post = 0;
+    bool seen = false;
+    for (int i = 0; i < pr->n_seg; i++) {
+        if (pr->seg[i].kind == LP_SEGMENT_IMAGE) seen = true;
+        else if (seen) n_post += pr->seg[i].n_pos;
+        else n_pre += pr->seg[i].n_pos;
+    }
+    const int n = pr->n_pos;
+    int32_t *all = malloc((size_t)4 * n * sizeof *all); // (4, n)
+    if (all && b - a > c->pos_cap) {
+        int32_t *p = realloc(c->pos, (size_t)4 * (b - a) * sizeof *p);
+        if (p) {
+            c->pos = p;
+            c->pos_cap = b - a;
+        }
+    }
+    if (!all || b - a > c->pos_cap) {
+        free(all);
+        *st = lp_fail(err, LOUPE_ERR_NOMEM, "out of memory for positions");
+        return 0;
+    }
+    const int32_t end = seen ? lp_mrope_pos_prompt(all, n_pre, nx, ny, n_post, 0) : lp_mrope_pos_text(all, n, 0, n, 0);
+    for (int k = 0; k < 4; k++) memcpy(c->pos + (size_t)k * (b - a), all + (size_t)k * n + a, (size_t)(b - a) * sizeof *all);
+    free(all);
+    *st = LOUPE_OK;
+    return end;
+}
+
+/* One prefill call over prompt positions [a, b): explicit M-RoPE ids when the model has them. */
+static loupe_status forward_span(lp_vlm_ctx *c, lp_llama *llama, const float *embd, const lp_prompt *pr, int a,
+                                 int b, float *logits, lp_error *err) {
+    const int E = lp_llama_n_embd(llama);
+    if (lp_llama_n_pos_per_token(llama) != 4)
+        return lp_llama_forward(llama, c->st, embd + (size_t)a * E, b - a, logits, c->pool, err);
+    loupe_status st;
+    c->next_pos = prompt_positions(c, pr, c->img_qgeom.nx, c->img_qgeom.ny, a, b, err, &st);
+    if (st) return st;
+    return lp_llama_forward_pos(llama, c->st, embd + (size_t)a * E, c->pos, b - a, logits, c->pool, err);
+}
+
 static loupe_status prefill(lp_vlm_ctx *c, lp_llama *llama, const float *embd, const lp_prompt *pr, float *logits,
                             int *computed, lp_error *err) {
     const int E = lp_llama_n_embd(llama);
@@ -541,7 +658,7 @@ static loupe_status prefill(lp_vlm_ctx *c, lp_llama *llama, const float *embd, c
         c->pfx_len = 0;
         lp_llama_state_reset(c->st);
         if (n_pfx > 0) {
-            if ((st = lp_llama_forward(llama, c->st, embd, n_pfx, logits, c->pool, err))) return st;
+            if ((st = forward_span(c, llama, embd, pr, 0, n_pfx, logits, err))) return st;
             if (c->pfx_cap < n_pfx) {
                 float *p = realloc(c->pfx_embd, bytes);
                 if (p) {
@@ -556,7 +673,8 @@ static loupe_status prefill(lp_vlm_ctx *c, lp_llama *llama, const float *embd, c
         }
     }
     *computed = pr->n_pos - (reuse ? n_pfx : 0);
-    return lp_llama_forward(llama, c->st, embd + (size_t)n_pfx * E, pr->n_pos - n_pfx, logits, c->pool, err);
+    (void)E;
+    return forward_span(c, llama, embd, pr, n_pfx, pr->n_pos, logits, err);
 }
 
 /* ---- regions ---- */
@@ -714,6 +832,7 @@ loupe_status lp_vlm_region_feature_box(const lp_vlm *v, const lp_image *img, con
                                        lp_error *err) {
     if (!v || !img || !img->rgb || !r || !fbox)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_region_feature_box: NULL argument");
+    if (!v->clip) return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: no region sampler", v->mm_path);
     double box[4];
     loupe_status st = lp_vlm_region_box(r, img->w, img->h, box, err);
     if (st) return st;
@@ -729,9 +848,28 @@ loupe_status lp_vlm_region_feature_box(const lp_vlm *v, const lp_image *img, con
     return LOUPE_OK;
 }
 
+loupe_status lp_vlm_prep_frame(const lp_vlm *v, const lp_image *img, lp_prep_geom *g, int *W, int *H,
+                               lp_error *err) {
+    if (!v || !img || !img->rgb || !g || !W || !H)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_prep_frame: NULL argument");
+    if (v->qvit) {
+        lp_qwen_geom qg;
+        loupe_status st = lp_qwen_vit_plan(v->qvit, img->w, img->h, v->qprep, &qg, err);
+        if (st) return st;
+        *g = qg.map;
+        *W = qg.width;
+        *H = qg.height;
+        return LOUPE_OK;
+    }
+    loupe_status st = lp_vlm_prep_geom(v, img, g, W, err);
+    *H = *W;
+    return st;
+}
+
 loupe_status lp_vlm_prep_geom(const lp_vlm *v, const lp_image *img, lp_prep_geom *g, int *S_out, lp_error *err) {
     if (!v || !img || !img->rgb || !g || !S_out)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_vlm_prep_geom: NULL argument");
+    if (!v->clip) return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: the model input is not square (use lp_vlm_prep_frame)", v->mm_path);
     const int S = lp_clip_image_size(v->clip);
     if (v->family == LP_VLM_INTERNVL) { /* the box frame is the whole image */
         *g = (lp_prep_geom){(double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S};
@@ -861,6 +999,9 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     if (!system && v->family == LP_VLM_INTERNVL) system = LP_INTERNVL_SYSTEM;
     if ((st = lp_template_render(v->tmpl, system, q, &text, &image_at, err))) goto done;
     if (v->family == LP_VLM_INTERNVL && (st = wrap_image(&text, &image_at, "<img>", "</img>", err))) goto done;
+    if (v->family == LP_VLM_QWEN25VL &&
+        (st = wrap_image(&text, &image_at, "<|vision_start|>", "<|vision_end|>", err)))
+        goto done;
     if ((st = lp_prompt_build(&pr, v->tok, text, strlen(text), image_at, strlen(LP_IMAGE_MARKER), S.n_image_tokens,
                               err)))
         goto done;
@@ -902,7 +1043,9 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
         goto done;
     S.image_reused = enc_hit;
     S.has_geom = 1;
-    S.image_size = lp_clip_image_size(v->clip);
+    S.image_size = lp_vlm_image_size(v);
+    S.frame_w = v->qvit ? c->img_qgeom.width : S.image_size;
+    S.frame_h = v->qvit ? c->img_qgeom.height : S.image_size;
     S.geom = geom;
     if (n_regions > 0) {
         const double t_reg = now_ms();
@@ -987,7 +1130,13 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
             }
             const lp_ws_stats before = lp_ws_stats_get(v->lm_ws);
             const double tp = now_ms();
-            if ((st = lp_llama_forward_tokens(llama, c->st, &id, 1, logits, c->pool, err))) goto done;
+            if (lp_llama_n_pos_per_token(llama) == 4) {
+                int32_t p4[4] = {c->next_pos, c->next_pos, c->next_pos, 0}; /* text: (p, p, p, 0) */
+                c->next_pos++;
+                if ((st = lp_llama_forward_tokens_pos(llama, c->st, &id, p4, 1, logits, c->pool, err))) goto done;
+            } else if ((st = lp_llama_forward_tokens(llama, c->st, &id, 1, logits, c->pool, err))) {
+                goto done;
+            }
             const lp_ws_stats after = lp_ws_stats_get(v->lm_ws);
             c->tok_io[S.n_tokens++] = io_diff(&before, &after, now_ms() - tp);
         }

@@ -109,11 +109,27 @@ typedef struct lp_vlm_ctx lp_vlm_ctx;
  *             in "<img>" … "</img>" text as InternVL and llama.cpp do; the
  *             default system text is InternVL's own (LP_INTERNVL_SYSTEM).
  *             Boxes: "<box>[[x1, y1, x2, y2]]</box>", 0..1000 of the whole
- *             image. Tiling follows the reference unless `llamacpp`. */
+ *             image. Tiling follows the reference unless `llamacpp`.
+ *   qwen2.5-vl "qwen2.5vl_merger" (also "qwen2vl_merger", "qwen2.5o"): one
+ *             image smart-resized to multiples of 28 (vision/qwen_vit.h),
+ *             wrapped in "<|vision_start|>" … "<|vision_end|>"; the language
+ *             model must be general.architecture "qwen2vl" (M-RoPE): image
+ *             token (row y, column x) of an image starting at position p0
+ *             gets ids (p0, p0 + y, p0 + x, 0), the text after it starts at
+ *             p0 + max(nx, ny) (language/decoder.h). Image tokens: 1024..2048
+ *             by default (what the Qwen maintainers recommend for
+ *             grounding; llama.cpp mode: llama.cpp's 8..4096), changed by
+ *             image_min/max_tokens. Boxes: JSON "bbox_2d" in pixels of the
+ *             resized input, mapped back through its geometry. */
 typedef enum lp_vlm_family {
     LP_VLM_LLAVA = 0,
-    LP_VLM_INTERNVL = 1
+    LP_VLM_INTERNVL = 1,
+    LP_VLM_QWEN25VL = 2
 } lp_vlm_family;
+
+/* Qwen2.5-VL grounding defaults (image tokens). */
+#define LP_QWEN_GROUND_MIN_TOKENS 1024
+#define LP_QWEN_GROUND_MAX_TOKENS 2048
 
 /* InternVL2.5/3's system message (its conversation template "internvl2_5"). */
 #define LP_INTERNVL_SYSTEM \
@@ -138,6 +154,8 @@ typedef struct lp_vlm_params {
      * (language/flash.h) within that many bytes; it must be a flash-layout
      * file. 0 (default): resident (mmap). */
     lp_flash_params flash;
+    /* Qwen2.5-VL: image token limits (0: the defaults above). */
+    int image_min_tokens, image_max_tokens;
 } lp_vlm_params;
 
 lp_vlm_params lp_vlm_default_params(void);
@@ -151,14 +169,14 @@ void lp_vlm_free(lp_vlm *vlm);
 
 const lp_template *lp_vlm_template(const lp_vlm *vlm);
 lp_vlm_family lp_vlm_get_family(const lp_vlm *vlm);
-const char *lp_vlm_family_name(lp_vlm_family f); /* "llava", "internvl" */
-/* Positions one S×S input (one tile) takes. */
+const char *lp_vlm_family_name(lp_vlm_family f); /* "llava", "internvl", "qwen2.5-vl" */
+/* Positions one S×S input (one tile) takes; 0 for Qwen2.5-VL (any size). */
 int lp_vlm_n_image_tokens(const lp_vlm *vlm);
 /* Positions a w × h image takes (InternVL: tiles × tokens per tile). */
 loupe_status lp_vlm_image_tokens(const lp_vlm *vlm, int w, int h, int *n, lp_error *err);
 int lp_vlm_n_ctx_train(const lp_vlm *vlm);
 double lp_vlm_load_ms(const lp_vlm *vlm);
-int lp_vlm_image_size(const lp_vlm *vlm);     /* S of the S×S model input */
+int lp_vlm_image_size(const lp_vlm *vlm);     /* S of the S×S model input; 0 for Qwen2.5-VL */
 lp_prep_mode lp_vlm_prep(const lp_vlm *vlm);  /* the preprocessing in use */
 const char *lp_vlm_lm_path(const lp_vlm *vlm);
 /* The language model's weight store (its stats, its flash plan). */
@@ -257,6 +275,8 @@ typedef struct lp_vlm_stats {
      * model's box text refers to. */
     int has_geom;
     int image_size;
+    int frame_w, frame_h;      /* the model-input frame box text refers to: S×S, or
+                                  Qwen2.5-VL's resized W×H */
     lp_prep_geom geom;
     /* Weight I/O (all zero on a resident non-flash model): the prefill's
      * passes together, and each decode pass (one per generated token but the
@@ -308,6 +328,9 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *vlm, lp_vlm_ctx *ctx, const lp_ima
  * lp_vlm_stats.geom reports after an ask), and S of the S×S input. Runs the
  * preprocessing. */
 loupe_status lp_vlm_prep_geom(const lp_vlm *vlm, const lp_image *image, lp_prep_geom *geom, int *S, lp_error *err);
+/* The same with the frame's width and height (Qwen2.5-VL: not square). */
+loupe_status lp_vlm_prep_frame(const lp_vlm *vlm, const lp_image *image, lp_prep_geom *geom, int *W, int *H,
+                               lp_error *err);
 
 /* true when the mmproj has a region sampler (regions can be asked about). */
 bool lp_vlm_has_region_sampler(const lp_vlm *vlm);

@@ -153,6 +153,12 @@ typedef struct loupe_model_params {
     /* > 0: instead of top-k, the neurons whose predicted |silu(gate)| (svd
      * predictor) is at least this. Default 0. */
     float ffn_threshold;
+    /* Qwen2.5-VL: the fewest and most tokens an image may take (llama.cpp's
+     * --image-min-tokens / --image-max-tokens); the image is resized to fit.
+     * 0 (default): 1024 and 2048, the range the Qwen maintainers recommend
+     * for grounding (with llamacpp_compat: llama.cpp's 8 and 4096). Other
+     * families ignore them. */
+    int image_min_tokens, image_max_tokens;
 } loupe_model_params;
 
 loupe_model_params loupe_model_default_params(void);

@@ -51,6 +51,7 @@ struct lp_clip {
 
     /* weights (matrices stay in the store; vectors are f32 copies) */
     lp_dense patch;      /* w ne = [P, P, 3, n_embd] used as (n_embd, 3·P·P) */
+    float *patch_r16;    /* (n_embd, 3·P·P) an F32 kernel rounded to f16, or NULL (MATMUL_F16) */
     float *class_embd;   /* (n_embd) or NULL                          */
     float *pos_embd;     /* (n_pos, n_embd)                           */
     float *pre_ln_w, *pre_ln_b;   /* (n_embd) or NULL                 */
@@ -415,6 +416,18 @@ static loupe_status load_embeddings(lp_clip *c, lp_error *err) {
     pd->in = K;
     pd->out = E;
     if ((st = opt_vec(c, "v.patch_embd.bias", E, &pd->b, err))) return st;
+    if (w->type == LP_TYPE_F32) {
+        /* ggml_conv_2d multiplies in f16 whatever the kernel (its im2col is
+         * f16, so an f32 kernel is converted to f16 for the dot products):
+         * keep the rounded kernel for MATMUL_F16 */
+        const float *k = NULL;
+        if ((st = lp_ws_get(c->ws, w, (const void **)&k, err))) return st;
+        c->patch_r16 = malloc((size_t)E * (size_t)K * sizeof(float));
+        if (c->patch_r16)
+            for (int64_t i = 0; i < E * K; i++) c->patch_r16[i] = lp_f16_to_f32(lp_f32_to_f16(k[i]));
+        lp_ws_release(c->ws, w);
+        if (!c->patch_r16) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: %s: out of memory", cpath(g), pname);
+    }
     if (has_tensor(g, "v.patch_embd.weight.1")) {
         return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor v.patch_embd.weight.1: temporal patch embedding not supported",
                        cpath(g));
@@ -515,6 +528,7 @@ void lp_clip_free(lp_clip *c) {
         free(c->layers);
     }
     lp_dense_free(&c->patch);
+    free(c->patch_r16);
     free(c->class_embd);
     free(c->pos_embd);
     free(c->pre_ln_w);
@@ -689,8 +703,17 @@ static loupe_status embed_forward(const lp_clip *c, clip_acts *a, const float *p
             }
         }
     }
-    loupe_status st = lp_dense_forward(&c->patch, c->ws, a->cols, a->pe, N, dense_round(c), a->rnd, pool, err);
-    if (st != LOUPE_OK) return st;
+    loupe_status st;
+    if (c->patch_r16 && (c->quirks & LP_CLIP_QUIRK_MATMUL_F16)) {
+        /* f32 kernel under MATMUL_F16: both sides in f16, as ggml_conv_2d */
+        for (int64_t i = 0; i < (int64_t)N * K; i++) a->rnd[i] = lp_f16_to_f32(lp_f32_to_f16(a->cols[i]));
+        if (!lp_matmul_w(LP_TYPE_F32, c->patch_r16, a->rnd, a->pe, N, E, K, pool))
+            return lp_fail(err, LOUPE_ERR_NOMEM, "%s: patch embedding: matrix product failed", c->path);
+        if (c->patch.b)
+            for (int i = 0; i < N; i++) lp_add(a->pe + (int64_t)i * E, c->patch.b, E);
+    } else if ((st = lp_dense_forward(&c->patch, c->ws, a->cols, a->pe, N, dense_round(c), a->rnd, pool, err))) {
+        return st;
+    }
 
     const bool has_cls = c->class_embd != NULL;
     const bool cls_first = has_cls && !(c->quirks & LP_CLIP_QUIRK_CLS_LAST);
