@@ -1212,6 +1212,17 @@ size_t lp_attention_scratch_size(int n_q, int n_kv, int n_head, int head_dim, co
     return floats * sizeof(float) + 64; // + alignment slack
 }
 
+size_t lp_attention_scratch_bound(int n_q_max, int n_kv_max, const lp_pool *pool) {
+    /* the gemm path uses qblock(n_q, n_kv)·n_kv <= min(n_q, max(BLOCK/n_kv, MIN_Q))·n_kv,
+     * which is not largest at the largest n_q (blocks are equalised) */
+    const size_t nk = n_kv_max > 0 ? (size_t)n_kv_max : 1, nq = n_q_max > 0 ? (size_t)n_q_max : 1;
+    size_t gemm = (size_t)LP_ATTN_GEMM_MIN_Q * nk;
+    if (gemm < (size_t)LP_ATTN_BLOCK_FLOATS) gemm = (size_t)LP_ATTN_BLOCK_FLOATS;
+    if (gemm > nq * nk) gemm = nq * nk;
+    const size_t rows = (size_t)lp_pool_size(pool) * nk;
+    return (gemm > rows ? gemm : rows) * sizeof(float) + 64;
+}
+
 bool lp_attention_ex(float *out, const float *q, const float *k, const float *v,
                      int n_q, int n_kv, int n_head, int n_head_kv, int head_dim,
                      int64_t q_pos0, bool causal, float scale, void *scratch, size_t scratch_bytes, lp_pool *pool) {

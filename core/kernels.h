@@ -139,6 +139,10 @@ void lp_rope(float *x, int n_head, int head_dim, int n_rot, int64_t pos, float b
  * lp_attention allocates the scratch itself per call (false on failure). */
 #define LP_ATTN_GEMM_MIN_Q 16
 size_t lp_attention_scratch_size(int n_q, int n_kv, int n_head, int head_dim, const lp_pool *pool);
+/* Enough scratch for every call with n_q <= n_q_max and n_kv <= n_kv_max on
+ * this pool (lp_attention_scratch_size is for one shape: a smaller n_q can
+ * need more, because query blocks are equalised). */
+size_t lp_attention_scratch_bound(int n_q_max, int n_kv_max, const lp_pool *pool);
 bool lp_attention_ex(float *out, const float *q, const float *k, const float *v,
                      int n_q, int n_kv, int n_head, int n_head_kv, int head_dim,
                      int64_t q_pos0, bool causal, float scale, void *scratch, size_t scratch_bytes, lp_pool *pool);

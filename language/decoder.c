@@ -622,12 +622,9 @@ static void round_f16(float *x, int64_t n) {
  * decoding allocates nothing per token. It is re-sized only if the caller
  * switches to a pool of another size. */
 static loupe_status attention_scratch(lp_llama_state *s, lp_pool *pool, lp_error *err) {
-    const lp_llama_config *c = &s->model->cfg;
     int nth = lp_pool_size(pool);
     if (s->att_scratch && s->att_scratch_threads == nth) return LOUPE_OK;
-    size_t a = lp_attention_scratch_size(s->n_batch, s->n_ctx, c->n_head, c->head_dim, pool);
-    size_t b = lp_attention_scratch_size(1, s->n_ctx, c->n_head, c->head_dim, pool);
-    size_t need = a > b ? a : b;
+    size_t need = lp_attention_scratch_bound(s->n_batch, s->n_ctx, pool);
     free(s->att_scratch);
     s->att_scratch = malloc(need ? need : 1);
     if (!s->att_scratch) {

@@ -537,11 +537,369 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
     write_file(&g, path);
 }
 
+/* ---------------------------------------------------------------- InternVL and Qwen2.5-VL */
+
+/* Shapes of the two newer families (not the llava `shape`: their ViTs and
+ * decoders differ). tiny is for fixtures; the others are the real models'
+ * geometry, for benchmarks. */
+typedef struct vl_shape {
+    const char *family, *name;
+    int image_size, patch_size, v_embd, v_ff, v_head, v_layer;
+    int n_wa_pattern;         /* qwen25vl: full attention at layers il with (il + 1) % n == 0 */
+    int n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, n_vocab;
+    int tied;                 /* no output.weight: the head is token_embd (as the real models) */
+    int sections[4];          /* qwen2vl.rope.dimension_sections */
+} vl_shape;
+
+static const vl_shape VL_SHAPES[] = {
+    {"internvl", "tiny", 448, 14, 32, 64, 2, 2, 0, 64, 2, 4, 2, 128, 8192, 600, 0, {0, 0, 0, 0}},
+    /* InternVL3-1B: InternViT-300M-448px-V2_5 + Qwen2.5-0.5B */
+    {"internvl", "internvl3-1b", 448, 14, 1024, 4096, 16, 24, 0, 896, 24, 14, 2, 4864, 32768, 151674, 1, {0, 0, 0, 0}},
+    {"qwen25vl", "tiny", 560, 14, 32, 48, 2, 4, 2, 64, 2, 4, 2, 128, 8192, 600, 0, {2, 3, 3, 0}},
+    /* Qwen2.5-VL-3B-Instruct */
+    {"qwen25vl", "qwen2.5-vl-3b", 560, 14, 1280, 3420, 16, 32, 8, 2048, 36, 16, 2, 11008, 32768, 151936, 1,
+     {16, 24, 24, 0}},
+};
+
+/* GPT-2's byte -> printable code point map (bytes_to_unicode), as UTF-8. */
+static void byte_token(int b, char out[4]) {
+    int cp = b, n = 0;
+    const int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    if (!printable) { /* the k-th non-printable byte becomes U+0100 + k */
+        for (int x = 0; x < b; x++)
+            if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF))) n++;
+        cp = 256 + n;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        out[1] = 0;
+    } else {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        out[2] = 0;
+    }
+}
+
+/* Words the BPE merges build whole (Ġ = the space byte 0x20 in GPT-2's map). */
+#define GS "\xc4\xa0" /* GPT-2's byte 0x20, the space */
+static const char *BPE_WORDS[] = {
+    GS "the", GS "a", GS "of", GS "in", GS "is", GS "cup", GS "box", GS "region",
+    GS "this", GS "image", GS "provide", GS "bounding", GS "coordinate", GS "sentence",
+    GS "describes", GS "You", GS "are", GS "helpful", GS "assistant", "Please", "system",
+    "user", "assistant", GS "Locate", GS "output", GS "its", GS "bbox", GS "coordinates",
+    GS "using", GS "JSON", GS "format", GS "left", GS "right", GS "red", GS "dog",
+    GS "cat", GS "table", "\xc4\x8a" "\xc4\x8a", "\":", GS "[", "],", GS "\"",
+};
+
+/* Specials of each family, CONTROL tokens after the pieces. */
+static const char *SPECIAL_COMMON[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+static const char *SPECIAL_INTERNVL[] = {"<img>", "</img>", "<IMG_CONTEXT>", "<ref>", "</ref>", "<box>", "</box>"};
+static const char *SPECIAL_QWEN[] = {"<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|object_ref_start|>",
+                                     "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"};
+
+#define CHATML_TEMPLATE                                                                                              \
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + " \
+    "'\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+
+/* A byte-level BPE vocabulary: 256 byte tokens, the merges that spell
+ * BPE_WORDS left to right, filler pieces up to n_vocab minus the specials,
+ * then the specials. Writes the tokenizer keys; returns the id of <|im_end|>
+ * through *eos. */
+static void write_bpe_vocab(lp_gguf_writer *w, const vl_shape *sh, int *eos) {
+    const int n_vocab = sh->n_vocab;
+    const bool qwen = !strcmp(sh->family, "qwen25vl");
+    const char **spec2 = qwen ? SPECIAL_QWEN : SPECIAL_INTERNVL;
+    const int n_spec = 3 + 7;
+    vocab v = {calloc((size_t)n_vocab, sizeof(char *)), calloc((size_t)n_vocab, sizeof(float)),
+               calloc((size_t)n_vocab, sizeof(int32_t)), 0};
+    char **merges = calloc(4096, sizeof *merges);
+    int n_merges = 0;
+    for (int b = 0; b < 256; b++) {
+        char t[4];
+        byte_token(b, t);
+        vocab_add(&v, t, 0.0f, 1);
+    }
+    /* each word: merge its first two symbols, then the result with the next */
+    for (size_t i = 0; i < sizeof BPE_WORDS / sizeof BPE_WORDS[0]; i++) {
+        const char *wd = BPE_WORDS[i];
+        char pre[128] = "";
+        size_t at = 0;
+        while (wd[at]) {
+            size_t len = 1;
+            while (((unsigned char)wd[at + len] & 0xC0) == 0x80) len++; /* one UTF-8 character */
+            char sym[8];
+            memcpy(sym, wd + at, len);
+            sym[len] = 0;
+            if (pre[0]) {
+                char m[160], merged[128];
+                snprintf(m, sizeof m, "%s %s", pre, sym);
+                snprintf(merged, sizeof merged, "%s%s", pre, sym);
+                int dup = 0;
+                for (int k = 0; k < n_merges; k++) dup |= !strcmp(merges[k], m);
+                if (!dup && n_merges < 4096) merges[n_merges++] = strdup(m);
+                vocab_add(&v, merged, 0.0f, 1);
+                snprintf(pre, sizeof pre, "%s", merged);
+            } else {
+                snprintf(pre, sizeof pre, "%s", sym);
+            }
+            at += len;
+        }
+    }
+    for (int k = 0; v.n < n_vocab - n_spec; k++) { /* never produced by a merge */
+        char t[32];
+        snprintf(t, sizeof t, "<|filler_%d|>", k);
+        vocab_add(&v, t, 0.0f, 1);
+    }
+    for (int i = 0; i < 3; i++) vocab_add(&v, SPECIAL_COMMON[i], 0.0f, 3);
+    for (int i = 0; i < 7; i++) vocab_add(&v, spec2[i], 0.0f, 3);
+    if (v.n != n_vocab) {
+        fprintf(stderr, "gen_model: vocabulary has %d tokens, wanted %d\n", v.n, n_vocab);
+        exit(1);
+    }
+    const int endoftext = n_vocab - n_spec, im_end = endoftext + 2;
+    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2"), "kv");
+    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.pre", "qwen2"), "kv");
+    check(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tok, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", LP_GGUF_INT32, v.type, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)merges, (uint64_t)n_merges),
+          "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)im_end), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)endoftext), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)endoftext), "kv");
+    check(lp_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", false), "kv");
+    check(lp_gguf_writer_set_str(w, "tokenizer.chat_template", CHATML_TEMPLATE), "kv");
+    for (int i = 0; i < n_merges; i++) free(merges[i]);
+    free(merges);
+    free_vocab(&v);
+    *eos = im_end;
+}
+
+/* The decoder: "qwen2" (InternVL) or "qwen2vl" (Qwen2.5-VL, M-RoPE). */
+static void gen_qwen_llm(const vl_shape *sh, lp_type t, const char *path, const char *name) {
+    gen g = {lp_gguf_writer_new(), {0}, path};
+    lp_gguf_writer *w = g.w;
+    const bool vl = !strcmp(sh->family, "qwen25vl");
+    const char *arch = vl ? "qwen2vl" : "qwen2";
+    char key[96];
+#define KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
+    check(lp_gguf_writer_set_str(w, "general.architecture", arch), "kv");
+    check(lp_gguf_writer_set_str(w, "general.name", name), "kv");
+    check(lp_gguf_writer_set_u32(w, "general.file_type", ftype_of(t)), "kv");
+    lp_gguf_writer_set_alignment(w, 32);
+    check(lp_gguf_writer_set_u32(w, KEY("context_length"), (uint32_t)sh->n_ctx), "kv");
+    check(lp_gguf_writer_set_u32(w, KEY("embedding_length"), (uint32_t)sh->n_embd), "kv");
+    check(lp_gguf_writer_set_u32(w, KEY("block_count"), (uint32_t)sh->n_layer), "kv");
+    check(lp_gguf_writer_set_u32(w, KEY("feed_forward_length"), (uint32_t)sh->n_ff), "kv");
+    check(lp_gguf_writer_set_u32(w, KEY("attention.head_count"), (uint32_t)sh->n_head), "kv");
+    check(lp_gguf_writer_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)sh->n_head_kv), "kv");
+    check(lp_gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-6f), "kv");
+    check(lp_gguf_writer_set_f32(w, KEY("rope.freq_base"), 1000000.0f), "kv");
+    if (vl) check(lp_gguf_writer_set_arr(w, KEY("rope.dimension_sections"), LP_GGUF_INT32, sh->sections, 4), "kv");
+#undef KEY
+    int eos;
+    write_bpe_vocab(w, sh, &eos);
+
+    const int64_t E = sh->n_embd, hd = sh->n_embd / sh->n_head, kv = hd * sh->n_head_kv, F = sh->n_ff;
+    char nm[96];
+    {
+        int64_t ne[2] = {E, sh->n_vocab};
+        add(&g, "token_embd.weight", pick_type(t, E, path, "token_embd.weight"), 2, ne, INIT_NORMAL, 1.0);
+    }
+    for (int l = 0; l < sh->n_layer; l++) {
+        static const char *qkv[3] = {"attn_q", "attn_k", "attn_v"};
+        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+        add_vec(&g, nm, E, INIT_NORM);
+        for (int i = 0; i < 3; i++) {
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, qkv[i]);
+            add_mat(&g, nm, t, E, i == 0 ? E : kv, 1.0);
+            snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, qkv[i]);
+            add_vec(&g, nm, i == 0 ? E : kv, INIT_BIAS);
+        }
+        snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
+        add_mat(&g, nm, t, E, E, 0.5);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+        add_vec(&g, nm, E, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
+        add_mat(&g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
+        add_mat(&g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
+        add_mat(&g, nm, t, F, E, 1.0);
+    }
+    add_vec(&g, "output_norm.weight", E, INIT_NORM);
+    if (!sh->tied) add_mat(&g, "output.weight", t, E, sh->n_vocab, 4.0);
+    write_file(&g, path);
+}
+
+static void vit_common_keys(gen *g, const vl_shape *sh, const char *ptype, lp_type t, const char *name,
+                            const float mean[3], const float stdv[3], float eps) {
+    lp_gguf_writer *w = g->w;
+    check(lp_gguf_writer_set_str(w, "general.architecture", "clip"), "kv");
+    check(lp_gguf_writer_set_str(w, "general.name", name), "kv");
+    check(lp_gguf_writer_set_u32(w, "general.file_type", t == LP_TYPE_F32 ? 0 : ftype_of(t)), "kv");
+    check(lp_gguf_writer_set_bool(w, "clip.has_vision_encoder", true), "kv");
+    check(lp_gguf_writer_set_str(w, "clip.projector_type", ptype), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.projection_dim", (uint32_t)sh->n_embd), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.image_size", (uint32_t)sh->image_size), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.patch_size", (uint32_t)sh->patch_size), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.embedding_length", (uint32_t)sh->v_embd), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.feed_forward_length", (uint32_t)sh->v_ff), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.block_count", (uint32_t)sh->v_layer), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.attention.head_count", (uint32_t)sh->v_head), "kv");
+    check(lp_gguf_writer_set_arr(w, "clip.vision.image_mean", LP_GGUF_FLOAT32, mean, 3), "kv");
+    check(lp_gguf_writer_set_arr(w, "clip.vision.image_std", LP_GGUF_FLOAT32, stdv, 3), "kv");
+    check(lp_gguf_writer_set_f32(w, "clip.vision.attention.layer_norm_epsilon", eps), "kv");
+}
+
+/* The patch kernel: F16 in an f16 file, else F32 (the converter's rule). */
+static void add_patch_kernel(gen *g, const vl_shape *sh, lp_type t, const char *name) {
+    const int64_t P = sh->patch_size, ne[4] = {P, P, 3, sh->v_embd};
+    add(g, name, t == LP_TYPE_F16 ? LP_TYPE_F16 : LP_TYPE_F32, 4, ne, INIT_NORMAL, 1.0 / sqrt((double)(3 * P * P)));
+}
+
+/* One ViT block: q/k/v/out, ln1/ln2 (LayerNorm with bias for InternViT,
+ * RMSNorm weights for Qwen), ffn up/down (+ gate for Qwen) with biases. */
+static void add_vit_block(gen *g, const vl_shape *sh, lp_type t, int l, bool qwen) {
+    const int64_t D = sh->v_embd, F = sh->v_ff;
+    char nm[96];
+    static const char *att[4] = {"attn_q", "attn_k", "attn_v", "attn_out"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(nm, sizeof nm, "v.blk.%d.%s.weight", l, att[i]);
+        add_mat(g, nm, t, D, D, i == 3 ? 0.5 : 1.0);
+        snprintf(nm, sizeof nm, "v.blk.%d.%s.bias", l, att[i]);
+        add_vec(g, nm, D, INIT_BIAS);
+    }
+    for (int n = 1; n <= 2; n++) {
+        snprintf(nm, sizeof nm, "v.blk.%d.ln%d.weight", l, n);
+        add_vec(g, nm, D, INIT_NORM);
+        if (!qwen) {
+            snprintf(nm, sizeof nm, "v.blk.%d.ln%d.bias", l, n);
+            add_vec(g, nm, D, INIT_BIAS);
+        }
+    }
+    snprintf(nm, sizeof nm, "v.blk.%d.ffn_up.weight", l);
+    add_mat(g, nm, t, D, F, 1.0);
+    snprintf(nm, sizeof nm, "v.blk.%d.ffn_up.bias", l);
+    add_vec(g, nm, F, INIT_BIAS);
+    if (qwen) {
+        snprintf(nm, sizeof nm, "v.blk.%d.ffn_gate.weight", l);
+        add_mat(g, nm, t, D, F, 1.0);
+        snprintf(nm, sizeof nm, "v.blk.%d.ffn_gate.bias", l);
+        add_vec(g, nm, F, INIT_BIAS);
+    }
+    snprintf(nm, sizeof nm, "v.blk.%d.ffn_down.weight", l);
+    add_mat(g, nm, t, F, D, 0.5);
+    snprintf(nm, sizeof nm, "v.blk.%d.ffn_down.bias", l);
+    add_vec(g, nm, D, INIT_BIAS);
+}
+
+/* InternVL: InternViT (class token, N+1 positions, patch bias, layer
+ * scales; q/k norms with qk_norm) + pixel shuffle 2 + mlp1. */
+static void gen_internvl_mmproj(const vl_shape *sh, lp_type t, const char *path, const char *name, int qk_norm) {
+    gen g = {lp_gguf_writer_new(), {0}, path};
+    lp_gguf_writer *w = g.w;
+    static const float mean[3] = {0.485f, 0.456f, 0.406f}, stdv[3] = {0.229f, 0.224f, 0.225f};
+    vit_common_keys(&g, sh, "internvl", t, name, mean, stdv, 1e-6f);
+    check(lp_gguf_writer_set_bool(w, "clip.use_gelu", true), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.projector.scale_factor", 2), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.preproc_min_tiles", 1), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.preproc_max_tiles", 12), "kv");
+    const int64_t D = sh->v_embd, n_side = sh->image_size / sh->patch_size, E = sh->n_embd;
+    add_patch_kernel(&g, sh, t, "v.patch_embd.weight");
+    add_vec(&g, "v.patch_embd.bias", D, INIT_BIAS);
+    {
+        int64_t ne[1] = {D};
+        add(&g, "v.class_embd", LP_TYPE_F32, 1, ne, INIT_NORMAL, 1.0);
+        int64_t np[2] = {D, n_side * n_side + 1};
+        add(&g, "v.position_embd.weight", LP_TYPE_F32, 2, np, INIT_NORMAL, 0.5);
+    }
+    char nm[96];
+    for (int l = 0; l < sh->v_layer; l++) {
+        add_vit_block(&g, sh, t, l, false);
+        for (int n = 1; n <= 2; n++) { /* layer scales: InternViT initialises them at 0.1 */
+            snprintf(nm, sizeof nm, "v.blk.%d.ls%d.weight", l, n);
+            add_vec(&g, nm, D, INIT_NORM);
+        }
+        if (qk_norm) {
+            static const char *qk[2] = {"attn_q_norm", "attn_k_norm"};
+            for (int i = 0; i < 2; i++) {
+                snprintf(nm, sizeof nm, "v.blk.%d.%s.weight", l, qk[i]);
+                add_vec(&g, nm, D, INIT_NORM);
+                snprintf(nm, sizeof nm, "v.blk.%d.%s.bias", l, qk[i]);
+                add_vec(&g, nm, D, INIT_BIAS);
+            }
+        }
+    }
+    add_vec(&g, "mm.model.mlp.0.weight", 4 * D, INIT_NORM);
+    add_vec(&g, "mm.model.mlp.0.bias", 4 * D, INIT_BIAS);
+    add_mat(&g, "mm.model.mlp.1.weight", t, 4 * D, E, 1.0);
+    add_vec(&g, "mm.model.mlp.1.bias", E, INIT_BIAS);
+    /* gain 0.3: image rows of O(1), like a real projector's (whose outputs match the
+     * LM's small token embeddings); gain 1 gives O(3) rows whose f16-GELU-table
+     * rounding flips alone reach the 1e-3 parity bound */
+    add_mat(&g, "mm.model.mlp.3.weight", t, E, E, 0.3);
+    add_vec(&g, "mm.model.mlp.3.bias", E, INIT_BIAS);
+    write_file(&g, path);
+}
+
+/* Qwen2.5-VL: the vision tower with two temporal patch kernels, RMSNorm,
+ * SwiGLU, window attention (n_wa_pattern) and the 2×2 merger. */
+static void gen_qwen_mmproj(const vl_shape *sh, lp_type t, const char *path, const char *name) {
+    gen g = {lp_gguf_writer_new(), {0}, path};
+    lp_gguf_writer *w = g.w;
+    static const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+    static const float stdv[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    vit_common_keys(&g, sh, "qwen2.5vl_merger", t, name, mean, stdv, 1e-6f);
+    check(lp_gguf_writer_set_bool(w, "clip.use_silu", true), "kv");
+    check(lp_gguf_writer_set_u32(w, "clip.vision.n_wa_pattern", (uint32_t)sh->n_wa_pattern), "kv");
+    const int64_t D = sh->v_embd, E = sh->n_embd;
+    add_patch_kernel(&g, sh, t, "v.patch_embd.weight");
+    add_patch_kernel(&g, sh, t, "v.patch_embd.weight.1");
+    for (int l = 0; l < sh->v_layer; l++) add_vit_block(&g, sh, t, l, true);
+    add_vec(&g, "v.post_ln.weight", D, INIT_NORM);
+    add_mat(&g, "mm.0.weight", t, 4 * D, 4 * D, 1.0);
+    add_vec(&g, "mm.0.bias", 4 * D, INIT_BIAS);
+    add_mat(&g, "mm.2.weight", t, 4 * D, E, 0.3); /* O(1) image rows, as for InternVL above */
+    add_vec(&g, "mm.2.bias", E, INIT_BIAS);
+    write_file(&g, path);
+}
+
+static int gen_vl(const char *family, const char *shape_name, lp_type t, unsigned long long seed, const char *out,
+                  int qk_norm) {
+    const vl_shape *sh = NULL;
+    for (size_t i = 0; i < sizeof VL_SHAPES / sizeof VL_SHAPES[0]; i++)
+        if (!strcmp(VL_SHAPES[i].family, family) && !strcmp(VL_SHAPES[i].name, shape_name)) sh = &VL_SHAPES[i];
+    if (!sh) {
+        fprintf(stderr, "gen_model: no shape '%s' for --family %s\n", shape_name, family);
+        return 2;
+    }
+    size_t n = strlen(out);
+    char *p_llm = malloc(n + 16), *p_mm = malloc(n + 16), name[160];
+    if (!p_llm || !p_mm) return 1;
+    snprintf(p_llm, n + 16, "%s.gguf", out);
+    snprintf(p_mm, n + 16, "%s-mmproj.gguf", out);
+    g_rng = (uint64_t)seed * 0x100000001B3ull + 1;
+    g_have_spare = 0;
+    snprintf(name, sizeof name, "loupe-random-%s-%s-%s-seed%llu", family, sh->name, lp_type_name(t), seed);
+    gen_qwen_llm(sh, t, p_llm, name);
+    g_rng = (uint64_t)seed * 0x100000001B3ull + 2;
+    g_have_spare = 0;
+    snprintf(name, sizeof name, "loupe-random-%s-%s-mmproj-%s-seed%llu%s", family, sh->name, lp_type_name(t), seed,
+             qk_norm ? "-qknorm" : "");
+    if (!strcmp(family, "internvl")) gen_internvl_mmproj(sh, t, p_mm, name, qk_norm);
+    else gen_qwen_mmproj(sh, t, p_mm, name);
+    free(p_llm);
+    free(p_mm);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void usage(void) {
     fprintf(stderr, "usage: gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K "
                     "--seed S --out PREFIX [--region-sampler]\n"
+                    "       gen_model --family internvl --shape tiny|internvl3-1b [--qk-norm] ...\n"
+                    "       gen_model --family qwen25vl --shape tiny|qwen2.5-vl-3b ...\n"
                     "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n"
                     "--region-sampler: also a random Ferret region sampler (mm.region.*) in the mmproj and a\n"
                     "<region_fea> token (the vocabulary's last id) in the model\n"
@@ -590,7 +948,7 @@ static const char *shape_check(const shape *sh) {
 int main(int argc, char **argv) {
     const char *family = "llava", *shape_name = "tiny", *type_name = "f32", *out = NULL;
     unsigned long long seed = 1;
-    int region = 0;
+    int region = 0, qk_norm = 0;
     const char *sets[32];
     int n_sets = 0;
     for (int i = 1; i < argc; i++) {
@@ -601,6 +959,10 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--region-sampler")) {
             region = 1;
+            continue;
+        }
+        if (!strcmp(a, "--qk-norm")) {
+            qk_norm = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -619,7 +981,19 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!out || strcmp(family, "llava") != 0) {
+    if (!out) {
+        usage();
+        return 2;
+    }
+    if (!strcmp(family, "internvl") || !strcmp(family, "qwen25vl")) {
+        int ti = lp_type_from_name(type_name);
+        if (ti != LP_TYPE_F32 && ti != LP_TYPE_F16 && ti != LP_TYPE_Q8_0 && ti != LP_TYPE_Q4_0 && ti != LP_TYPE_Q4_K) {
+            usage();
+            return 2;
+        }
+        return gen_vl(family, shape_name, (lp_type)ti, seed, out, qk_norm);
+    }
+    if (strcmp(family, "llava") != 0) {
         usage();
         return 2;
     }
