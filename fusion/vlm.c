@@ -548,7 +548,7 @@ static loupe_status encode_image_cached(const lp_vlm *v, lp_vlm_ctx *c, const lp
                                         float *embd, float *features, lp_prep_geom *geom, bool *hit, lp_error *err) {
     const int E = lp_llama_n_embd(v->llama);
     const size_t ne = (size_t)n_img * E;
-    const size_t nf = (size_t)lp_clip_n_patches(v->clip) * lp_clip_feature_dim(v->clip);
+    const size_t nf = v->clip ? (size_t)lp_clip_n_patches(v->clip) * lp_clip_feature_dim(v->clip) : 0;
     const uint64_t key = image_key(img);
     *hit = false;
     if (key == c->img_key && c->img_embd && c->img_n == n_img && (!features || c->img_feat)) {

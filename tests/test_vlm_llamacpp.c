@@ -1,0 +1,365 @@
+/* tests/test_vlm_llamacpp.c — loupe's InternVL and Qwen2.5-VL paths against
+ * llama.cpp on random-weight pairs in llama.cpp's conventions
+ * (tests/fixtures/internvl/, qwen25vl/, photos/; made by tools/gen_model
+ * --family internvl|qwen25vl and tools/llamacpp/vlm_dump.cpp, commands in
+ * tests/fixtures/README.md).
+ *
+ * For each fixture photo (square, below the tile size / pixel minimum, a
+ * 1280×853 photo, extreme aspect ratios, above the pixel maximum), loupe in
+ * llama.cpp mode (lp_vlm_params.llamacpp: llama.cpp's tiling or smart
+ * resize and its numerics) must give:
+ *   - the same tiles (InternVL) or resized input (Qwen), every f32 pixel
+ *     bit-identical (FNV-1a 64 of the bytes, as the dump records them);
+ *   - image embeddings within ABS_TOL max abs of llama.cpp's;
+ *   - the prompt: the whole chat turn through lp_vlm_ask (template, image
+ *     wrapper tokens, tokenizer) gives the dump's token ids at the text
+ *     positions (their embedding rows, exactly) and image rows at the image
+ *     positions;
+ *   - last-position logits within ABS_TOL and 32 greedy tokens identical
+ *     (the decoder run on the same rows, Qwen with its M-RoPE positions, no
+ *     stop at end-of-turn).
+ * Run from the repository root. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../fusion/vlm.h"
+#include "../language/decoder.h"
+#include "../language/weights.h"
+#include "../vision/clip.h"
+#include "../vision/qwen_vit.h"
+#include "../vision/tiles.h"
+#include "gguf.h"
+#include "pool.h"
+
+#define PHOTOS "tests/fixtures/photos/"
+#define ABS_TOL 1e-3
+#define N_GEN 32
+#define SYSTEM "You are a helpful assistant."
+
+typedef struct family {
+    const char *dir;      /* fixtures of the pair and its dumps */
+    const char *question; /* the user turn after the image */
+    bool qwen;
+} family;
+
+static const family INTERNVL = {"tests/fixtures/internvl/",
+                                "Please provide the bounding box coordinate of the region this sentence describes: "
+                                "<ref>the cup</ref>",
+                                false};
+static const family QWEN = {"tests/fixtures/qwen25vl/",
+                            "Locate the cup in the image, output its bbox coordinates using JSON format.", true};
+
+/* The decoder input of every prefill pass ("embd_in"), concatenated: a long
+ * prompt runs in several n_batch passes. */
+typedef struct rows {
+    float *v;
+    int64_t n, cap;
+} rows;
+
+static void dump_cb(void *user, const char *name, const float *data, int64_t n) {
+    rows *r = user;
+    if (strcmp(name, "embd_in")) return;
+    if (r->n + n > r->cap) {
+        r->cap = 2 * (r->n + n);
+        r->v = realloc(r->v, (size_t)r->cap * sizeof *r->v);
+        assert_non_null(r->v);
+    }
+    memcpy(r->v + r->n, data, (size_t)n * sizeof *data);
+    r->n += n;
+}
+
+static const void *ref_data(const lp_gguf *g, const char *name, lp_type type, int64_t *n) {
+    const int64_t i = lp_gguf_find_tensor(g, name);
+    if (i < 0) fail_msg("reference tensor %s missing", name);
+    assert_int_equal(g->tensors[i].type, type);
+    *n = lp_gguf_tensor_nelements(&g->tensors[i]);
+    return g->tensors[i].data;
+}
+
+static double max_abs_diff(const float *a, const float *b, int64_t n) {
+    double d = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double x = fabs((double)a[i] - (double)b[i]);
+        if (!(x <= d)) d = x;
+    }
+    return d;
+}
+
+static uint64_t fnv1a(const void *p, size_t n) {
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The pair of one family, loaded twice: through lp_vlm (the whole turn)
+ * and as bare pieces (vision encoder, decoder) for the exact comparisons. */
+typedef struct fixture {
+    const family *fam;
+    int min_tokens, max_tokens; /* Qwen: --image-min/max-tokens of the dump, 0: llama.cpp's */
+    lp_vlm *vlm;
+    lp_gguf *lm_g, *mm_g;
+    lp_weight_store *lm_ws, *mm_ws;
+    lp_llama *lm;
+    lp_clip *clip;      /* InternVL */
+    lp_qwen_vit *qvit;  /* Qwen2.5-VL */
+    lp_pool *pool;
+} fixture;
+
+static void open_pair(fixture *f, const family *fam, int min_tokens, int max_tokens) {
+    char lm[256], mm[256];
+    lp_error err = {0};
+    memset(f, 0, sizeof *f);
+    f->fam = fam;
+    f->min_tokens = min_tokens;
+    f->max_tokens = max_tokens;
+    snprintf(lm, sizeof lm, "%stiny-f32.gguf", fam->dir);
+    snprintf(mm, sizeof mm, "%stiny-f32-mmproj.gguf", fam->dir);
+    lp_vlm_params vp = lp_vlm_default_params();
+    vp.llamacpp = true;
+    vp.image_min_tokens = min_tokens;
+    vp.image_max_tokens = max_tokens;
+    f->vlm = lp_vlm_load(lm, mm, &vp, &err);
+    if (!f->vlm) fail_msg("%s", err.msg);
+    assert_int_equal(lp_vlm_get_family(f->vlm), fam->qwen ? LP_VLM_QWEN25VL : LP_VLM_INTERNVL);
+    assert_non_null(f->lm_g = lp_gguf_open(lm, &err));
+    assert_non_null(f->lm_ws = lp_weights_resident(f->lm_g, &err));
+    assert_non_null(f->lm = lp_llama_load(f->lm_ws, &err));
+    assert_non_null(f->mm_g = lp_gguf_open(mm, &err));
+    assert_non_null(f->mm_ws = lp_weights_resident(f->mm_g, &err));
+    if (fam->qwen) {
+        if (!(f->qvit = lp_qwen_vit_load(f->mm_g, f->mm_ws, &err))) fail_msg("%s", err.msg);
+        assert_int_equal(lp_qwen_vit_set_token_limits(f->qvit, min_tokens, max_tokens, &err), LOUPE_OK);
+    } else {
+        if (!(f->clip = lp_clip_load(f->mm_g, f->mm_ws, &err))) fail_msg("%s", err.msg);
+        assert_int_equal(lp_clip_set_quirks(f->clip, LP_CLIP_QUIRKS_LLAMACPP, &err), LOUPE_OK);
+    }
+    f->pool = lp_pool_new(2);
+}
+
+static void close_pair(fixture *f) {
+    lp_pool_free(f->pool);
+    lp_clip_free(f->clip);
+    lp_qwen_vit_free(f->qvit);
+    lp_ws_free(f->mm_ws);
+    lp_gguf_close(f->mm_g);
+    lp_llama_free(f->lm);
+    lp_ws_free(f->lm_ws);
+    lp_gguf_close(f->lm_g);
+    lp_vlm_free(f->vlm);
+}
+
+static void check_hash(const float *px, size_t n, const int32_t *hash, int t, const char *what) {
+    const uint64_t h = fnv1a(px, n * sizeof(float));
+    const uint64_t want = (uint64_t)(uint32_t)hash[2 * t] | (uint64_t)(uint32_t)hash[2 * t + 1] << 32;
+    if (h != want) fail_msg("%s: tile %d: pixels differ from llama.cpp's", what, t + 1);
+}
+
+/* The image through the bare encoder: pixels checked against the dump's
+ * tile hashes, embeddings into *embd (n_tok, E); *nx, *ny: Qwen's grid. */
+static void encode_bare(fixture *f, const lp_image *img, const lp_gguf *ref, const char *what, int n_tok, int E,
+                        float **embd, int *nx, int *ny) {
+    lp_error err = {0};
+    int64_t n_hash;
+    const int32_t *hash = ref_data(ref, "tiles.hash", LP_TYPE_I32, &n_hash);
+    *embd = malloc((size_t)n_tok * E * sizeof **embd);
+    if (f->qvit) {
+        lp_qwen_geom qg;
+        assert_int_equal(lp_qwen_vit_plan(f->qvit, img->w, img->h, LP_QWEN_PREP_LLAMACPP, &qg, &err), LOUPE_OK);
+        assert_int_equal(n_hash, 2);
+        assert_int_equal(qg.nx * qg.ny, n_tok);
+        const size_t n = (size_t)3 * qg.width * qg.height;
+        float *px = malloc(n * sizeof *px);
+        assert_int_equal(lp_qwen_vit_preprocess(f->qvit, img, LP_QWEN_PREP_LLAMACPP, px, &qg, &err), LOUPE_OK);
+        check_hash(px, n, hash, 0, what);
+        assert_int_equal(lp_qwen_vit_encode(f->qvit, px, qg.width, qg.height, *embd, f->pool, &err), LOUPE_OK);
+        printf("    input %dx%d, %dx%d tokens", qg.width, qg.height, qg.nx, qg.ny);
+        *nx = qg.nx;
+        *ny = qg.ny;
+        free(px);
+        return;
+    }
+    const int S = lp_clip_image_size(f->clip), per_tile = lp_clip_n_out_tokens(f->clip);
+    int lo, hi;
+    lp_clip_tile_limits(f->clip, &lo, &hi);
+    lp_tile_plan plan;
+    assert_int_equal(lp_tiles_plan(img->w, img->h, S, lo, hi, LP_PREP_LLAMACPP, &plan, &err), LOUPE_OK);
+    assert_int_equal(plan.n_tiles, (int)(n_hash / 2));
+    assert_int_equal(plan.n_tiles * per_tile, n_tok);
+    const size_t px_n = (size_t)3 * S * S;
+    float *px = malloc((size_t)plan.n_tiles * px_n * sizeof *px);
+    assert_int_equal(lp_tiles_pixels(img, S, lo, hi, LP_PREP_LLAMACPP, lp_clip_mean(f->clip), lp_clip_std(f->clip),
+                                     px, &plan, &err),
+                     LOUPE_OK);
+    for (int t = 0; t < plan.n_tiles; t++) {
+        check_hash(px + (size_t)t * px_n, px_n, hash, t, what);
+        assert_int_equal(lp_clip_encode(f->clip, px + (size_t)t * px_n, *embd + (size_t)t * per_tile * E, f->pool,
+                                        &err),
+                         LOUPE_OK);
+    }
+    printf("    %d tiles", plan.n_tiles);
+    *nx = *ny = 0;
+    free(px);
+}
+
+static void check_image(fixture *f, int w, int h) {
+    char path[256], what[64];
+    lp_error err = {0};
+    snprintf(what, sizeof what, "%dx%d", w, h);
+    if (f->min_tokens || f->max_tokens)
+        snprintf(path, sizeof path, "%sllamacpp-%dx%d-%d-%d.gguf", f->fam->dir, w, h, f->min_tokens, f->max_tokens);
+    else
+        snprintf(path, sizeof path, "%sllamacpp-%dx%d.gguf", f->fam->dir, w, h);
+    lp_gguf *ref = lp_gguf_open(path, &err);
+    if (!ref) fail_msg("%s", err.msg);
+    snprintf(path, sizeof path, PHOTOS "image-%dx%d.png", w, h);
+    lp_image img;
+    assert_int_equal(lp_image_load(path, &img, &err), LOUPE_OK);
+    printf("  %s%s\n", what, f->min_tokens ? " (image tokens limited)" : "");
+
+    /* token count, pixels and embeddings */
+    int64_t n;
+    const int n_tok = ((const int32_t *)ref_data(ref, "image.n_tokens", LP_TYPE_I32, &n))[0];
+    int n_tok_vlm = 0;
+    assert_int_equal(lp_vlm_image_tokens(f->vlm, w, h, &n_tok_vlm, &err), LOUPE_OK);
+    assert_int_equal(n_tok_vlm, n_tok);
+    const int E = lp_llama_n_embd(f->lm);
+    int64_t n_embd_ref;
+    const float *embd_ref = ref_data(ref, "image.embd", LP_TYPE_F32, &n_embd_ref);
+    assert_int_equal(n_embd_ref, (int64_t)n_tok * E);
+    float *embd;
+    int nx, ny;
+    encode_bare(f, &img, ref, what, n_tok, E, &embd, &nx, &ny);
+    const double d_img = max_abs_diff(embd, embd_ref, n_embd_ref);
+    double ref_max = 0;
+    for (int64_t i = 0; i < n_embd_ref; i++) ref_max = fmax(ref_max, fabs(embd_ref[i]));
+    printf(", %d image tokens, embeddings max|diff| %.3g (max|ref| %.3g)\n", n_tok, d_img, ref_max);
+    assert_true(d_img <= ABS_TOL);
+
+    /* the whole turn through lp_vlm_ask: its decoder input */
+    lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
+    cp.n_threads = 2;
+    lp_vlm_ctx *ctx = lp_vlm_ctx_new(f->vlm, &cp, &err);
+    assert_non_null(ctx);
+    rows in = {0};
+    lp_vlm_ctx_set_dump(ctx, dump_cb, &in);
+    lp_vlm_gen_params g = lp_vlm_gen_default_params();
+    g.system = SYSTEM;
+    g.n_predict = 1;
+    char *answer = NULL;
+    lp_vlm_stats st;
+    assert_int_equal(lp_vlm_ask(f->vlm, ctx, &img, f->fam->question, &g, NULL, NULL, &answer, &st, &err), LOUPE_OK);
+    free(answer);
+    int64_t n_pos;
+    const int32_t *ids = ref_data(ref, "prompt.ids", LP_TYPE_I32, &n_pos);
+    assert_int_equal(in.n, n_pos * E);
+    const float *rows = in.v;
+    float *tok_row = malloc((size_t)E * sizeof *tok_row);
+    int img_row = 0, n_pre = 0;
+    for (int64_t i = 0; i < n_pos; i++) {
+        if (ids[i] < 0) {
+            assert_true(max_abs_diff(rows + i * E, embd_ref + (size_t)img_row++ * E, E) <= ABS_TOL);
+            continue;
+        }
+        if (img_row == 0) n_pre++;
+        assert_int_equal(lp_llama_embed(f->lm, &ids[i], 1, tok_row, &err), LOUPE_OK);
+        if (memcmp(tok_row, rows + i * E, (size_t)E * sizeof *tok_row))
+            fail_msg("%s: prompt position %lld is not token %d", what, (long long)i, ids[i]);
+    }
+    assert_int_equal(img_row, n_tok);
+
+    /* logits and 32 greedy tokens from the same rows (Qwen: M-RoPE ids) */
+    const int V = lp_llama_n_vocab(f->lm);
+    float *logits = malloc((size_t)V * sizeof *logits);
+    lp_llama_state *s = lp_llama_state_new(f->lm, (int)n_pos + N_GEN + 1, &err);
+    assert_non_null(s);
+    int32_t next = 0, *pos = NULL;
+    if (f->qvit) {
+        const int n_post = (int)n_pos - n_pre - n_tok;
+        pos = malloc((size_t)4 * n_pos * sizeof *pos);
+        next = lp_mrope_pos_prompt(pos, n_pre, nx, ny, n_post, 0);
+        const int32_t adv = ((const int32_t *)ref_data(ref, "image.n_pos", LP_TYPE_I32, &n))[0];
+        assert_int_equal(adv, nx > ny ? nx : ny); /* llama.cpp advances by max(nx, ny) */
+        assert_int_equal(lp_llama_forward_pos(f->lm, s, rows, pos, (int)n_pos, logits, f->pool, &err), LOUPE_OK);
+    } else {
+        assert_int_equal(lp_llama_forward(f->lm, s, rows, (int)n_pos, logits, f->pool, &err), LOUPE_OK);
+    }
+    int64_t nv;
+    const float *logits_ref = ref_data(ref, "logits", LP_TYPE_F32, &nv);
+    assert_int_equal(nv, V);
+    const double d_log = max_abs_diff(logits, logits_ref, V);
+    int64_t ng;
+    const int32_t *greedy_ref = ref_data(ref, "greedy.tokens", LP_TYPE_I32, &ng);
+    assert_int_equal(ng, N_GEN);
+    for (int k = 0; k < N_GEN; k++) {
+        int32_t best = 0;
+        for (int v = 1; v < V; v++)
+            if (logits[v] > logits[best]) best = v;
+        if (best != greedy_ref[k]) fail_msg("%s: greedy token %d: loupe %d, llama.cpp %d", what, k, best, greedy_ref[k]);
+        if (f->qvit) {
+            int32_t p4[4] = {next, next, next, 0};
+            next++;
+            assert_int_equal(lp_llama_forward_tokens_pos(f->lm, s, &best, p4, 1, logits, f->pool, &err), LOUPE_OK);
+        } else {
+            assert_int_equal(lp_llama_forward_tokens(f->lm, s, &best, 1, logits, f->pool, &err), LOUPE_OK);
+        }
+    }
+    printf("    logits max|diff| %.3g, %d greedy tokens identical\n", d_log, N_GEN);
+    assert_true(d_log <= ABS_TOL);
+
+    free(pos);
+    lp_llama_state_free(s);
+    free(logits);
+    free(tok_row);
+    free(in.v);
+    lp_vlm_ctx_free(ctx);
+    free(embd);
+    lp_image_free(&img);
+    lp_gguf_close(ref);
+}
+
+static void test_internvl(void **state) {
+    (void)state;
+    static const int sizes[][2] = {{448, 448}, {300, 200}, {1280, 853}, {2000, 300}, {300, 1500}, {900, 900}};
+    fixture f;
+    open_pair(&f, &INTERNVL, 0, 0);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) check_image(&f, sizes[i][0], sizes[i][1]);
+    close_pair(&f);
+}
+
+static void test_qwen25vl(void **state) {
+    (void)state;
+    /* 56×56: below the 8-token minimum (upscaled); 2400×1600: above the 4096-token maximum */
+    static const int sizes[][2] = {{1280, 853}, {300, 200}, {2000, 300}, {56, 56}, {448, 448}, {2400, 1600}};
+    fixture f;
+    open_pair(&f, &QWEN, 0, 0);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) check_image(&f, sizes[i][0], sizes[i][1]);
+    close_pair(&f);
+}
+
+/* The grounding range (1024..2048 tokens) through --image-min/max-tokens: a small photo upscaled. */
+static void test_qwen25vl_token_limits(void **state) {
+    (void)state;
+    fixture f;
+    open_pair(&f, &QWEN, 1024, 2048);
+    check_image(&f, 300, 200);
+    close_pair(&f);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_internvl),
+        cmocka_unit_test(test_qwen25vl),
+        cmocka_unit_test(test_qwen25vl_token_limits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
