@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../fusion/boxes.h"
 #include "../fusion/vlm.h"
 #include "../language/decoder.h"
 #include "../language/weights.h"
@@ -55,7 +56,8 @@ static const family INTERNVL = {"tests/fixtures/internvl/",
                                 "Please provide the bounding box coordinate of the region this sentence describes: "
                                 "<ref>the cup</ref>",
                                 false};
-static const family QWEN = {"tests/fixtures/qwen25vl/",
+#define QWEN_DIR "tests/fixtures/qwen25vl/"
+static const family QWEN = {QWEN_DIR,
                             "Locate the cup in the image, output its bbox coordinates using JSON format.", true};
 
 /* The decoder input of every prefill pass ("embd_in"), concatenated: a long
@@ -355,11 +357,70 @@ static void test_qwen25vl_token_limits(void **state) {
     close_pair(&f);
 }
 
+/* Geometry: Qwen2.5-VL answers in pixels of its resized input; mapped back,
+ * the content rectangle of that input is the whole original image (within a
+ * pixel: llama.cpp letterboxes by a few pixels, HF stretches), and any box
+ * the model states maps back to where that frame pixel came from (the exact
+ * inverse of the preprocessing, checked by mapping forward again). Sizes:
+ * below the pixel minimum, above the maximum, extreme aspect ratios; both
+ * preprocessing rules; the grounding token range. */
+static void test_qwen25vl_box_geometry(void **state) {
+    (void)state;
+    static const int sizes[][2] = {{1280, 853}, {300, 200}, {2000, 300}, {56, 56},  {2400, 1600},
+                                   {5000, 30},  {29, 4000}, {1, 1},     {8000, 8000}, {640, 481}};
+    for (int mode = 0; mode < 2; mode++) {
+        lp_vlm_params vp = lp_vlm_default_params();
+        vp.llamacpp = mode == 0;
+        lp_error err = {0};
+        lp_vlm *vlm = lp_vlm_load(QWEN_DIR "tiny-f32.gguf", QWEN_DIR "tiny-f32-mmproj.gguf", &vp, &err);
+        if (!vlm) fail_msg("%s", err.msg);
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            const int w = sizes[i][0], h = sizes[i][1];
+            lp_image img;
+            assert_int_equal(lp_image_alloc(&img, w, h, &err), LOUPE_OK);
+            lp_prep_geom pg;
+            int W, H;
+            loupe_status st = lp_vlm_prep_frame(vlm, &img, &pg, &W, &H, &err);
+            if (mode == 1 && (w < 28 || h < 28 || (double)(w > h ? w : h) / (w < h ? w : h) > 200)) {
+                assert_int_equal(st, LOUPE_ERR_INVALID_ARG); /* HF's processor refuses these too */
+                lp_image_free(&img);
+                continue;
+            }
+            if (st) fail_msg("%dx%d: %s", w, h, err.msg);
+            assert_true(W % 28 == 0 && H % 28 == 0);
+            lp_box_geom g;
+            assert_int_equal(lp_box_geom_from_prep_wh(&g, &pg, w, h, W, H, &err), LOUPE_OK);
+            char text[256];
+            snprintf(text, sizeof text, "```json\n[{\"bbox_2d\": [%d, %d, %d, %d], \"label\": \"all\"}]\n```",
+                     pg.content_x, pg.content_y, pg.content_x + pg.content_w, pg.content_y + pg.content_h);
+            lp_box b[2];
+            lp_box_issue why[2];
+            if (lp_boxes_parse(LP_BOX_QWEN25VL, text, &g, b, 2, why, 2) != 1)
+                fail_msg("%dx%d: %s not parsed: %s", w, h, text, why[0].reason);
+            if (fabsf(b[0].x1) > 1 || fabsf(b[0].y1) > 1 || fabsf(b[0].x2 - w) > 1 || fabsf(b[0].y2 - h) > 1)
+                fail_msg("%dx%d (%s, input %dx%d): the content maps to [%g, %g, %g, %g]", w, h,
+                         mode ? "hf" : "llama.cpp", W, H, b[0].x1, b[0].y1, b[0].x2, b[0].y2);
+            /* a box inside: frame -> original -> frame is the identity */
+            const int fx1 = W / 4, fy1 = H / 3, fx2 = 3 * W / 4, fy2 = H - 1;
+            lp_box o;
+            if (lp_box_from_frame(&g, fx1, fy1, fx2, fy2, &o) == 0 && o.x1 > 0 && o.x2 < w && o.y2 < h) {
+                double f[4];
+                lp_box_to_frame(&g, &o, f);
+                assert_true(fabs(f[0] - fx1) < 1e-3 && fabs(f[1] - fy1) < 1e-3); /* lp_box holds floats */
+                assert_true(fabs(f[2] - fx2) < 1e-3 && fabs(f[3] - fy2) < 1e-3);
+            }
+            lp_image_free(&img);
+        }
+        lp_vlm_free(vlm);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl),
         cmocka_unit_test(test_qwen25vl),
         cmocka_unit_test(test_qwen25vl_token_limits),
+        cmocka_unit_test(test_qwen25vl_box_geometry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
