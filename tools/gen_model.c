@@ -339,6 +339,34 @@ static void free_vocab(vocab *v) {
 
 /* ---------------------------------------------------------------- models */
 
+/* The decoder blocks, in the order llama.cpp's converters write them:
+ * RMSNorm weights, q/k/v (+ biases for qwen2), output, the SwiGLU FFN. */
+static void add_llm_blocks(gen *g, int n_layer, int64_t E, int64_t kv, int64_t F, lp_type t, bool qkv_bias) {
+    char nm[96];
+    static const char *qkv[3] = {"attn_q", "attn_k", "attn_v"};
+    for (int l = 0; l < n_layer; l++) {
+        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+        add_vec(g, nm, E, INIT_NORM);
+        for (int i = 0; i < 3; i++) {
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, qkv[i]);
+            add_mat(g, nm, t, E, i == 0 ? E : kv, 1.0);
+            if (!qkv_bias) continue;
+            snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, qkv[i]);
+            add_vec(g, nm, i == 0 ? E : kv, INIT_BIAS);
+        }
+        snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
+        add_mat(g, nm, t, E, E, 0.5);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+        add_vec(g, nm, E, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
+        add_mat(g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
+        add_mat(g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
+        add_mat(g, nm, t, F, E, 1.0);
+    }
+}
+
 static void gen_llm(const shape *sh, lp_type t, const char *path, const char *name, int region) {
     gen g = {lp_gguf_writer_new(), {0}, path};
     lp_gguf_writer *w = g.w;
@@ -373,32 +401,12 @@ static void gen_llm(const shape *sh, lp_type t, const char *path, const char *na
     free_vocab(&v);
 
     const int64_t E = sh->n_embd, hd = sh->n_embd / sh->n_head, kv = hd * sh->n_head_kv, F = sh->n_ff;
-    char nm[96];
     /* token embeddings: unit-variance rows (rmsnorm follows) */
     {
         int64_t ne[2] = {E, sh->n_vocab};
         add(&g, "token_embd.weight", pick_type(t, E, path, "token_embd.weight"), 2, ne, INIT_NORMAL, 1.0);
     }
-    for (int l = 0; l < sh->n_layer; l++) {
-        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
-        add_vec(&g, nm, E, INIT_NORM);
-        snprintf(nm, sizeof nm, "blk.%d.attn_q.weight", l);
-        add_mat(&g, nm, t, E, E, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.attn_k.weight", l);
-        add_mat(&g, nm, t, E, kv, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.attn_v.weight", l);
-        add_mat(&g, nm, t, E, kv, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
-        add_mat(&g, nm, t, E, E, 0.5);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
-        add_vec(&g, nm, E, INIT_NORM);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
-        add_mat(&g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
-        add_mat(&g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
-        add_mat(&g, nm, t, F, E, 1.0);
-    }
+    add_llm_blocks(&g, sh->n_layer, E, kv, F, t, false);
     add_vec(&g, "output_norm.weight", E, INIT_NORM);
     add_mat(&g, "output.weight", t, E, sh->n_vocab, 4.0);
     write_file(&g, path);
@@ -700,32 +708,11 @@ static void gen_qwen_llm(const vl_shape *sh, lp_type t, const char *path, const 
     write_bpe_vocab(w, sh, &eos);
 
     const int64_t E = sh->n_embd, hd = sh->n_embd / sh->n_head, kv = hd * sh->n_head_kv, F = sh->n_ff;
-    char nm[96];
     {
         int64_t ne[2] = {E, sh->n_vocab};
         add(&g, "token_embd.weight", pick_type(t, E, path, "token_embd.weight"), 2, ne, INIT_NORMAL, 1.0);
     }
-    for (int l = 0; l < sh->n_layer; l++) {
-        static const char *qkv[3] = {"attn_q", "attn_k", "attn_v"};
-        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
-        add_vec(&g, nm, E, INIT_NORM);
-        for (int i = 0; i < 3; i++) {
-            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, qkv[i]);
-            add_mat(&g, nm, t, E, i == 0 ? E : kv, 1.0);
-            snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, qkv[i]);
-            add_vec(&g, nm, i == 0 ? E : kv, INIT_BIAS);
-        }
-        snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
-        add_mat(&g, nm, t, E, E, 0.5);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
-        add_vec(&g, nm, E, INIT_NORM);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
-        add_mat(&g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
-        add_mat(&g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
-        add_mat(&g, nm, t, F, E, 1.0);
-    }
+    add_llm_blocks(&g, sh->n_layer, E, kv, F, t, true);
     add_vec(&g, "output_norm.weight", E, INIT_NORM);
     if (!sh->tied) add_mat(&g, "output.weight", t, E, sh->n_vocab, 4.0);
     write_file(&g, path);

@@ -35,9 +35,7 @@ struct lp_clip {
     /* hyperparameters */
     int image_size, patch_size, n_side, n_patches, n_pos;
     int n_embd, n_head, head_dim, n_ff, n_layer;
-    float eps;
-    float mean[3], std[3];
-    enum { FFN_QUICK_GELU, FFN_GELU, FFN_SILU } ffn_kind;
+    lp_vit_common vc;       /* eps, mean/std, FFN activation */
     int feature_layers[CLIP_MAX_FEATURE_LAYERS]; /* sorted, unique        */
     int n_feature_layers;                        /* 0: key absent        */
     bool has_pinpoints;
@@ -162,6 +160,46 @@ static loupe_status opt_vec(const lp_clip *c, const char *name, int64_t n, float
 /* ------------------------------------------------------------------------ */
 /* loading                                                                   */
 
+loupe_status lp_vit_common_load(const lp_gguf *g, lp_vit_common *o, lp_error *err) {
+    loupe_status st;
+    if ((st = lp_gguf_get_f32(g, "clip.vision.attention.layer_norm_epsilon", &o->eps, err))) return st;
+    if (!isfinite(o->eps) || o->eps < 0.0f) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key clip.vision.attention.layer_norm_epsilon: bad value %g", cpath(g),
+                       (double)o->eps);
+    }
+    if ((st = get_vec3(g, "clip.vision.image_mean", o->mean, err))) return st;
+    if ((st = get_vec3(g, "clip.vision.image_std", o->std, err))) return st;
+    for (int i = 0; i < 3; i++) {
+        if (o->std[i] == 0.0f) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key clip.vision.image_std: zero entry", cpath(g));
+    }
+    bool use_gelu = false, use_silu = false;
+    if ((st = lp_gguf_get_bool_opt(g, "clip.use_gelu", &use_gelu, err))) return st;
+    if ((st = lp_gguf_get_bool_opt(g, "clip.use_silu", &use_silu, err))) return st;
+    if (use_gelu && use_silu) {
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: keys clip.use_gelu and clip.use_silu are both true", cpath(g));
+    }
+    o->ffn = use_gelu ? LP_VIT_FFN_GELU : (use_silu ? LP_VIT_FFN_SILU : LP_VIT_FFN_QUICK_GELU);
+    return LOUPE_OK;
+}
+
+lp_act lp_vit_gelu_act(unsigned q) {
+    if (q & LP_CLIP_QUIRK_GELU_TANH) return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_GELU_TANH_F16 : LP_ACT_GELU_TANH;
+    return LP_ACT_GELU_ERF;
+}
+
+lp_act lp_vit_ffn_act(lp_vit_ffn ffn, unsigned q) {
+    switch (ffn) {
+    case LP_VIT_FFN_GELU: return lp_vit_gelu_act(q);
+    case LP_VIT_FFN_SILU: return LP_ACT_SILU;
+    case LP_VIT_FFN_QUICK_GELU: break;
+    }
+    return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_QUICK_GELU_F16 : LP_ACT_QUICK_GELU;
+}
+
+lp_dense_round lp_vit_dense_round(unsigned q) {
+    return (q & LP_CLIP_QUIRK_MATMUL_F16) ? LP_DENSE_ROUND_LIKE_GGML : LP_DENSE_ROUND_NONE;
+}
+
 static loupe_status load_hparams(lp_clip *c, lp_error *err) {
     const lp_gguf *g = c->g;
     loupe_status st;
@@ -217,25 +255,7 @@ static loupe_status load_hparams(lp_clip *c, lp_error *err) {
                        cpath(g), n_head_kv);
     }
 
-    if ((st = lp_gguf_get_f32(g, "clip.vision.attention.layer_norm_epsilon", &c->eps, err))) return st;
-    if (!isfinite(c->eps) || c->eps < 0.0f) {
-        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key clip.vision.attention.layer_norm_epsilon: bad value %g", cpath(g),
-                       (double)c->eps);
-    }
-
-    if ((st = get_vec3(g, "clip.vision.image_mean", c->mean, err))) return st;
-    if ((st = get_vec3(g, "clip.vision.image_std", c->std, err))) return st;
-    for (int i = 0; i < 3; i++) {
-        if (c->std[i] == 0.0f) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key clip.vision.image_std: zero entry", cpath(g));
-    }
-
-    bool use_gelu = false, use_silu = false;
-    if ((st = lp_gguf_get_bool_opt(g, "clip.use_gelu", &use_gelu, err))) return st;
-    if ((st = lp_gguf_get_bool_opt(g, "clip.use_silu", &use_silu, err))) return st;
-    if (use_gelu && use_silu) {
-        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: keys clip.use_gelu and clip.use_silu are both true", cpath(g));
-    }
-    c->ffn_kind = use_gelu ? FFN_GELU : (use_silu ? FFN_SILU : FFN_QUICK_GELU);
+    if ((st = lp_vit_common_load(g, &c->vc, err))) return st;
 
     const char *key_fl = "clip.vision.feature_layer";
     const lp_gguf_value *fl = lp_gguf_get(g, key_fl);
@@ -559,8 +579,8 @@ void lp_clip_tile_limits(const lp_clip *c, int *min_tiles, int *max_tiles) {
 int lp_clip_out_dim(const lp_clip *c) { return (int)c->proj.out_dim; }
 bool lp_clip_has_class(const lp_clip *c) { return c->class_embd != NULL; }
 lp_projector_type lp_clip_projector_type(const lp_clip *c) { return c->ptype; }
-const float *lp_clip_mean(const lp_clip *c) { return c->mean; }
-const float *lp_clip_std(const lp_clip *c) { return c->std; }
+const float *lp_clip_mean(const lp_clip *c) { return c->vc.mean; }
+const float *lp_clip_std(const lp_clip *c) { return c->vc.std; }
 unsigned lp_clip_quirks(const lp_clip *c) { return c->quirks; }
 
 loupe_status lp_clip_set_quirks(lp_clip *c, unsigned quirks, lp_error *err) {
@@ -587,35 +607,15 @@ loupe_status lp_clip_preprocess(const lp_clip *c, const lp_image *img, lp_prep_m
                        "%s: key clip.vision.image_grid_pinpoints: llama.cpp tiles such images (llava-uhd), not implemented",
                        c->path);
     }
-    return lp_preprocess_image(img, c->image_size, c->mean, c->std, mode, pixels, geom, err);
+    return lp_preprocess_image(img, c->image_size, c->vc.mean, c->vc.std, mode, pixels, geom, err);
 }
 
 /* ------------------------------------------------------------------------ */
 /* forward                                                                   */
 
-static lp_act ffn_act(const lp_clip *c) {
-    const unsigned q = c->quirks;
-    switch (c->ffn_kind) {
-    case FFN_GELU:
-        if (q & LP_CLIP_QUIRK_GELU_TANH) return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_GELU_TANH_F16 : LP_ACT_GELU_TANH;
-        return LP_ACT_GELU_ERF;
-    case FFN_SILU:
-        return LP_ACT_SILU;
-    case FFN_QUICK_GELU:
-        break;
-    }
-    return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_QUICK_GELU_F16 : LP_ACT_QUICK_GELU;
-}
-
-static lp_act proj_act(const lp_clip *c) {
-    const unsigned q = c->quirks;
-    if (q & LP_CLIP_QUIRK_GELU_TANH) return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_GELU_TANH_F16 : LP_ACT_GELU_TANH;
-    return LP_ACT_GELU_ERF;
-}
-
-static lp_dense_round dense_round(const lp_clip *c) {
-    return (c->quirks & LP_CLIP_QUIRK_MATMUL_F16) ? LP_DENSE_ROUND_LIKE_GGML : LP_DENSE_ROUND_NONE;
-}
+static lp_act ffn_act(const lp_clip *c) { return lp_vit_ffn_act(c->vc.ffn, c->quirks); }
+static lp_act proj_act(const lp_clip *c) { return lp_vit_gelu_act(c->quirks); }
+static lp_dense_round dense_round(const lp_clip *c) { return lp_vit_dense_round(c->quirks); }
 
 static void acts_free(clip_acts *a) {
     free(a->cols);
@@ -672,11 +672,11 @@ static void layernorm_rows(float *out, const float *x, const float *w, const flo
 /* The ViT's norm: LayerNorm, or RMSNorm (+ bias) for InternViT-6B. */
 static void norm_rows(const lp_clip *c, float *out, const float *x, const float *w, const float *b, int n, int E) {
     if (!c->rms_norm) {
-        layernorm_rows(out, x, w, b, n, E, c->eps);
+        layernorm_rows(out, x, w, b, n, E, c->vc.eps);
         return;
     }
     for (int t = 0; t < n; t++) {
-        lp_rmsnorm(out + (int64_t)t * E, x + (int64_t)t * E, w, E, c->eps);
+        lp_rmsnorm(out + (int64_t)t * E, x + (int64_t)t * E, w, E, c->vc.eps);
         if (b) lp_add(out + (int64_t)t * E, b, E);
     }
 }

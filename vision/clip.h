@@ -99,6 +99,27 @@
 
 typedef struct lp_clip lp_clip;
 
+/* ---- what this ViT and Qwen2.5-VL's (vision/qwen_vit.h) read and compute alike ---- */
+typedef enum lp_vit_ffn {
+    LP_VIT_FFN_QUICK_GELU = 0, /* neither clip.use_gelu nor clip.use_silu */
+    LP_VIT_FFN_GELU,
+    LP_VIT_FFN_SILU
+} lp_vit_ffn;
+
+typedef struct lp_vit_common {
+    float eps;              /* clip.vision.attention.layer_norm_epsilon */
+    float mean[3], std[3];  /* clip.vision.image_mean / image_std       */
+    lp_vit_ffn ffn;         /* clip.use_gelu / clip.use_silu             */
+} lp_vit_common;
+
+/* Read and validate those keys; errors name the file and the key. */
+loupe_status lp_vit_common_load(const lp_gguf *g, lp_vit_common *out, lp_error *err);
+/* The FFN activation and the projector's GELU under these quirk bits
+ * (GELU_TANH, ACT_F16), and the matmul rounding (MATMUL_F16). */
+lp_act lp_vit_ffn_act(lp_vit_ffn ffn, unsigned quirks);
+lp_act lp_vit_gelu_act(unsigned quirks);
+lp_dense_round lp_vit_dense_round(unsigned quirks);
+
 #define LP_CLIP_QUIRK_CLS_LAST    (1u << 0)
 #define LP_CLIP_QUIRK_DROP_LAYER  (1u << 1)
 #define LP_CLIP_QUIRK_POST_LN     (1u << 2)

@@ -121,7 +121,7 @@ void lp_image_paste(lp_image *dst, const lp_image *src, int ox, int oy) {
     }
 }
 
-static void set_geom(lp_prep_geom *g, double sx, double sy, double ox, double oy, int cx, int cy, int cw, int ch) {
+void lp_prep_geom_set(lp_prep_geom *g, double sx, double sy, double ox, double oy, int cx, int cy, int cw, int ch) {
     if (!g) return;
     g->scale_x = sx;
     g->scale_y = sy;
@@ -147,7 +147,7 @@ void lp_fit_inside(int w, int h, int S, int *nw, int *nh) { lp_fit_inside_rect(w
 static loupe_status prep_llamacpp(const lp_image *img, int S, lp_image *dst, lp_prep_geom *geom, lp_error *err) {
     const int w = img->w, h = img->h;
     if (w == S && h == S) {
-        set_geom(geom, 1.0, 1.0, 0.0, 0.0, 0, 0, S, S);
+        lp_prep_geom_set(geom, 1.0, 1.0, 0.0, 0.0, 0, 0, S, S);
         return lp_image_from_rgb(img->rgb, w, h, (size_t)w * 3, dst, err);
     }
     int nw, nh;
@@ -165,7 +165,7 @@ static loupe_status prep_llamacpp(const lp_image *img, int S, lp_image *dst, lp_
     const int ox = (S - nw) / 2, oy = (S - nh) / 2;
     lp_image_paste(dst, &resized, ox, oy);
     lp_image_free(&resized);
-    set_geom(geom, (double)nw / w, (double)nh / h, ox, oy, ox, oy, nw, nh);
+    lp_prep_geom_set(geom, (double)nw / w, (double)nh / h, ox, oy, ox, oy, nw, nh);
     return LOUPE_OK;
 }
 
@@ -188,7 +188,7 @@ static loupe_status prep_pad_pil(const lp_image *img, int S, const float mean[3]
     lp_image_free(&sq);
     if (st != LOUPE_OK) return st;
     const double s = (double)S / M;
-    set_geom(geom, s, s, px * s, py * s, (int)floor(px * s), (int)floor(py * s), (int)ceil(w * s), (int)ceil(h * s));
+    lp_prep_geom_set(geom, s, s, px * s, py * s, (int)floor(px * s), (int)floor(py * s), (int)ceil(w * s), (int)ceil(h * s));
     return LOUPE_OK;
 }
 
@@ -206,7 +206,7 @@ loupe_status lp_preprocess_rgb(const lp_image *img, int S, const float mean[3], 
         return prep_pad_pil(img, S, mean, dst, geom, err);
     case LP_PREP_SQUASH_PIL:
         st = lp_image_resize(img, dst, S, S, LP_RESAMPLE_BICUBIC, err);
-        if (st == LOUPE_OK) set_geom(geom, (double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S);
+        if (st == LOUPE_OK) lp_prep_geom_set(geom, (double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S);
         return st;
     }
     return lp_fail(err, LOUPE_ERR_INVALID_ARG, "preprocess: unknown mode %d", (int)mode);

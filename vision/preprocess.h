@@ -67,6 +67,10 @@ typedef struct lp_prep_geom {
     int content_x, content_y, content_w, content_h; /* content rectangle   */
 } lp_prep_geom;
 
+/* Fill *g (no-op when g is NULL). */
+void lp_prep_geom_set(lp_prep_geom *g, double scale_x, double scale_y, double off_x, double off_y, int content_x,
+                      int content_y, int content_w, int content_h);
+
 /* out: 3·S·S floats, planar (3, S, S). geom may be NULL. Errors: bad
  * arguments (INVALID_ARG), allocation (NOMEM). */
 loupe_status lp_preprocess_image(const lp_image *img, int S, const float mean[3], const float std[3],

@@ -94,28 +94,16 @@ loupe_status lp_qwen_vit_smart_resize(int w, int h, int factor, int min_pixels, 
     return LOUPE_OK;
 }
 
-static void set_map(lp_prep_geom *g, double sx, double sy, double ox, double oy, int cx, int cy, int cw, int ch) {
-    if (!g) return;
-    g->scale_x = sx;
-    g->scale_y = sy;
-    g->off_x = ox;
-    g->off_y = oy;
-    g->content_x = cx;
-    g->content_y = cy;
-    g->content_w = cw;
-    g->content_h = ch;
-}
-
 void lp_qwen_prep_map(int w, int h, int W, int H, lp_qwen_prep_mode mode, lp_prep_geom *map) {
     if (w == W && h == H) {
-        set_map(map, 1.0, 1.0, 0.0, 0.0, 0, 0, W, H);
+        lp_prep_geom_set(map, 1.0, 1.0, 0.0, 0.0, 0, 0, W, H);
     } else if (mode == LP_QWEN_PREP_HF) {
-        set_map(map, (double)W / w, (double)H / h, 0.0, 0.0, 0, 0, W, H);
+        lp_prep_geom_set(map, (double)W / w, (double)H / h, 0.0, 0.0, 0, 0, W, H);
     } else { /* llama.cpp: fitted inside, centred */
         int nw, nh;
         lp_fit_inside_rect(w, h, W, H, &nw, &nh);
         const int ox = (W - nw) / 2, oy = (H - nh) / 2;
-        set_map(map, (double)nw / w, (double)nh / h, ox, oy, ox, oy, nw, nh);
+        lp_prep_geom_set(map, (double)nw / w, (double)nh / h, ox, oy, ox, oy, nw, nh);
     }
 }
 

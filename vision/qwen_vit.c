@@ -28,7 +28,6 @@ typedef struct qv_layer {
     float *ln2_w, *ln2_b;
 } qv_layer;
 
-enum qv_ffn { QV_FFN_QUICK_GELU, QV_FFN_GELU, QV_FFN_SILU };
 
 struct lp_qwen_vit {
     const lp_gguf *g;
@@ -37,9 +36,7 @@ struct lp_qwen_vit {
     bool qwen2; /* "qwen2vl_merger": LayerNorm */
 
     int patch, merge, n_embd, n_head, head_dim, n_ff, n_layer, n_wa_pattern, window, proj_dim;
-    float eps;
-    float mean[3], std[3];
-    enum qv_ffn ffn;
+    lp_vit_common vc;    /* eps, mean/std, FFN activation (clip.h) */
     int file_min_pixels, file_max_pixels; /* clip.vision.image_min/max_pixels, 0: absent */
     int min_tokens, max_tokens;           /* custom limits, 0: default                */
 
@@ -73,21 +70,6 @@ static loupe_status get_dim(const lp_gguf *g, const char *key, bool required, in
                        gpath(g), key, val, lo, hi);
     }
     *out = (int)val;
-    return LOUPE_OK;
-}
-
-static loupe_status get_vec3(const lp_gguf *g, const char *key, float out[3], lp_error *err) {
-    const lp_gguf_value *val = NULL;
-    loupe_status st = lp_gguf_get_arr(g, key, LP_GGUF_FLOAT32, &val, err);
-    if (st != LOUPE_OK) return st;
-    if (val->v.arr.n < 3 || !val->v.arr.data) {
-        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s has %llu elements, expected 3", gpath(g), key,
-                       (unsigned long long)val->v.arr.n);
-    }
-    memcpy(out, val->v.arr.data, 3 * sizeof(float));
-    for (int i = 0; i < 3; i++) {
-        if (!isfinite(out[i])) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: non-finite value", gpath(g), key);
-    }
     return LOUPE_OK;
 }
 
@@ -158,23 +140,7 @@ static loupe_status load_hparams(lp_qwen_vit *v, lp_error *err) {
                        "%s: key clip.vision.attention.head_count_kv = %d: grouped-query ViT not supported", gpath(g),
                        n_head_kv);
     }
-    if ((st = lp_gguf_get_f32(g, "clip.vision.attention.layer_norm_epsilon", &v->eps, err))) return st;
-    if (!isfinite(v->eps) || v->eps < 0.0f) {
-        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key clip.vision.attention.layer_norm_epsilon: bad value %g", gpath(g),
-                       (double)v->eps);
-    }
-    if ((st = get_vec3(g, "clip.vision.image_mean", v->mean, err))) return st;
-    if ((st = get_vec3(g, "clip.vision.image_std", v->std, err))) return st;
-    for (int i = 0; i < 3; i++) {
-        if (v->std[i] == 0.0f) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key clip.vision.image_std: zero entry", gpath(g));
-    }
-    bool use_gelu = false, use_silu = false;
-    if ((st = lp_gguf_get_bool_opt(g, "clip.use_gelu", &use_gelu, err))) return st;
-    if ((st = lp_gguf_get_bool_opt(g, "clip.use_silu", &use_silu, err))) return st;
-    if (use_gelu && use_silu) {
-        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: keys clip.use_gelu and clip.use_silu are both true", gpath(g));
-    }
-    v->ffn = use_gelu ? QV_FFN_GELU : (use_silu ? QV_FFN_SILU : QV_FFN_QUICK_GELU);
+    if ((st = lp_vit_common_load(g, &v->vc, err))) return st;
 
     v->merge = 2;
     if ((st = get_dim(g, "clip.vision.spatial_merge_size", false, 1, 64, &v->merge, err))) return st;
@@ -399,8 +365,8 @@ int lp_qwen_vit_out_dim(const lp_qwen_vit *v) { return (int)v->proj.out_dim; }
 int lp_qwen_vit_n_wa_pattern(const lp_qwen_vit *v) { return v->n_wa_pattern; }
 int lp_qwen_vit_window(const lp_qwen_vit *v) { return v->window; }
 bool lp_qwen_vit_is_qwen2(const lp_qwen_vit *v) { return v->qwen2; }
-const float *lp_qwen_vit_mean(const lp_qwen_vit *v) { return v->mean; }
-const float *lp_qwen_vit_std(const lp_qwen_vit *v) { return v->std; }
+const float *lp_qwen_vit_mean(const lp_qwen_vit *v) { return v->vc.mean; }
+const float *lp_qwen_vit_std(const lp_qwen_vit *v) { return v->vc.std; }
 unsigned lp_qwen_vit_quirks(const lp_qwen_vit *v) { return v->quirks; }
 
 bool lp_qwen_vit_layer_full(const lp_qwen_vit *v, int il) {
@@ -489,7 +455,7 @@ loupe_status lp_qwen_vit_preprocess(const lp_qwen_vit *v, const lp_image *img, l
     if (st != LOUPE_OK) return st;
     lp_image rgb;
     if ((st = lp_qwen_prep_rgb(img, g.width, g.height, mode, &rgb, &g.map, err)) != LOUPE_OK) return st;
-    lp_qwen_prep_normalize(&rgb, v->mean, v->std, mode, pixels);
+    lp_qwen_prep_normalize(&rgb, v->vc.mean, v->vc.std, mode, pixels);
     lp_image_free(&rgb);
     if (geom) *geom = g;
     return LOUPE_OK;
@@ -656,29 +622,9 @@ static bool acts_alloc(const lp_qwen_vit *v, qv_acts *a, const lp_pool *pool) {
     return a->attn_scratch != NULL;
 }
 
-static lp_act ffn_act(const lp_qwen_vit *v) {
-    const unsigned q = v->quirks;
-    switch (v->ffn) {
-    case QV_FFN_SILU:
-        return LP_ACT_SILU;
-    case QV_FFN_GELU:
-        if (q & LP_CLIP_QUIRK_GELU_TANH) return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_GELU_TANH_F16 : LP_ACT_GELU_TANH;
-        return LP_ACT_GELU_ERF;
-    case QV_FFN_QUICK_GELU:
-        break;
-    }
-    return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_QUICK_GELU_F16 : LP_ACT_QUICK_GELU;
-}
-
-static lp_act merger_act(const lp_qwen_vit *v) { /* build_ffn(..., FFN_GELU): ggml_gelu */
-    const unsigned q = v->quirks;
-    if (q & LP_CLIP_QUIRK_GELU_TANH) return (q & LP_CLIP_QUIRK_ACT_F16) ? LP_ACT_GELU_TANH_F16 : LP_ACT_GELU_TANH;
-    return LP_ACT_GELU_ERF;
-}
-
-static lp_dense_round dense_round(const lp_qwen_vit *v) {
-    return (v->quirks & LP_CLIP_QUIRK_MATMUL_F16) ? LP_DENSE_ROUND_LIKE_GGML : LP_DENSE_ROUND_NONE;
-}
+static lp_act ffn_act(const lp_qwen_vit *v) { return lp_vit_ffn_act(v->vc.ffn, v->quirks); }
+static lp_act merger_act(const lp_qwen_vit *v) { return lp_vit_gelu_act(v->quirks); } /* build_ffn(FFN_GELU): ggml_gelu */
+static lp_dense_round dense_round(const lp_qwen_vit *v) { return lp_vit_dense_round(v->quirks); }
 
 /* out (n, E) = norm(x) * w (+ b): RMSNorm for Qwen2.5-VL, LayerNorm for Qwen2-VL (build_norm) */
 static void norm_rows(const lp_qwen_vit *v, float *out, const float *x, const float *w, const float *b, int n) {
@@ -687,9 +633,9 @@ static void norm_rows(const lp_qwen_vit *v, float *out, const float *x, const fl
         float *o = out + (int64_t)t * E;
         const float *xi = x + (int64_t)t * E;
         if (v->qwen2) {
-            lp_layernorm(o, xi, w, b, E, v->eps);
+            lp_layernorm(o, xi, w, b, E, v->vc.eps);
         } else {
-            lp_rmsnorm(o, xi, w, E, v->eps);
+            lp_rmsnorm(o, xi, w, E, v->vc.eps);
             if (b) lp_add(o, b, E);
         }
     }
