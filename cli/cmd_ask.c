@@ -84,7 +84,7 @@ static void ask_help(FILE *out) {
             "                       answer, boxes [{x1, y1, x2, y2, label}] in pixels of the\n"
             "                       original image, box_issues (box text that was skipped,\n"
             "                       with the reason), image {path, width, height}, model\n"
-            "                       {name, path, mmproj_name, mmproj_path, template,\n"
+            "                       {name, path, mmproj_name, mmproj_path, family, template,\n"
             "                       box_format, prep}, timings (ms, tok/s) and peak memory\n"
             "  --draw FILE.png      also write the image with each box drawn in its own\n"
             "                       colour and labelled\n"
@@ -175,7 +175,8 @@ static double r2(double v);
 static void print_stats(const loupe_model *m, const loupe_answer *a) {
     const loupe_timings *t = loupe_answer_timings(a);
     fprintf(stderr, "\n");
-    fprintf(stderr, "template  %s, boxes %s\n", loupe_model_template(m), loupe_model_box_format(m));
+    fprintf(stderr, "family    %s, template %s, boxes %s\n", loupe_model_family(m), loupe_model_template(m),
+            loupe_model_box_format(m));
     fprintf(stderr, "load      %9.1f ms (model + mmproj)\n", t->load_ms);
     fprintf(stderr, "encode    %9.1f ms (preprocess + ViT + projector, %d image tokens)\n", t->encode_ms,
             t->image_tokens);
@@ -272,6 +273,7 @@ static int print_json(const loupe_model *m, const loupe_image *img, const char *
     cJSON_AddStringToObject(jm, "path", loupe_model_path(m, LOUPE_FILE_MODEL));
     cJSON_AddStringToObject(jm, "mmproj_name", loupe_model_name(m, LOUPE_FILE_MMPROJ));
     cJSON_AddStringToObject(jm, "mmproj_path", loupe_model_path(m, LOUPE_FILE_MMPROJ));
+    cJSON_AddStringToObject(jm, "family", loupe_model_family(m));
     cJSON_AddStringToObject(jm, "template", loupe_model_template(m));
     cJSON_AddStringToObject(jm, "box_format", loupe_model_box_format(m));
     cJSON_AddStringToObject(jm, "prep", prep_name(loupe_model_prep(m)));

@@ -195,6 +195,7 @@ const char *loupe_model_name(const loupe_model *m, loupe_file which) {
 
 const char *loupe_model_template(const loupe_model *m) { return m ? lp_vlm_template(m->vlm)->name : ""; }
 const char *loupe_model_box_format(const loupe_model *m) { return m ? lp_box_family_name(m->boxes) : ""; }
+const char *loupe_model_family(const loupe_model *m) { return m ? lp_vlm_family_name(lp_vlm_get_family(m->vlm)) : ""; }
 loupe_prep loupe_model_prep(const loupe_model *m) { return m ? m->prep : LOUPE_PREP_AUTO; }
 int loupe_model_can_refer(const loupe_model *m) {
     return m && lp_vlm_has_region_sampler(m->vlm) && lp_vlm_region_token(m->vlm) >= 0;

@@ -195,6 +195,9 @@ const char *loupe_model_path(const loupe_model *model, loupe_file which);
 const char *loupe_model_name(const loupe_model *model, loupe_file which);
 const char *loupe_model_template(const loupe_model *model);   /* e.g. "vicuna" */
 const char *loupe_model_box_format(const loupe_model *model); /* e.g. "ferret" */
+/* The model family, from the mmproj's clip.projector_type: "llava" (LLaVA-1.5,
+ * Ferret, the shipped model), "internvl" or "qwen2.5-vl". */
+const char *loupe_model_family(const loupe_model *model);
 loupe_prep loupe_model_prep(const loupe_model *model);        /* never AUTO: what was chosen */
 /* Nonzero when the model can take regions (loupe_refer): the mmproj has a
  * region sampler and the vocabulary a "<region_fea>" token. */

@@ -415,12 +415,33 @@ static void test_qwen25vl_box_geometry(void **state) {
     }
 }
 
+/* Pairs that do not belong together are refused, naming both files. */
+static void test_pair_errors(void **state) {
+    (void)state;
+    lp_error err = {0};
+    lp_vlm_params vp = lp_vlm_default_params();
+    /* the shipped tiny model's decoder is 256 wide; the InternVL projector gives 64 */
+    lp_vlm *v = lp_vlm_load("models/loupe-tiny.gguf", "tests/fixtures/internvl/tiny-f32-mmproj.gguf", &vp, &err);
+    assert_null(v);
+    assert_int_equal(err.status, LOUPE_ERR_MISMATCH);
+    assert_non_null(strstr(err.msg, "projector output width 64 does not match the embedding width 256"));
+    assert_non_null(strstr(err.msg, "internvl/tiny-f32-mmproj.gguf"));
+    /* a Qwen2.5-VL vision tower needs an M-RoPE decoder; InternVL's is plain qwen2 */
+    err = (lp_error){0};
+    v = lp_vlm_load("tests/fixtures/internvl/tiny-f32.gguf", QWEN_DIR "tiny-f32-mmproj.gguf", &vp, &err);
+    assert_null(v);
+    assert_int_equal(err.status, LOUPE_ERR_MISMATCH);
+    assert_non_null(strstr(err.msg, "M-RoPE"));
+    assert_non_null(strstr(err.msg, "\"qwen2\""));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl),
         cmocka_unit_test(test_qwen25vl),
         cmocka_unit_test(test_qwen25vl_token_limits),
         cmocka_unit_test(test_qwen25vl_box_geometry),
+        cmocka_unit_test(test_pair_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
