@@ -48,16 +48,16 @@
 
 typedef struct family {
     const char *dir;      /* fixtures of the pair and its dumps */
+    const char *variant;  /* "" or "qknorm-": another mmproj, tiny-f32-VARIANTmmproj.gguf and llamacpp-VARIANT*.gguf */
     const char *question; /* the user turn after the image */
     bool qwen;
 } family;
 
-static const family INTERNVL = {"tests/fixtures/internvl/",
-                                "Please provide the bounding box coordinate of the region this sentence describes: "
-                                "<ref>the cup</ref>",
-                                false};
+#define INTERNVL_QUESTION "Please provide the bounding box coordinate of the region this sentence describes: <ref>the cup</ref>"
+static const family INTERNVL = {"tests/fixtures/internvl/", "", INTERNVL_QUESTION, false};
+static const family INTERNVL_QK = {"tests/fixtures/internvl/", "qknorm-", INTERNVL_QUESTION, false};
 #define QWEN_DIR "tests/fixtures/qwen25vl/"
-static const family QWEN = {QWEN_DIR,
+static const family QWEN = {QWEN_DIR, "",
                             "Locate the cup in the image, output its bbox coordinates using JSON format.", true};
 
 /* The decoder input of every prefill pass ("embd_in"), concatenated: a long
@@ -125,7 +125,7 @@ static void open_pair(fixture *f, const family *fam, int min_tokens, int max_tok
     f->min_tokens = min_tokens;
     f->max_tokens = max_tokens;
     snprintf(lm, sizeof lm, "%stiny-f32.gguf", fam->dir);
-    snprintf(mm, sizeof mm, "%stiny-f32-mmproj.gguf", fam->dir);
+    snprintf(mm, sizeof mm, "%stiny-f32-%smmproj.gguf", fam->dir, fam->variant);
     lp_vlm_params vp = lp_vlm_default_params();
     vp.llamacpp = true;
     vp.image_min_tokens = min_tokens;
@@ -218,9 +218,10 @@ static void check_image(fixture *f, int w, int h) {
     lp_error err = {0};
     snprintf(what, sizeof what, "%dx%d", w, h);
     if (f->min_tokens || f->max_tokens)
-        snprintf(path, sizeof path, "%sllamacpp-%dx%d-%d-%d.gguf", f->fam->dir, w, h, f->min_tokens, f->max_tokens);
+        snprintf(path, sizeof path, "%sllamacpp-%s%dx%d-%d-%d.gguf", f->fam->dir, f->fam->variant, w, h, f->min_tokens,
+                 f->max_tokens);
     else
-        snprintf(path, sizeof path, "%sllamacpp-%dx%d.gguf", f->fam->dir, w, h);
+        snprintf(path, sizeof path, "%sllamacpp-%s%dx%d.gguf", f->fam->dir, f->fam->variant, w, h);
     lp_gguf *ref = lp_gguf_open(path, &err);
     if (!ref) fail_msg("%s", err.msg);
     snprintf(path, sizeof path, PHOTOS "image-%dx%d.png", w, h);
@@ -338,6 +339,15 @@ static void test_internvl(void **state) {
     close_pair(&f);
 }
 
+/* InternViT-6B-style q/k norms (LayerNorm over the whole projection, after the bias). */
+static void test_internvl_qk_norm(void **state) {
+    (void)state;
+    fixture f;
+    open_pair(&f, &INTERNVL_QK, 0, 0);
+    check_image(&f, 900, 900);
+    close_pair(&f);
+}
+
 static void test_qwen25vl(void **state) {
     (void)state;
     /* 56×56: below the 8-token minimum (upscaled); 2400×1600: above the 4096-token maximum */
@@ -438,6 +448,7 @@ static void test_pair_errors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl),
+        cmocka_unit_test(test_internvl_qk_norm),
         cmocka_unit_test(test_qwen25vl),
         cmocka_unit_test(test_qwen25vl_token_limits),
         cmocka_unit_test(test_qwen25vl_box_geometry),

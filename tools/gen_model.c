@@ -809,11 +809,9 @@ static void gen_internvl_mmproj(const vl_shape *sh, lp_type t, const char *path,
         }
         if (qk_norm) {
             static const char *qk[2] = {"attn_q_norm", "attn_k_norm"};
-            for (int i = 0; i < 2; i++) {
+            for (int i = 0; i < 2; i++) { /* weights only, as InternViT-6B's RMSNorms */
                 snprintf(nm, sizeof nm, "v.blk.%d.%s.weight", l, qk[i]);
                 add_vec(&g, nm, D, INIT_NORM);
-                snprintf(nm, sizeof nm, "v.blk.%d.%s.bias", l, qk[i]);
-                add_vec(&g, nm, D, INIT_BIAS);
             }
         }
     }

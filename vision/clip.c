@@ -24,7 +24,7 @@ typedef struct clip_layer {
     float *ln2_w, *ln2_b; /* (n_embd) or NULL                            */
     /* InternViT */
     float *ls1, *ls2;     /* (n_embd) layer scales of the two branches, or NULL */
-    float *qn_w, *qn_b, *kn_w, *kn_b; /* (qk_norm_dim) q/k norms, or NULL  */
+    float *qn_w, *kn_w;   /* (qk_norm_dim) q/k norm weights, or NULL     */
 } clip_layer;
 
 struct lp_clip {
@@ -375,17 +375,13 @@ static loupe_status load_layer(lp_clip *c, int il, lp_error *err) {
         if (c->qk_norm_dim != E && c->qk_norm_dim != c->head_dim)
             return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s: %lld elements, expected %lld or %d (head_dim)",
                            cpath(g), name, (long long)tq.ne[0], (long long)E, c->head_dim);
+        /* weights only: InternViT-6B's q/k norms (InternRMSNorm) have no bias,
+         * and llama.cpp's build_vit passes none even if a file had one */
         const int64_t D = c->qk_norm_dim;
-        const char *what[4] = {"attn_q_norm.weight", "attn_q_norm.bias", "attn_k_norm.weight", "attn_k_norm.bias"};
-        float **dst[4] = {&L->qn_w, &L->qn_b, &L->kn_w, &L->kn_b};
-        for (int i = 0; i < 4; i++) {
-            snprintf(name, sizeof name, "v.blk.%d.%s", il, what[i]);
-            if (i % 2 == 0) {
-                if ((st = lp_load_f32(g, c->ws, name, D, dst[i], err))) return st;
-            } else if ((st = opt_vec(c, name, D, dst[i], err))) {
-                return st;
-            }
-        }
+        snprintf(name, sizeof name, "v.blk.%d.attn_q_norm.weight", il);
+        if ((st = lp_load_f32(g, c->ws, name, D, &L->qn_w, err))) return st;
+        snprintf(name, sizeof name, "v.blk.%d.attn_k_norm.weight", il);
+        if ((st = lp_load_f32(g, c->ws, name, D, &L->kn_w, err))) return st;
     } else if (c->qk_norm_dim) {
         return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s missing (layer 0 has q/k norms)", cpath(g), name);
     }
@@ -406,9 +402,7 @@ static void free_layer(clip_layer *L) {
     free(L->ls1);
     free(L->ls2);
     free(L->qn_w);
-    free(L->qn_b);
     free(L->kn_w);
-    free(L->kn_b);
 }
 
 static loupe_status load_embeddings(lp_clip *c, lp_error *err) {
@@ -682,9 +676,9 @@ static void norm_rows(const lp_clip *c, float *out, const float *x, const float 
 }
 
 /* q/k norm in place on x (T, n_embd), over rows of qk_norm_dim (whole or per head). */
-static void qk_norm(const lp_clip *c, float *x, const float *w, const float *b, int T) {
+static void qk_norm(const lp_clip *c, float *x, const float *w, int T) {
     const int D = c->qk_norm_dim, per = c->n_embd / D;
-    norm_rows(c, x, x, w, b, T * per, D); /* row-wise, in place is safe */
+    norm_rows(c, x, x, w, NULL, T * per, D); /* row-wise, in place is safe */
 }
 
 /* pixels (3, S, S) -> a->x (n_pos, n_embd): patches, class token, positions */
@@ -746,8 +740,8 @@ static loupe_status block_forward(const lp_clip *c, const clip_layer *L, clip_ac
     if ((st = lp_dense_forward(&L->k, c->ws, a->xn, a->k, T, rnd, a->rnd, pool, err))) return st;
     if ((st = lp_dense_forward(&L->v, c->ws, a->xn, a->v, T, rnd, a->rnd, pool, err))) return st;
     if (L->qn_w) {
-        qk_norm(c, a->q, L->qn_w, L->qn_b, T);
-        qk_norm(c, a->k, L->kn_w, L->kn_b, T);
+        qk_norm(c, a->q, L->qn_w, T);
+        qk_norm(c, a->k, L->kn_w, T);
     }
     const float scale = 1.0f / sqrtf((float)c->head_dim);
     if (!lp_attention_ex(a->att, a->q, a->k, a->v, T, T, c->n_head, c->n_head, c->head_dim, 0, false, scale,

@@ -24,8 +24,9 @@
  * InternVL (clip.projector_type "internvl", llama.cpp's clip_graph_internvl;
  * OpenGVLab's InternViT + mlp1): the same blocks with, where the file has
  * them, layer scales (v.blk.N.ls1/ls2: x += ls1 ⊙ attn(..), x += ls2 ⊙
- * mlp(..)) and q/k norms (v.blk.N.attn_q_norm/attn_k_norm, over the whole
- * projection or per head, after the bias); RMSNorm instead of LayerNorm
+ * mlp(..)) and q/k norms (v.blk.N.attn_q_norm/attn_k_norm weights, over the whole
+ * projection or per head, after the bias; a norm bias is ignored, as
+ * llama.cpp does — InternViT-6B's have none); RMSNorm instead of LayerNorm
  * for the 6B ViT (n_embd 3200, 45 layers: llama.cpp's rule, the file has no
  * key). No pre/post norm. Every block runs (DROP_LAYER does not apply). The
  * patches (the class token dropped, wherever it is) are pixel-shuffled by
