@@ -11,7 +11,9 @@
 # (loupe --llamacpp-compat: llama.cpp's tiling/resizing, so both encode the same
 # number of tiles and image tokens). llama.cpp is $LLAMA_CPP_BIN/llama-mtmd-cli
 # (a build you made; this script never builds it), run with flash attention
-# off, no warmup, --no-mmap; skipped when LLAMA_CPP_BIN is unset.
+# off, no warmup, --no-mmap, -v (for its timing lines: the encode time is the
+# sum of its "mtmd batch encoding done" lines, prefill is its "prompt eval"
+# over text and image rows, as loupe's); skipped when LLAMA_CPP_BIN is unset.
 # Peak RSS: GNU time's maximum resident set size of the whole process.
 # Environment: THREADS (2), TOKENS (32), QUESTION, LLAMA_CPP_BIN, LOUPE
 # (build/loupe), EXTRA (more loupe flags).
@@ -50,16 +52,16 @@ fi
 # llama.cpp: parse its log lines
 if [ -n "${LLAMA_CPP_BIN:-}" ]; then
     $TIME -f '%M' -o "$tmp/llama.rss" "$LLAMA_CPP_BIN/llama-mtmd-cli" -m "$MODEL" --mmproj "$MMPROJ" --image "$IMAGE" \
-        -p "$QUESTION" -t "$THREADS" -n "$TOKENS" --temp 0 --ignore-eos -fa off --no-warmup --no-mmap \
+        -p "$QUESTION" -t "$THREADS" -n "$TOKENS" --temp 0 --ignore-eos -fa off --no-warmup --no-mmap -v \
         > "$tmp/llama.out" 2> "$tmp/llama.err"
     rc=$?
     if [ $rc = 0 ]; then
         /usr/bin/python3 - "$tmp/llama.err" "$(cat "$tmp/llama.rss")" "$OUT" <<'EOF'
 import json, re, sys
 log = open(sys.argv[1], errors="replace").read(); rss = int(sys.argv[2]) / 1024
-enc = sum(float(m) for m in re.findall(r"image slice encoded in (\d+) ms", log))
+enc = sum(float(m) for m in re.findall(r"(?:mtmd batch encoding done|image slice encoded) in (\d+) ms", log))
 pe = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
-ev = re.search(r"\seval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
+ev = re.search(r"print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
 row = dict(engine="llama.cpp", encode_ms=enc,
            prefill_tok_s=round(int(pe.group(2)) / float(pe.group(1)) * 1e3, 2) if pe else None,
            decode_tok_s=round(int(ev.group(2)) / float(ev.group(1)) * 1e3, 2) if ev else None,
