@@ -47,6 +47,70 @@
  *     quantizer has a similar fallback (it uses q5_0/q5_1, which loupe does
  *     not quantize). tools/gen_model prints every fallback.
  *
+ *   gen_model --family internvl --shape tiny|internvl3-1b [--qk-norm]
+ *             --type f32|f16|q8_0|q4_0|q4_K --seed S --out PREFIX
+ *   gen_model --family qwen25vl --shape tiny|qwen2.5-vl-3b
+ *             --type f32|f16|q8_0|q4_0|q4_K --seed S --out PREFIX
+ *
+ * write the two newer families as llama.cpp's convert_hf_to_gguf.py
+ * (conversion/internvl.py, qwenvl.py) does; --set does not apply to them.
+ * Both decoders: general.architecture "qwen2" (InternVL) or "qwen2vl"
+ * (Qwen2.5-VL, plus qwen2vl.rope.dimension_sections, 4 × i32), q/k/v
+ * biases, RMS eps 1e-6, rope theta 1e6 (NEOX rope is implied by the arch),
+ * output.weight absent on the real shapes (tied to token_embd, as both real
+ * models are). Vocabulary: a synthetic GPT-2 byte-level BPE
+ * (tokenizer.ggml.model "gpt2", pre "qwen2"): the 256 byte tokens in GPT-2's
+ * bytes_to_unicode order, the merges that spell BPE_WORDS below left to
+ * right (plus every prefix as a token), "<|filler_K|>" pieces up to the
+ * vocabulary size (no merge makes them), then the CONTROL tokens
+ * <|endoftext|> <|im_start|> <|im_end|> and the family's seven
+ * (<img> </img> <IMG_CONTEXT> <ref> </ref> <box> </box>, or
+ * <|vision_start|> <|vision_end|> <|image_pad|> <|object_ref_start|>
+ * <|object_ref_end|> <|box_start|> <|box_end|>) as the last ten ids;
+ * eos = <|im_end|>, bos = pad = <|endoftext|>, add_bos_token false, a
+ * chatml tokenizer.chat_template. llama.cpp and loupe tokenize it alike.
+ *
+ *   - internvl mmproj: clip.projector_type "internvl", InternViT: patch
+ *     kernel + v.patch_embd.bias, v.class_embd, v.position_embd.weight with
+ *     (S/P)² + 1 rows (always f32: the converter forces it), per block
+ *     attn_q/k/v/out + biases, ln1/ln2 LayerNorms with biases, ffn_up (fc1,
+ *     D -> F) and ffn_down (fc2, F -> D) with biases — the converter's
+ *     InternViT names are NOT swapped like CLIP's legacy ones — layer
+ *     scales v.blk.N.ls1/ls2.weight; --qk-norm adds
+ *     v.blk.N.attn_q_norm/attn_k_norm.weight (InternViT-6B; no bias: llama.cpp
+ *     applies none). Projector mm.model.mlp.0 (LayerNorm over 4D, weight +
+ *     bias), .1 (4D -> E), .3 (E -> E, gain 0.3). Keys: clip.use_gelu true,
+ *     eps 1e-6, clip.vision.projector.scale_factor 2, preproc_min_tiles 1 /
+ *     preproc_max_tiles 12, ImageNet mean/std.
+ *   - qwen25vl mmproj: clip.projector_type "qwen2.5vl_merger": the two
+ *     temporal halves of the Conv3D patch kernel as v.patch_embd.weight and
+ *     v.patch_embd.weight.1 (no bias, no position table: 2-D RoPE), per block
+ *     q/k/v/out + biases, ln1/ln2 RMSNorm weights, SwiGLU ffn_gate/up/down
+ *     with biases, v.post_ln.weight (the merger's ln_q RMSNorm), mm.0
+ *     (4D -> 4D) and mm.2 (4D -> E) with biases. Keys: clip.use_silu true,
+ *     eps 1e-6, clip.vision.n_wa_pattern (what the converter writes: full
+ *     attention in layers il with (il + 1) % n == 0; the converter rejects
+ *     irregular fullatt_block_indexes; clip.vision.wa_layer_indexes is
+ *     another family's key), Qwen's (CLIP) mean/std. Window size (112 px),
+ *     spatial merge 2 and the 8..4096 image-token limits are llama.cpp
+ *     defaults the converter writes no key for, so neither does this.
+ *   - patch kernels are f16 in an f16 file and f32 otherwise; other
+ *     matrices in --type with the row-length fallback above (q4_K rows of
+ *     896 become q4_0, of 3420 f16), 1-D tensors f32.
+ *   Shapes (ViT width/layers/heads/ffn, LM width/layers/heads/kv/ffn/vocab):
+ *     internvl tiny: 448/14, 32/2/2/64, mlp 128 -> 64 -> 64; LM 64/2/4/2/128, 600
+ *     internvl3-1b:  448/14, 1024/24/16/4096, 4096 -> 896 -> 896;
+ *                    LM 896/24/14/2/4864, 151674 (filler-padded), tied
+ *     qwen25vl tiny: patch 14, 32/4/2/48, n_wa_pattern 2 (full attention in
+ *                    layers 1 and 3, 8×8-patch windows elsewhere: a photo
+ *                    has many windows), merger 128 -> 128 -> 64;
+ *                    LM 64/2/4/2/128, 600, sections [2, 3, 3, 0]
+ *     qwen2.5-vl-3b: patch 14, 1280/32/16/3420, n_wa_pattern 8 (7, 15, 23,
+ *                    31), merger 5120 -> 5120 -> 2048;
+ *                    LM 2048/36/16/2/11008, 151936, sections [16, 24, 24, 0], tied
+ *   Streams: the decoder from seed * 0x100000001B3 + 1, the mmproj from + 2
+ *   (so --qk-norm leaves the decoder file byte-identical).
+ *
  * Weights: N(0, σ²) from a splitmix64 + Box–Muller generator seeded by
  * --seed, in the order the tensors are written; σ = gain / sqrt(fan_in) for
  * matrices so activations stay O(1), norms 1 + 0.1·N(0,1), biases 0.1·N.

@@ -1,6 +1,6 @@
 // tools/llamacpp/vlm_dump.cpp — llama.cpp's side of loupe's InternVL and
 // Qwen2.5-VL parity fixtures (tests/fixtures/internvl/, qwen25vl/;
-// tests/test_internvl.c, test_qwen25vl.c). Our own program, linking a
+// tests/test_vlm_llamacpp.c). Our own program, linking a
 // llama.cpp build you made; loupe keeps no recipe that builds llama.cpp.
 //
 // Loads a decoder GGUF and its mmproj (CPU only, flash attention off, f32 KV
@@ -15,9 +15,13 @@
 //   prompt.ids      i32 (n_pos)        token id of every prompt position, -1 for image rows
 //   image.n_tokens  i32 (1)            image rows in the prompt (all chunks)
 //   image.n_pos     i32 (1)            positions the image advances (M-RoPE: max(nx, ny))
+//   image.nx_ny     i32 (n_chunks, 2)  mtmd_image_tokens_get_nx / get_ny of each image chunk, in
+//                                      order (InternVL: one chunk per tile, each 256 x 1: mtmd
+//                                      flattens non-M-RoPE images; Qwen: one chunk, the merged grid)
 //   tiles.hash      i32 (n_tiles, 2)   FNV-1a 64 (lo, hi) of each tile's f32 pixels exactly as
 //                                      the ViT received them ("inp_raw"), in encode order
-//   tiles.whc       i32 (n_tiles, 3)   each tile's width, height, channels (ggml ne[0..2])
+//   tiles.whc       i32 (n_tiles, 3)   each tile's width, height, channels (ggml ne[0..2] of
+//                                      inp_raw: ne0 = width, ne1 = height, ne2 = 3, planar RGB)
 //   tiles.sum       f32 (n_tiles)      sum of each tile's pixels (diagnostics)
 //   image.embd      f32 (n_tokens, n_embd)  every image chunk's embeddings, in order
 //   logits          f32 (n_vocab)      after the whole prompt
@@ -166,6 +170,7 @@ int main(int argc, char **argv) {
     // every position's id (-1: image) and every image chunk's embeddings, tiles captured once
     std::vector<int32_t> ids;
     std::vector<float> embd;
+    std::vector<int32_t> nx_ny;
     int n_img = 0, n_img_pos = 0;
     cap.on = true;
     for (size_t i = 0; i < mtmd_input_chunks_size(chunks); i++) {
@@ -184,10 +189,19 @@ int main(int argc, char **argv) {
         ids.insert(ids.end(), (size_t)n, -1);
         n_img += n;
         n_img_pos += (int)mtmd_input_chunk_get_n_pos(c);
+        const mtmd_image_tokens *it = mtmd_input_chunk_get_tokens_image(c);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+        nx_ny.push_back(it ? (int32_t)mtmd_image_tokens_get_nx(it) : -1);
+        nx_ny.push_back(it ? (int32_t)mtmd_image_tokens_get_ny(it) : -1);
+#pragma GCC diagnostic pop
     }
     cap.on = false;
     fprintf(stderr, "vlm_dump: %zu positions, %d image tokens (%d positions), %zu tiles\n", ids.size(), n_img,
             n_img_pos, cap.px.size());
+    fprintf(stderr, "vlm_dump: image chunks nx x ny:");
+    for (size_t i = 0; i < nx_ny.size(); i += 2) fprintf(stderr, " %dx%d", nx_ny[i], nx_ny[i + 1]);
+    fprintf(stderr, "\n");
 
     llama_pos n_past = 0;
     if (mtmd_helper_eval_chunks(mctx, ctx, chunks, 0, 0, cp.n_batch, true, &n_past) != 0) die("eval failed");
@@ -239,6 +253,7 @@ int main(int argc, char **argv) {
     o.add("prompt.ids", GGML_TYPE_I32, {(int64_t)ids.size()}, ids.data());
     o.add("image.n_tokens", GGML_TYPE_I32, {1}, &n_img);
     o.add("image.n_pos", GGML_TYPE_I32, {1}, &n_img_pos);
+    if (!nx_ny.empty()) o.add("image.nx_ny", GGML_TYPE_I32, {2, (int64_t)nx_ny.size() / 2}, nx_ny.data());
     if (n_tiles > 0) {
         o.add("tiles.hash", GGML_TYPE_I32, {2, n_tiles}, hash.data());
         o.add("tiles.whc", GGML_TYPE_I32, {3, n_tiles}, whc.data());
