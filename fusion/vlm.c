@@ -270,10 +270,13 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
         /* llama.cpp mode: its numerics and its 8..4096 tokens; else HF's model (erf GELU) and
          * the grounding token range */
         v->qprep = p.llamacpp ? LP_QWEN_PREP_LLAMACPP : LP_QWEN_PREP_HF;
-        const int lo = p.image_min_tokens > 0 ? p.image_min_tokens : p.llamacpp ? 0 : LP_QWEN_GROUND_MIN_TOKENS;
-        const int hi = p.image_max_tokens > 0 ? p.image_max_tokens : p.llamacpp ? 0 : LP_QWEN_GROUND_MAX_TOKENS;
+        int lo = p.image_min_tokens > 0 ? p.image_min_tokens : p.llamacpp ? 0 : LP_QWEN_GROUND_MIN_TOKENS;
+        int hi = p.image_max_tokens > 0 ? p.image_max_tokens : p.llamacpp ? 0 : LP_QWEN_GROUND_MAX_TOKENS;
+        /* a default bound gives way to the other one the caller set; two set bounds must agree */
+        if (p.image_max_tokens <= 0 && hi > 0 && hi < lo) hi = lo;
+        if (p.image_min_tokens <= 0 && hi > 0 && lo > hi) lo = hi;
         if (lp_qwen_vit_set_quirks(v->qvit, p.llamacpp ? LP_QWEN_VIT_QUIRKS_LLAMACPP : 0, err) ||
-            lp_qwen_vit_set_token_limits(v->qvit, lo, hi > 0 && hi < lo ? lo : hi, err)) {
+            lp_qwen_vit_set_token_limits(v->qvit, lo, hi, err)) {
             lp_error_prefix(err, "%s", mmproj_path);
             goto fail;
         }

@@ -19,6 +19,7 @@
  *     (the decoder run on the same rows, Qwen with its M-RoPE positions, no
  *     stop at end-of-turn).
  * Run from the repository root. */
+#include "support/testutil.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -445,6 +446,78 @@ static void test_pair_errors(void **state) {
     assert_non_null(strstr(err.msg, "\"qwen2\""));
 }
 
+/* A copy of GGUF `src` at `dst` with key `key` set to u32 `val` (or dropped
+ * when val < 0) and tensor `drop` (may be NULL) left out. */
+static void rewrite(const char *src, const char *dst, const char *key, long val, const char *drop) {
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open(src, &err);
+    assert_non_null(g);
+    lp_gguf_writer *w = lp_gguf_writer_new();
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        if (key && !strcmp(g->kv[i].key, key)) continue;
+        if (!strcmp(g->kv[i].key, "general.alignment")) continue;
+        assert_int_equal(lp_gguf_writer_set_value(w, g->kv[i].key, &g->kv[i].val), LOUPE_OK);
+    }
+    if (key && val >= 0) assert_int_equal(lp_gguf_writer_set_u32(w, key, (uint32_t)val), LOUPE_OK);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const lp_gguf_tensor *t = &g->tensors[i];
+        if (drop && !strcmp(t->name, drop)) continue;
+        assert_int_equal(lp_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data), LOUPE_OK);
+    }
+    assert_int_equal(lp_gguf_writer_write(w, dst, &err), LOUPE_OK);
+    lp_gguf_writer_free(w);
+    lp_gguf_close(g);
+}
+
+/* Broken InternVL / Qwen mmprojs: each refused with the file and the key or tensor named. */
+static void test_bad_mmproj(void **state) {
+    (void)state;
+    static const struct {
+        const char *src, *key;
+        long val;
+        const char *drop, *want;
+    } cases[] = {
+        {"tests/fixtures/internvl/tiny-f32-mmproj.gguf", "clip.vision.projector.scale_factor", 3, NULL,
+         "clip.vision.projector.scale_factor = 3 does not divide the 32 patches per side"},
+        {"tests/fixtures/internvl/tiny-f32-mmproj.gguf", "clip.vision.projector.scale_factor", -1, NULL,
+         "clip.vision.projector.scale_factor"},
+        {"tests/fixtures/internvl/tiny-f32-mmproj.gguf", "clip.vision.preproc_max_tiles", 0, NULL,
+         "clip.vision.preproc_min/max_tiles"},
+        {"tests/fixtures/internvl/tiny-f32-mmproj.gguf", NULL, 0, "mm.model.mlp.3.weight", "mm.model.mlp.3.weight"},
+        {"tests/fixtures/internvl/tiny-f32-mmproj.gguf", NULL, 0, "mm.model.mlp.0.bias", "mm.model.mlp.0.bias"},
+        {"tests/fixtures/internvl/tiny-f32-qknorm-mmproj.gguf", NULL, 0, "v.blk.1.attn_q_norm.weight",
+         "v.blk.1.attn_q_norm.weight missing"},
+        {QWEN_DIR "tiny-f32-mmproj.gguf", NULL, 0, "v.patch_embd.weight.1", "v.patch_embd.weight.1"},
+        {QWEN_DIR "tiny-f32-mmproj.gguf", NULL, 0, "v.blk.2.attn_q.bias", "v.blk.2.attn_q.bias"},
+    };
+    char dir[128];
+    assert_int_equal(tu_mkdtemp(dir, sizeof dir, "badmm"), 0);
+    const char *bad = tu_path(dir, "bad-mmproj.gguf");
+    char badp[256];
+    snprintf(badp, sizeof badp, "%s", bad);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rewrite(cases[i].src, badp, cases[i].key, cases[i].val, cases[i].drop);
+        const bool qwen = strstr(cases[i].src, "qwen") != NULL;
+        lp_error err = {0};
+        lp_vlm_params vp = lp_vlm_default_params();
+        lp_vlm *v = lp_vlm_load(qwen ? QWEN_DIR "tiny-f32.gguf" : "tests/fixtures/internvl/tiny-f32.gguf", badp, &vp,
+                                &err);
+        if (v) fail_msg("case %zu: a broken mmproj loaded", i);
+        assert_int_not_equal(err.status, LOUPE_OK);
+        if (!strstr(err.msg, cases[i].want) || !strstr(err.msg, "bad-mmproj.gguf"))
+            fail_msg("case %zu: message \"%s\" does not name \"%s\" and the file", i, err.msg, cases[i].want);
+    }
+    assert_int_equal(tu_rmtree(dir), 0);
+    /* token limits that cannot hold */
+    lp_error err = {0};
+    lp_vlm_params vp = lp_vlm_default_params();
+    vp.image_min_tokens = 4000;
+    vp.image_max_tokens = 100;
+    lp_vlm *v = lp_vlm_load(QWEN_DIR "tiny-f32.gguf", QWEN_DIR "tiny-f32-mmproj.gguf", &vp, &err);
+    assert_null(v);
+    assert_int_equal(err.status, LOUPE_ERR_INVALID_ARG);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl),
@@ -453,6 +526,7 @@ int main(void) {
         cmocka_unit_test(test_qwen25vl_token_limits),
         cmocka_unit_test(test_qwen25vl_box_geometry),
         cmocka_unit_test(test_pair_errors),
+        cmocka_unit_test(test_bad_mmproj),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
