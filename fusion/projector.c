@@ -235,15 +235,19 @@ loupe_status lp_projector_type_parse(const char *s, const char *path, const char
         *out = LP_PROJECTOR_INTERNVL;
         return LOUPE_OK;
     }
+    if (strcmp(s, "ldpv2") == 0) {
+        *out = LP_PROJECTOR_LDPV2;
+        return LOUPE_OK;
+    }
     /* names llama.cpp knows (clip-impl.h PROJECTOR_TYPE_NAMES) but loupe does not run */
     static const char *const known[] = {
-        "ldp", "ldpv2", "resampler", "adapter", "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger",
+        "ldp", "resampler", "adapter", "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger",
         "gemma3", "gemma3nv", "idefics3", "pixtral", "llama4", "lfm2", "kimivl", "cogvlm",
         "janus_pro", "glm4v", "phi4", "ultravox", "qwen2a", "qwen2.5o", "voxtral", "lightonocr",
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
         if (strcmp(s, known[i]) == 0) {
-            return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s: projector type \"%s\" is not supported (mlp, linear, internvl)",
+            return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s: projector type \"%s\" is not supported (mlp, linear, internvl, ldpv2)",
                            path, key, s);
         }
     }
@@ -263,6 +267,15 @@ loupe_status lp_projector_load(lp_projector *p, lp_projector_type type, const lp
         p->hidden_dim = p->mm0.out;
         if ((st = lp_dense_load(&p->mm2, g, ws, "mm.model.mlp.3", p->hidden_dim, -1, true, err))) goto fail;
         p->out_dim = p->mm2.out;
+        return LOUPE_OK;
+    }
+    if (type == LP_PROJECTOR_LDPV2) {
+        if ((st = lp_dense_load(&p->mm0, g, ws, "mm.model.mlp.0", in_dim, -1, true, err))) goto fail;
+        p->hidden_dim = p->mm0.out;
+        if ((st = lp_dense_load(&p->mm2, g, ws, "mm.model.mlp.2", p->hidden_dim, -1, true, err))) goto fail;
+        p->out_dim = p->mm2.out;
+        if ((st = lp_load_f32(g, ws, "mm.model.peg.0.weight", 9 * p->out_dim, &p->peg_w, err))) goto fail;
+        if ((st = lp_load_f32(g, ws, "mm.model.peg.0.bias", p->out_dim, &p->peg_b, err))) goto fail;
         return LOUPE_OK;
     }
     /* Yi-VL style (llama.cpp MLP_NORM) and other mm.N layouts are refused */
@@ -301,7 +314,9 @@ void lp_projector_free(lp_projector *p) {
     lp_dense_free(&p->mm2);
     free(p->norm_w);
     free(p->norm_b);
-    p->norm_w = p->norm_b = NULL;
+    free(p->peg_w);
+    free(p->peg_b);
+    p->norm_w = p->norm_b = p->peg_w = p->peg_b = NULL;
 }
 
 loupe_status lp_projector_mlp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
@@ -343,6 +358,56 @@ loupe_status lp_projector_linear(const lp_projector *p, lp_weight_store *ws, con
     // x (n, in_dim), out (n, out_dim)
     if (p->type != LP_PROJECTOR_LINEAR) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not linear");
     return lp_dense_forward(&p->mm0, ws, x, out, n, round, NULL, pool, err);
+}
+
+loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int side,
+                                lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err) {
+    if (p->type != LP_PROJECTOR_LDPV2) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not ldpv2");
+    if (side < 2 || side % 2) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "ldpv2: grid side %d is not even", side);
+    const int n = side * side, h = side / 2, C = (int)p->out_dim;
+    float *hid = malloc((size_t)n * (size_t)p->hidden_dim * sizeof *hid); // (n, hidden)
+    float *grid = malloc((size_t)n * C * sizeof *grid);                     // (n, C) mlp output, row-major grid
+    float *pool_r = malloc((size_t)h * h * C * sizeof *pool_r);             // (h·h, C) pooled, f16-rounded for the conv
+    loupe_status st = LOUPE_OK;
+    if (!hid || !grid || !pool_r) {
+        st = lp_fail(err, LOUPE_ERR_NOMEM, "ldpv2 projector: out of memory");
+        goto done;
+    }
+    if ((st = lp_dense_forward(&p->mm0, ws, x, hid, n, round, NULL, pool, err))) goto done;
+    lp_act_apply(act, hid, (int64_t)n * p->hidden_dim);
+    if ((st = lp_dense_forward(&p->mm2, ws, hid, grid, n, round, NULL, pool, err))) goto done;
+    /* 2×2 average pooling, stride 2: out[i][j] = mean of grid[2i..2i+1][2j..2j+1] */
+    for (int i = 0; i < h; i++)
+        for (int j = 0; j < h; j++)
+            for (int c = 0; c < C; c++) {
+                const float *g0 = grid + ((int64_t)(2 * i) * side + 2 * j) * C + c;
+                const float s = g0[0] + g0[C] + g0[(int64_t)side * C] + g0[(int64_t)side * C + C];
+                out[((int64_t)i * h + j) * C + c] = s * 0.25f;
+            }
+    /* PEG: out += bias + depthwise 3×3 (zero padding 1) over the pooled grid */
+    for (int64_t k = 0; k < (int64_t)h * h * C; k++)
+        pool_r[k] = round == LP_DENSE_ROUND_LIKE_GGML ? lp_f16_to_f32(lp_f32_to_f16(out[k])) : out[k];
+    for (int i = 0; i < h; i++)
+        for (int j = 0; j < h; j++)
+            for (int c = 0; c < C; c++) {
+                const float *kw = p->peg_w + (int64_t)c * 9; // (3, 3): kw[ky·3 + kx]
+                float acc = 0.0f;
+                for (int ky = 0; ky < 3; ky++) {
+                    const int y = i + ky - 1;
+                    if (y < 0 || y >= h) continue;
+                    for (int kx = 0; kx < 3; kx++) {
+                        const int xx = j + kx - 1;
+                        if (xx < 0 || xx >= h) continue;
+                        acc += kw[ky * 3 + kx] * pool_r[((int64_t)y * h + xx) * C + c];
+                    }
+                }
+                out[((int64_t)i * h + j) * C + c] += acc + p->peg_b[c];
+            }
+done:
+    free(hid);
+    free(grid);
+    free(pool_r);
+    return st;
 }
 
 loupe_status lp_projector_forward(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,

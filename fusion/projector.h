@@ -18,6 +18,21 @@
  *             clip_projector_type_from_string() returns UNKNOWN and loading
  *             fails), and its legacy surgery script would name the weight
  *             "mm.weight", which llama.cpp never loads.
+ *   "internvl" InternVL's mlp1 (llama.cpp PROJECTOR_TYPE_INTERNVL), over the
+ *             pixel-shuffled ViT features (4·D wide, vision/clip.c):
+ *             mm.model.mlp.0 LayerNorm (eps 1e-5, PyTorch's default, as
+ *             InternVL's nn.LayerNorm) -> mm.model.mlp.1 (hidden, 4D) + bias
+ *             -> GELU -> mm.model.mlp.3 (out, hidden) + bias.
+ *   "ldpv2"   MobileVLM V2's lightweight downsample projector (llama.cpp
+ *             PROJECTOR_TYPE_LDPV2) over the s×s patch grid:
+ *             mm.model.mlp.0 + bias -> GELU -> mm.model.mlp.2 + bias,
+ *             2×2 average pooling (stride 2) to (s/2)², then the PEG:
+ *             a 3×3 depthwise convolution (mm.model.peg.0.weight
+ *             [3, 3, C, 1], zero padding 1) + mm.model.peg.0.bias, added to
+ *             the pooled grid; tokens row-major. ggml builds the
+ *             convolution's im2col in f16, so with LP_DENSE_ROUND_LIKE_GGML
+ *             its input is rounded to f16 (the kernel keeps its type).
+ *             llama.cpp hard-codes a 24×24 grid (CLIP ViT-L/14 at 336).
  *
  * GELU flavour: llama.cpp uses ggml_gelu(), the tanh approximation, which on
  * the CPU backend goes through a 64K-entry f16 lookup table (input rounded to
@@ -92,7 +107,8 @@ loupe_status lp_load_f32(const lp_gguf *g, lp_weight_store *ws, const char *name
 typedef enum lp_projector_type {
     LP_PROJECTOR_MLP = 0,
     LP_PROJECTOR_LINEAR = 1,
-    LP_PROJECTOR_INTERNVL = 2
+    LP_PROJECTOR_INTERNVL = 2,
+    LP_PROJECTOR_LDPV2 = 3
 } lp_projector_type;
 
 #define LP_INTERNVL_PROJ_EPS 1e-5f
@@ -105,6 +121,7 @@ typedef struct lp_projector {
     lp_dense mm0;       /* (hidden_dim, in_dim)    internvl: mm.model.mlp.1 */
     lp_dense mm2;       /* (out_dim, hidden_dim)   mlp: mm.2; internvl: mm.model.mlp.3 */
     float *norm_w, *norm_b; /* (in_dim) internvl only: mm.model.mlp.0   */
+    float *peg_w, *peg_b;   /* ldpv2: (out_dim, 3, 3) depthwise kernel, (out_dim) bias */
 } lp_projector;
 
 /* Parse a clip.projector_type string; LOUPE_ERR_UNSUPPORTED (names key and
@@ -128,6 +145,11 @@ loupe_status lp_projector_mlp(const lp_projector *p, lp_weight_store *ws, const 
 /* linear: out (n, out_dim) = x W0^T + b0. */
 loupe_status lp_projector_linear(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
                                  lp_dense_round round, lp_pool *pool, lp_error *err);
+/* ldpv2: x (n, in_dim) on a side × side grid (n = side², side even) ->
+ * out (n / 4, out_dim). */
+loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int side,
+                                lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err);
+
 /* Dispatch on p->type (act is ignored for linear). */
 loupe_status lp_projector_forward(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
                                   lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err);

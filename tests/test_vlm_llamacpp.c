@@ -52,14 +52,21 @@ typedef struct family {
     const char *variant;  /* "" or "qknorm-": another mmproj, tiny-f32-VARIANTmmproj.gguf and llamacpp-VARIANT*.gguf */
     const char *question; /* the user turn after the image */
     bool qwen;
+    lp_vlm_family kind;   /* what lp_vlm must recognise */
+    const char *lm;       /* NULL: DIR/tiny-f32.gguf */
+    const char *system;   /* NULL: SYSTEM */
 } family;
 
 #define INTERNVL_QUESTION "Please provide the bounding box coordinate of the region this sentence describes: <ref>the cup</ref>"
-static const family INTERNVL = {"tests/fixtures/internvl/", "", INTERNVL_QUESTION, false};
-static const family INTERNVL_QK = {"tests/fixtures/internvl/", "qknorm-", INTERNVL_QUESTION, false};
+static const family INTERNVL = {"tests/fixtures/internvl/", "", INTERNVL_QUESTION, false, LP_VLM_INTERNVL, NULL, NULL};
+static const family INTERNVL_QK = {"tests/fixtures/internvl/", "qknorm-", INTERNVL_QUESTION, false, LP_VLM_INTERNVL,
+                                   NULL, NULL};
+/* MobileVLM V2's ldpv2 projector on the LLaVA parity decoder (vicuna template, no system text) */
+static const family MOBILEVLM = {"tests/fixtures/mobilevlm/", "ldpv2-", "What is in the image?", false, LP_VLM_LLAVA,
+                                 "tests/fixtures/parity/tiny-f32.gguf", ""};
 #define QWEN_DIR "tests/fixtures/qwen25vl/"
-static const family QWEN = {QWEN_DIR, "",
-                            "Locate the cup in the image, output its bbox coordinates using JSON format.", true};
+static const family QWEN = {QWEN_DIR, "", "Locate the cup in the image, output its bbox coordinates using JSON format.",
+                            true, LP_VLM_QWEN25VL, NULL, NULL};
 
 /* The decoder input of every prefill pass ("embd_in"), concatenated: a long
  * prompt runs in several n_batch passes. */
@@ -125,7 +132,8 @@ static void open_pair(fixture *f, const family *fam, int min_tokens, int max_tok
     f->fam = fam;
     f->min_tokens = min_tokens;
     f->max_tokens = max_tokens;
-    snprintf(lm, sizeof lm, "%stiny-f32.gguf", fam->dir);
+    if (fam->lm) snprintf(lm, sizeof lm, "%s", fam->lm);
+    else snprintf(lm, sizeof lm, "%stiny-f32.gguf", fam->dir);
     snprintf(mm, sizeof mm, "%stiny-f32-%smmproj.gguf", fam->dir, fam->variant);
     lp_vlm_params vp = lp_vlm_default_params();
     vp.llamacpp = true;
@@ -133,7 +141,7 @@ static void open_pair(fixture *f, const family *fam, int min_tokens, int max_tok
     vp.image_max_tokens = max_tokens;
     f->vlm = lp_vlm_load(lm, mm, &vp, &err);
     if (!f->vlm) fail_msg("%s", err.msg);
-    assert_int_equal(lp_vlm_get_family(f->vlm), fam->qwen ? LP_VLM_QWEN25VL : LP_VLM_INTERNVL);
+    assert_int_equal(lp_vlm_get_family(f->vlm), fam->kind);
     assert_non_null(f->lm_g = lp_gguf_open(lm, &err));
     assert_non_null(f->lm_ws = lp_weights_resident(f->lm_g, &err));
     assert_non_null(f->lm = lp_llama_load(f->lm_ws, &err));
@@ -192,6 +200,19 @@ static void encode_bare(fixture *f, const lp_image *img, const lp_gguf *ref, con
         return;
     }
     const int S = lp_clip_image_size(f->clip), per_tile = lp_clip_n_out_tokens(f->clip);
+    if (f->fam->kind == LP_VLM_LLAVA) { /* one S×S input, llama.cpp's letterbox */
+        assert_int_equal(n_hash, 2);
+        assert_int_equal(per_tile, n_tok);
+        const size_t n = (size_t)3 * S * S;
+        float *px = malloc(n * sizeof *px);
+        assert_int_equal(lp_clip_preprocess(f->clip, img, LP_PREP_LLAMACPP, px, NULL, &err), LOUPE_OK);
+        check_hash(px, n, hash, 0, what);
+        assert_int_equal(lp_clip_encode(f->clip, px, *embd, f->pool, &err), LOUPE_OK);
+        printf("    1 input");
+        *nx = *ny = 0;
+        free(px);
+        return;
+    }
     int lo, hi;
     lp_clip_tile_limits(f->clip, &lo, &hi);
     lp_tile_plan plan;
@@ -257,7 +278,7 @@ static void check_image(fixture *f, int w, int h) {
     rows in = {0};
     lp_vlm_ctx_set_dump(ctx, dump_cb, &in);
     lp_vlm_gen_params g = lp_vlm_gen_default_params();
-    g.system = SYSTEM;
+    g.system = f->fam->system ? f->fam->system : SYSTEM;
     g.n_predict = 1;
     char *answer = NULL;
     lp_vlm_stats st;
@@ -346,6 +367,16 @@ static void test_internvl_qk_norm(void **state) {
     fixture f;
     open_pair(&f, &INTERNVL_QK, 0, 0);
     check_image(&f, 900, 900);
+    close_pair(&f);
+}
+
+/* MobileVLM V2's projector (mlp, 2×2 pooling, PEG) against llama.cpp. */
+static void test_mobilevlm_ldpv2(void **state) {
+    (void)state;
+    fixture f;
+    open_pair(&f, &MOBILEVLM, 0, 0);
+    check_image(&f, 448, 448);
+    check_image(&f, 1280, 853);
     close_pair(&f);
 }
 
@@ -522,6 +553,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl),
         cmocka_unit_test(test_internvl_qk_norm),
+        cmocka_unit_test(test_mobilevlm_ldpv2),
         cmocka_unit_test(test_qwen25vl),
         cmocka_unit_test(test_qwen25vl_token_limits),
         cmocka_unit_test(test_qwen25vl_box_geometry),

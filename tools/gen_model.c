@@ -524,7 +524,7 @@ static void region_tensors(gen *g, const shape *sh, lp_type t) {
     add_vec(g, "mm.region.proj.bias", sh->n_embd, INIT_BIAS);
 }
 
-static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char *name, int region) {
+static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char *name, int region, int ldpv2) {
     gen g = {lp_gguf_writer_new(), {0}, path};
     lp_gguf_writer *w = g.w;
     const int64_t D = sh->v_embd, F = sh->v_ff, P = sh->patch_size, S = sh->image_size;
@@ -540,7 +540,7 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
     check(lp_gguf_writer_set_u32(w, "general.file_type", t == LP_TYPE_F32 ? 0 : ftype_of(t)), "kv");
     check(lp_gguf_writer_set_str(w, "general.name", name), "kv");
     check(lp_gguf_writer_set_str(w, "general.description", "image encoder for LLaVA"), "kv");
-    check(lp_gguf_writer_set_str(w, "clip.projector_type", "mlp"), "kv");
+    check(lp_gguf_writer_set_str(w, "clip.projector_type", ldpv2 ? "ldpv2" : "mlp"), "kv");
     check(lp_gguf_writer_set_u32(w, "clip.vision.image_size", (uint32_t)S), "kv");
     check(lp_gguf_writer_set_u32(w, "clip.vision.patch_size", (uint32_t)P), "kv");
     check(lp_gguf_writer_set_u32(w, "clip.vision.embedding_length", (uint32_t)D), "kv");
@@ -555,10 +555,20 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
     if (region) region_keys(&g, sh);
 
     /* projector first, as the converter writes it */
-    add_mat(&g, "mm.0.weight", t, D, E, 1.0);
-    add_vec(&g, "mm.0.bias", E, INIT_BIAS);
-    add_mat(&g, "mm.2.weight", t, E, E, 1.0);
-    add_vec(&g, "mm.2.bias", E, INIT_BIAS);
+    if (ldpv2) { /* MobileVLM V2: mlp, 2×2 pooling, PEG (3×3 depthwise conv + bias, residual) */
+        add_mat(&g, "mm.model.mlp.0.weight", t, D, E, 1.0);
+        add_vec(&g, "mm.model.mlp.0.bias", E, INIT_BIAS);
+        add_mat(&g, "mm.model.mlp.2.weight", t, E, E, 0.3);
+        add_vec(&g, "mm.model.mlp.2.bias", E, INIT_BIAS);
+        int64_t ne[4] = {3, 3, E, 1};
+        add(&g, "mm.model.peg.0.weight", LP_TYPE_F16, 4, ne, INIT_NORMAL, 1.0 / 3.0);
+        add_vec(&g, "mm.model.peg.0.bias", E, INIT_BIAS);
+    } else {
+        add_mat(&g, "mm.0.weight", t, D, E, 1.0);
+        add_vec(&g, "mm.0.bias", E, INIT_BIAS);
+        add_mat(&g, "mm.2.weight", t, E, E, 1.0);
+        add_vec(&g, "mm.2.bias", E, INIT_BIAS);
+    }
 
     {
         int64_t ne[1] = {D};
@@ -950,6 +960,7 @@ static void usage(void) {
                     "       gen_model --family internvl --shape tiny|internvl3-1b [--qk-norm] ...\n"
                     "       gen_model --family qwen25vl --shape tiny|qwen2.5-vl-3b ...\n"
                     "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n"
+                    "--ldpv2: MobileVLM V2's projector (clip.projector_type ldpv2) instead of the mlp\n"
                     "--region-sampler: also a random Ferret region sampler (mm.region.*) in the mmproj and a\n"
                     "<region_fea> token (the vocabulary's last id) in the model\n"
                     "--set NAME=VALUE (repeatable) overrides one dimension of the shape, for any shape:\n"
@@ -997,7 +1008,7 @@ static const char *shape_check(const shape *sh) {
 int main(int argc, char **argv) {
     const char *family = "llava", *shape_name = "tiny", *type_name = "f32", *out = NULL;
     unsigned long long seed = 1;
-    int region = 0, qk_norm = 0;
+    int region = 0, qk_norm = 0, ldpv2 = 0;
     const char *sets[32];
     int n_sets = 0;
     for (int i = 1; i < argc; i++) {
@@ -1012,6 +1023,10 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--qk-norm")) {
             qk_norm = 1;
+            continue;
+        }
+        if (!strcmp(a, "--ldpv2")) {
+            ldpv2 = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -1090,7 +1105,7 @@ int main(int argc, char **argv) {
     g_have_spare = 0;
     snprintf(name, sizeof name, "loupe-random-llava-%s-mmproj-%s-seed%llu%s", sh->name, lp_type_name(t), seed,
              region ? "-region" : "");
-    gen_mmproj(sh, t, p_mm, name, region);
+    gen_mmproj(sh, t, p_mm, name, region, ldpv2);
     free(p_llm);
     free(p_mm);
     return 0;

@@ -101,7 +101,10 @@ static bool is_internvl(const lp_clip *c) { return c->ptype == LP_PROJECTOR_INTE
 
 /* Projector input: the features, pixel-shuffled for InternVL (n_merge² patches per row). */
 static int proj_in_dim_of(const lp_clip *c) { return feature_dim_of(c) * (is_internvl(c) ? c->n_merge * c->n_merge : 1); }
-static int n_out_of(const lp_clip *c) { return c->n_patches / (is_internvl(c) ? c->n_merge * c->n_merge : 1); }
+static int n_out_of(const lp_clip *c) {
+    if (c->ptype == LP_PROJECTOR_LDPV2) return c->n_patches / 4;
+    return c->n_patches / (is_internvl(c) ? c->n_merge * c->n_merge : 1);
+}
 
 static int n_run_of(const lp_clip *c, unsigned quirks) {
     if (c->n_feature_layers > 0) return c->feature_layers[c->n_feature_layers - 1];
@@ -523,6 +526,11 @@ lp_clip *lp_clip_load(const lp_gguf *mmproj, lp_weight_store *ws, lp_error *err)
     for (int il = 0; il < c->n_layer; il++) {
         if ((st = load_layer(c, il, err))) goto fail;
     }
+    if (pt == LP_PROJECTOR_LDPV2 && c->n_side % 2) {
+        st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: clip.projector_type \"ldpv2\" needs an even patch grid, not %d×%d",
+                     c->path, c->n_side, c->n_side);
+        goto fail;
+    }
     if ((st = lp_projector_load(&c->proj, pt, mmproj, ws, proj_in_dim_of(c), err))) goto fail;
     if (c->proj.hidden_dim > CLIP_MAX_FF || c->proj.out_dim > CLIP_MAX_FF) {
         st = lp_fail(err, LOUPE_ERR_LIMIT, "%s: tensor mm.0.weight: projector too wide", c->path);
@@ -841,7 +849,10 @@ static loupe_status encode(const lp_clip *c, const float *pixels, float *out, fl
     if (!out) return LOUPE_OK;
 
     const lp_projector *p = &c->proj;
-    if (p->type != LP_PROJECTOR_LINEAR) {
+    if (p->type == LP_PROJECTOR_LDPV2) {
+        if ((st = lp_projector_ldpv2(p, c->ws, a->proj_in, out, c->n_side, proj_act(c), dense_round(c), pool, err)))
+            return st;
+    } else if (p->type != LP_PROJECTOR_LINEAR) {
         st = lp_projector_mlp(p, c->ws, a->proj_in, out, n_out, proj_act(c), dense_round(c), a->mm_hid, pool, err);
         if (st != LOUPE_OK) return st;
         dump(c, "mm.hidden", a->mm_hid, (int64_t)n_out * p->hidden_dim);
