@@ -239,15 +239,19 @@ loupe_status lp_projector_type_parse(const char *s, const char *path, const char
         *out = LP_PROJECTOR_LDPV2;
         return LOUPE_OK;
     }
+    if (strcmp(s, "ldp") == 0) {
+        *out = LP_PROJECTOR_LDP;
+        return LOUPE_OK;
+    }
     /* names llama.cpp knows (clip-impl.h PROJECTOR_TYPE_NAMES) but loupe does not run */
     static const char *const known[] = {
-        "ldp", "resampler", "adapter", "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger",
+        "resampler", "adapter", "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger",
         "gemma3", "gemma3nv", "idefics3", "pixtral", "llama4", "lfm2", "kimivl", "cogvlm",
         "janus_pro", "glm4v", "phi4", "ultravox", "qwen2a", "qwen2.5o", "voxtral", "lightonocr",
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
         if (strcmp(s, known[i]) == 0) {
-            return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s: projector type \"%s\" is not supported (mlp, linear, internvl, ldpv2)",
+            return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s: projector type \"%s\" is not supported (mlp, linear, internvl, ldp, ldpv2)",
                            path, key, s);
         }
     }
@@ -267,6 +271,28 @@ loupe_status lp_projector_load(lp_projector *p, lp_projector_type type, const lp
         p->hidden_dim = p->mm0.out;
         if ((st = lp_dense_load(&p->mm2, g, ws, "mm.model.mlp.3", p->hidden_dim, -1, true, err))) goto fail;
         p->out_dim = p->mm2.out;
+        return LOUPE_OK;
+    }
+    if (type == LP_PROJECTOR_LDP) {
+        if ((st = lp_dense_load(&p->mm0, g, ws, "mm.model.mlp.1", in_dim, -1, true, err))) goto fail;
+        p->hidden_dim = p->mm0.out;
+        if ((st = lp_dense_load(&p->mm2, g, ws, "mm.model.mlp.3", p->hidden_dim, -1, true, err))) goto fail;
+        p->out_dim = p->mm2.out;
+        const int64_t C = p->out_dim;
+        char nm[96];
+        for (int b = 0; b < 2; b++) {
+            lp_ldp_block *B = &p->ldp[b];
+#define LDP_NAME(fmt) (snprintf(nm, sizeof nm, "mm.model.mb_block.%d.block." fmt, b + 1), nm)
+            if ((st = lp_load_f32(g, ws, LDP_NAME("0.0.weight"), 9 * C, &B->dw, err))) goto fail;
+            if ((st = lp_load_f32(g, ws, LDP_NAME("0.1.weight"), C, &B->ln0_w, err))) goto fail;
+            if ((st = lp_load_f32(g, ws, LDP_NAME("0.1.bias"), C, &B->ln0_b, err))) goto fail;
+            if ((st = lp_dense_load(&B->fc1, g, ws, LDP_NAME("1.fc1"), C, -1, true, err))) goto fail;
+            if ((st = lp_dense_load(&B->fc2, g, ws, LDP_NAME("1.fc2"), B->fc1.out, C, true, err))) goto fail;
+            if ((st = lp_dense_load(&B->pw, g, ws, LDP_NAME("2.0"), C, C, false, err))) goto fail;
+            if ((st = lp_load_f32(g, ws, LDP_NAME("2.1.weight"), C, &B->ln2_w, err))) goto fail;
+            if ((st = lp_load_f32(g, ws, LDP_NAME("2.1.bias"), C, &B->ln2_b, err))) goto fail;
+#undef LDP_NAME
+        }
         return LOUPE_OK;
     }
     if (type == LP_PROJECTOR_LDPV2) {
@@ -316,6 +342,18 @@ void lp_projector_free(lp_projector *p) {
     free(p->norm_b);
     free(p->peg_w);
     free(p->peg_b);
+    for (int b = 0; b < 2; b++) {
+        lp_ldp_block *B = &p->ldp[b];
+        free(B->dw);
+        free(B->ln0_w);
+        free(B->ln0_b);
+        free(B->ln2_w);
+        free(B->ln2_b);
+        lp_dense_free(&B->fc1);
+        lp_dense_free(&B->fc2);
+        lp_dense_free(&B->pw);
+        memset(B, 0, sizeof *B);
+    }
     p->norm_w = p->norm_b = p->peg_w = p->peg_b = NULL;
 }
 
@@ -358,6 +396,96 @@ loupe_status lp_projector_linear(const lp_projector *p, lp_weight_store *ws, con
     // x (n, in_dim), out (n, out_dim)
     if (p->type != LP_PROJECTOR_LINEAR) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not linear");
     return lp_dense_forward(&p->mm0, ws, x, out, n, round, NULL, pool, err);
+}
+
+/* Depthwise 3×3 convolution, zero padding 1, stride s: in (h, h, C) ->
+ * out (ho, ho, C), ho = (h - 1) / s + 1; kernel (C, 3, 3). The input is
+ * rounded to f16 first when asked (ggml's f16 im2col). */
+static void dw_conv3(const float *in, int h, int C, const float *k, int s, bool r16, float *out, float *tmp) {
+    const int ho = (h - 1) / s + 1;
+    for (int64_t i = 0; i < (int64_t)h * h * C; i++) tmp[i] = r16 ? lp_f16_to_f32(lp_f32_to_f16(in[i])) : in[i];
+    for (int i = 0; i < ho; i++)
+        for (int j = 0; j < ho; j++)
+            for (int c = 0; c < C; c++) {
+                const float *kw = k + (int64_t)c * 9; // kw[ky·3 + kx]
+                float acc = 0.0f;
+                for (int ky = 0; ky < 3; ky++) {
+                    const int y = i * s + ky - 1;
+                    if (y < 0 || y >= h) continue;
+                    for (int kx = 0; kx < 3; kx++) {
+                        const int x = j * s + kx - 1;
+                        if (x < 0 || x >= h) continue;
+                        acc += kw[ky * 3 + kx] * tmp[((int64_t)y * h + x) * C + c];
+                    }
+                }
+                out[((int64_t)i * ho + j) * C + c] = acc;
+            }
+}
+
+static float hardsigmoid(float x) { return fminf(1.0f, fmaxf(0.0f, (x + 3.0f) / 6.0f)); }
+
+/* One ldp block on x (h, h, C) -> out (ho, ho, C). Scratch: a, b of h·h·C
+ * floats, t of h·h·C + 3·C. */
+static loupe_status ldp_block(const lp_projector *p, const lp_ldp_block *B, lp_weight_store *ws, const float *x,
+                              int h, int stride, bool r16, float *out, float *a, float *b, float *t, lp_pool *pool,
+                              lp_error *err) {
+    const int C = (int)p->out_dim, ho = (h - 1) / stride + 1, n = ho * ho;
+    dw_conv3(x, h, C, B->dw, stride, r16, a, t); // a (n, C)
+    for (int i = 0; i < n; i++) lp_layernorm(a + (int64_t)i * C, a + (int64_t)i * C, B->ln0_w, B->ln0_b, C, p->ln_eps);
+    for (int64_t i = 0; i < (int64_t)n * C; i++) a[i] = a[i] * hardsigmoid(a[i]); /* hardswish */
+    /* squeeze-excite: channel means -> fc1 -> ReLU -> fc2 -> hardsigmoid */
+    float *mean = t, *se = t + C, *sc = t + 2 * C;
+    for (int c = 0; c < C; c++) mean[c] = 0.0f;
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < C; c++) mean[c] += a[(int64_t)i * C + c];
+    for (int c = 0; c < C; c++) mean[c] /= (float)n;
+    loupe_status st;
+    if ((st = lp_dense_forward(&B->fc1, ws, mean, se, 1, LP_DENSE_ROUND_NONE, NULL, pool, err))) return st;
+    for (int64_t i = 0; i < B->fc1.out; i++) se[i] = se[i] > 0.0f ? se[i] : 0.0f;
+    if ((st = lp_dense_forward(&B->fc2, ws, se, sc, 1, LP_DENSE_ROUND_NONE, NULL, pool, err))) return st;
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < C; c++) a[(int64_t)i * C + c] *= hardsigmoid(sc[c]);
+    if ((st = lp_dense_forward(&B->pw, ws, a, b, n, LP_DENSE_ROUND_NONE, NULL, pool, err))) return st;
+    for (int i = 0; i < n; i++) lp_layernorm(out + (int64_t)i * C, b + (int64_t)i * C, B->ln2_w, B->ln2_b, C, p->ln_eps);
+    return LOUPE_OK;
+}
+
+loupe_status lp_projector_ldp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int side,
+                              lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err) {
+    if (p->type != LP_PROJECTOR_LDP) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not ldp");
+    if (side < 2 || side % 2) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "ldp: grid side %d is not even", side);
+    const int n = side * side, C = (int)p->out_dim;
+    const size_t wide = (size_t)n * (size_t)(C > p->hidden_dim ? C : p->hidden_dim);
+    float *hid = malloc(wide * sizeof *hid);               // (n, hidden)
+    float *g0 = malloc((size_t)n * C * sizeof *g0);        // (n, C) the mlp output, block 1's input
+    float *g1 = malloc((size_t)n * C * sizeof *g1);        // (n, C) block 1's output
+    float *a = malloc((size_t)n * C * sizeof *a), *b = malloc((size_t)n * C * sizeof *b);
+    float *t = malloc(((size_t)n * C + 3 * (size_t)C + 64) * sizeof *t);
+    loupe_status st = LOUPE_OK;
+    const bool r16 = round == LP_DENSE_ROUND_LIKE_GGML;
+    if (!hid || !g0 || !g1 || !a || !b || !t) {
+        st = lp_fail(err, LOUPE_ERR_NOMEM, "ldp projector: out of memory");
+        goto done;
+    }
+    for (int bl = 0; bl < 2; bl++)
+        if (p->ldp[bl].fc1.out > C) {
+            st = lp_fail(err, LOUPE_ERR_UNSUPPORTED, "ldp: squeeze-excite wider than the channels");
+            goto done;
+        }
+    if ((st = lp_dense_forward(&p->mm0, ws, x, hid, n, round, NULL, pool, err))) goto done;
+    lp_act_apply(act, hid, (int64_t)n * p->hidden_dim);
+    if ((st = lp_dense_forward(&p->mm2, ws, hid, g0, n, round, NULL, pool, err))) goto done;
+    if ((st = ldp_block(p, &p->ldp[0], ws, g0, side, 1, r16, g1, a, b, t, pool, err))) goto done;
+    lp_add(g1, g0, (int64_t)n * C); /* block 1 is residual */
+    st = ldp_block(p, &p->ldp[1], ws, g1, side, 2, r16, out, a, b, t, pool, err);
+done:
+    free(hid);
+    free(g0);
+    free(g1);
+    free(a);
+    free(b);
+    free(t);
+    return st;
 }
 
 loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int side,

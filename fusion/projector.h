@@ -33,6 +33,11 @@
  *             convolution's im2col in f16, so with LP_DENSE_ROUND_LIKE_GGML
  *             its input is rounded to f16 (the kernel keeps its type).
  *             llama.cpp hard-codes a 24×24 grid (CLIP ViT-L/14 at 336).
+ *   "ldp"     MobileVLM (v1): mm.model.mlp.1 + bias -> GELU -> mm.model.mlp.3
+ *             + bias on the s×s grid, then block 1 (stride 1, added to its
+ *             input) and block 2 (stride 2: (s/2)² tokens), each an
+ *             lp_ldp_block; LayerNorm eps = the ViT's. Depthwise
+ *             convolutions round their input to f16 like ldpv2's.
  *
  * GELU flavour: llama.cpp uses ggml_gelu(), the tanh approximation, which on
  * the CPU backend goes through a 64K-entry f16 lookup table (input rounded to
@@ -108,8 +113,22 @@ typedef enum lp_projector_type {
     LP_PROJECTOR_MLP = 0,
     LP_PROJECTOR_LINEAR = 1,
     LP_PROJECTOR_INTERNVL = 2,
-    LP_PROJECTOR_LDPV2 = 3
+    LP_PROJECTOR_LDPV2 = 3,
+    LP_PROJECTOR_LDP = 4
 } lp_projector_type;
+
+/* One MobileNetV3-style block of MobileVLM's ldp projector
+ * (mm.model.mb_block.B.block.*): depthwise 3×3 conv (block.0.0, no bias) ->
+ * LayerNorm (block.0.1) -> hardswish -> squeeze-excite (global average,
+ * block.1.fc1 + ReLU, block.1.fc2 + hardsigmoid, per-channel scale) ->
+ * pointwise linear (block.2.0, no bias) -> LayerNorm (block.2.1). */
+typedef struct lp_ldp_block {
+    float *dw;               /* (C, 3, 3) */
+    float *ln0_w, *ln0_b;    /* (C) */
+    lp_dense fc1, fc2;       /* (se, C), (C, se) */
+    lp_dense pw;             /* (C, C) */
+    float *ln2_w, *ln2_b;    /* (C) */
+} lp_ldp_block;
 
 #define LP_INTERNVL_PROJ_EPS 1e-5f
 
@@ -122,6 +141,8 @@ typedef struct lp_projector {
     lp_dense mm2;       /* (out_dim, hidden_dim)   mlp: mm.2; internvl: mm.model.mlp.3 */
     float *norm_w, *norm_b; /* (in_dim) internvl only: mm.model.mlp.0   */
     float *peg_w, *peg_b;   /* ldpv2: (out_dim, 3, 3) depthwise kernel, (out_dim) bias */
+    lp_ldp_block ldp[2];    /* ldp: block 1 (stride 1, residual), block 2 (stride 2) */
+    float ln_eps;           /* ldp: its LayerNorms' eps (the ViT's, as llama.cpp) */
 } lp_projector;
 
 /* Parse a clip.projector_type string; LOUPE_ERR_UNSUPPORTED (names key and
@@ -149,6 +170,10 @@ loupe_status lp_projector_linear(const lp_projector *p, lp_weight_store *ws, con
  * out (n / 4, out_dim). */
 loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int side,
                                 lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err);
+
+/* ldp: x (n, in_dim) on a side × side grid -> out (n / 4, out_dim). */
+loupe_status lp_projector_ldp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int side,
+                              lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err);
 
 /* Dispatch on p->type (act is ignored for linear). */
 loupe_status lp_projector_forward(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,

@@ -62,8 +62,11 @@ static const family INTERNVL = {"tests/fixtures/internvl/", "", INTERNVL_QUESTIO
 static const family INTERNVL_QK = {"tests/fixtures/internvl/", "qknorm-", INTERNVL_QUESTION, false, LP_VLM_INTERNVL,
                                    NULL, NULL};
 /* MobileVLM V2's ldpv2 projector on the LLaVA parity decoder (vicuna template, no system text) */
-static const family MOBILEVLM = {"tests/fixtures/mobilevlm/", "ldpv2-", "What is in the image?", false, LP_VLM_LLAVA,
-                                 "tests/fixtures/parity/tiny-f32.gguf", ""};
+static const family MOBILEVLM_V2 = {"tests/fixtures/mobilevlm/", "ldpv2-", "What is in the image?", false,
+                                    LP_VLM_LLAVA, "tests/fixtures/parity/tiny-f32.gguf", ""};
+/* ... and MobileVLM (v1)'s ldp projector */
+static const family MOBILEVLM_V1 = {"tests/fixtures/mobilevlm/", "ldp-", "What is in the image?", false, LP_VLM_LLAVA,
+                                    "tests/fixtures/parity/tiny-f32.gguf", ""};
 #define QWEN_DIR "tests/fixtures/qwen25vl/"
 static const family QWEN = {QWEN_DIR, "", "Locate the cup in the image, output its bbox coordinates using JSON format.",
                             true, LP_VLM_QWEN25VL, NULL, NULL};
@@ -370,14 +373,19 @@ static void test_internvl_qk_norm(void **state) {
     close_pair(&f);
 }
 
-/* MobileVLM V2's projector (mlp, 2×2 pooling, PEG) against llama.cpp. */
-static void test_mobilevlm_ldpv2(void **state) {
+/* MobileVLM's projectors against llama.cpp: V2's (mlp, 2×2 pooling, PEG)
+ * and v1's (mlp, two MobileNetV3 blocks with squeeze-excite). */
+static void test_mobilevlm(void **state) {
     (void)state;
-    fixture f;
-    open_pair(&f, &MOBILEVLM, 0, 0);
-    check_image(&f, 448, 448);
-    check_image(&f, 1280, 853);
-    close_pair(&f);
+    const family *fams[2] = {&MOBILEVLM_V2, &MOBILEVLM_V1};
+    for (int i = 0; i < 2; i++) {
+        fixture f;
+        open_pair(&f, fams[i], 0, 0);
+        printf("  %s\n", fams[i]->variant);
+        check_image(&f, 448, 448);
+        check_image(&f, 1280, 853);
+        close_pair(&f);
+    }
 }
 
 static void test_qwen25vl(void **state) {
@@ -553,7 +561,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl),
         cmocka_unit_test(test_internvl_qk_norm),
-        cmocka_unit_test(test_mobilevlm_ldpv2),
+        cmocka_unit_test(test_mobilevlm),
         cmocka_unit_test(test_qwen25vl),
         cmocka_unit_test(test_qwen25vl_token_limits),
         cmocka_unit_test(test_qwen25vl_box_geometry),

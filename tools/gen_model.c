@@ -524,7 +524,8 @@ static void region_tensors(gen *g, const shape *sh, lp_type t) {
     add_vec(g, "mm.region.proj.bias", sh->n_embd, INIT_BIAS);
 }
 
-static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char *name, int region, int ldpv2) {
+static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char *name, int region, int ldpv2,
+                       int ldp) {
     gen g = {lp_gguf_writer_new(), {0}, path};
     lp_gguf_writer *w = g.w;
     const int64_t D = sh->v_embd, F = sh->v_ff, P = sh->patch_size, S = sh->image_size;
@@ -540,7 +541,7 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
     check(lp_gguf_writer_set_u32(w, "general.file_type", t == LP_TYPE_F32 ? 0 : ftype_of(t)), "kv");
     check(lp_gguf_writer_set_str(w, "general.name", name), "kv");
     check(lp_gguf_writer_set_str(w, "general.description", "image encoder for LLaVA"), "kv");
-    check(lp_gguf_writer_set_str(w, "clip.projector_type", ldpv2 ? "ldpv2" : "mlp"), "kv");
+    check(lp_gguf_writer_set_str(w, "clip.projector_type", ldp ? "ldp" : ldpv2 ? "ldpv2" : "mlp"), "kv");
     check(lp_gguf_writer_set_u32(w, "clip.vision.image_size", (uint32_t)S), "kv");
     check(lp_gguf_writer_set_u32(w, "clip.vision.patch_size", (uint32_t)P), "kv");
     check(lp_gguf_writer_set_u32(w, "clip.vision.embedding_length", (uint32_t)D), "kv");
@@ -555,7 +556,39 @@ static void gen_mmproj(const shape *sh, lp_type t, const char *path, const char 
     if (region) region_keys(&g, sh);
 
     /* projector first, as the converter writes it */
-    if (ldpv2) { /* MobileVLM V2: mlp, 2×2 pooling, PEG (3×3 depthwise conv + bias, residual) */
+    if (ldp) { /* MobileVLM: mlp, then two MobileNetV3 blocks (the second with stride 2) */
+        add_mat(&g, "mm.model.mlp.1.weight", t, D, E, 1.0);
+        add_vec(&g, "mm.model.mlp.1.bias", E, INIT_BIAS);
+        add_mat(&g, "mm.model.mlp.3.weight", t, E, E, 1.0);
+        add_vec(&g, "mm.model.mlp.3.bias", E, INIT_BIAS);
+        char nm2[96];
+        for (int b = 1; b <= 2; b++) {
+            int64_t ne[4] = {3, 3, E, 1};
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.0.0.weight", b);
+            add(&g, nm2, LP_TYPE_F16, 4, ne, INIT_NORMAL, 1.0 / 3.0); /* f16: see the ldpv2 PEG */
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.0.1.weight", b);
+            add_vec(&g, nm2, E, INIT_NORM);
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.0.1.bias", b);
+            add_vec(&g, nm2, E, INIT_BIAS);
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.1.fc1.weight", b);
+            add_mat(&g, nm2, t, E, E / 4, 1.0);
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.1.fc1.bias", b);
+            add_vec(&g, nm2, E / 4, INIT_BIAS);
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.1.fc2.weight", b);
+            add_mat(&g, nm2, t, E / 4, E, 1.0);
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.1.fc2.bias", b);
+            add_vec(&g, nm2, E, INIT_BIAS);
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.2.0.weight", b);
+            add_mat(&g, nm2, t, E, E, 1.0);
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.2.1.weight", b);
+            { /* sd 0.1: image rows below 1, as a real projector's (see mlp.3 of InternVL) */
+                int64_t ne1[1] = {E};
+                add(&g, nm2, LP_TYPE_F32, 1, ne1, INIT_NORMAL, 0.1);
+            }
+            snprintf(nm2, sizeof nm2, "mm.model.mb_block.%d.block.2.1.bias", b);
+            add_vec(&g, nm2, E, INIT_BIAS);
+        }
+    } else if (ldpv2) { /* MobileVLM V2: mlp, 2×2 pooling, PEG (3×3 depthwise conv + bias, residual) */
         add_mat(&g, "mm.model.mlp.0.weight", t, D, E, 1.0);
         add_vec(&g, "mm.model.mlp.0.bias", E, INIT_BIAS);
         add_mat(&g, "mm.model.mlp.2.weight", t, E, E, 0.3);
@@ -960,7 +993,7 @@ static void usage(void) {
                     "       gen_model --family internvl --shape tiny|internvl3-1b [--qk-norm] ...\n"
                     "       gen_model --family qwen25vl --shape tiny|qwen2.5-vl-3b ...\n"
                     "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n"
-                    "--ldpv2: MobileVLM V2's projector (clip.projector_type ldpv2) instead of the mlp\n"
+                    "--ldpv2 / --ldp: MobileVLM V2's / MobileVLM's projector instead of the mlp\n"
                     "--region-sampler: also a random Ferret region sampler (mm.region.*) in the mmproj and a\n"
                     "<region_fea> token (the vocabulary's last id) in the model\n"
                     "--set NAME=VALUE (repeatable) overrides one dimension of the shape, for any shape:\n"
@@ -1008,7 +1041,7 @@ static const char *shape_check(const shape *sh) {
 int main(int argc, char **argv) {
     const char *family = "llava", *shape_name = "tiny", *type_name = "f32", *out = NULL;
     unsigned long long seed = 1;
-    int region = 0, qk_norm = 0, ldpv2 = 0;
+    int region = 0, qk_norm = 0, ldpv2 = 0, ldp = 0;
     const char *sets[32];
     int n_sets = 0;
     for (int i = 1; i < argc; i++) {
@@ -1027,6 +1060,10 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--ldpv2")) {
             ldpv2 = 1;
+            continue;
+        }
+        if (!strcmp(a, "--ldp")) {
+            ldp = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -1105,7 +1142,7 @@ int main(int argc, char **argv) {
     g_have_spare = 0;
     snprintf(name, sizeof name, "loupe-random-llava-%s-mmproj-%s-seed%llu%s", sh->name, lp_type_name(t), seed,
              region ? "-region" : "");
-    gen_mmproj(sh, t, p_mm, name, region, ldpv2);
+    gen_mmproj(sh, t, p_mm, name, region, ldpv2, ldp);
     free(p_llm);
     free(p_mm);
     return 0;

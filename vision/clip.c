@@ -102,7 +102,7 @@ static bool is_internvl(const lp_clip *c) { return c->ptype == LP_PROJECTOR_INTE
 /* Projector input: the features, pixel-shuffled for InternVL (n_merge² patches per row). */
 static int proj_in_dim_of(const lp_clip *c) { return feature_dim_of(c) * (is_internvl(c) ? c->n_merge * c->n_merge : 1); }
 static int n_out_of(const lp_clip *c) {
-    if (c->ptype == LP_PROJECTOR_LDPV2) return c->n_patches / 4;
+    if (c->ptype == LP_PROJECTOR_LDPV2 || c->ptype == LP_PROJECTOR_LDP) return c->n_patches / 4;
     return c->n_patches / (is_internvl(c) ? c->n_merge * c->n_merge : 1);
 }
 
@@ -526,12 +526,13 @@ lp_clip *lp_clip_load(const lp_gguf *mmproj, lp_weight_store *ws, lp_error *err)
     for (int il = 0; il < c->n_layer; il++) {
         if ((st = load_layer(c, il, err))) goto fail;
     }
-    if (pt == LP_PROJECTOR_LDPV2 && c->n_side % 2) {
-        st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: clip.projector_type \"ldpv2\" needs an even patch grid, not %d×%d",
-                     c->path, c->n_side, c->n_side);
+    if ((pt == LP_PROJECTOR_LDPV2 || pt == LP_PROJECTOR_LDP) && c->n_side % 2) {
+        st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: clip.projector_type \"%s\" needs an even patch grid, not %d×%d",
+                     c->path, ptype, c->n_side, c->n_side);
         goto fail;
     }
     if ((st = lp_projector_load(&c->proj, pt, mmproj, ws, proj_in_dim_of(c), err))) goto fail;
+    c->proj.ln_eps = c->vc.eps;
     if (c->proj.hidden_dim > CLIP_MAX_FF || c->proj.out_dim > CLIP_MAX_FF) {
         st = lp_fail(err, LOUPE_ERR_LIMIT, "%s: tensor mm.0.weight: projector too wide", c->path);
         goto fail;
@@ -851,6 +852,9 @@ static loupe_status encode(const lp_clip *c, const float *pixels, float *out, fl
     const lp_projector *p = &c->proj;
     if (p->type == LP_PROJECTOR_LDPV2) {
         if ((st = lp_projector_ldpv2(p, c->ws, a->proj_in, out, c->n_side, proj_act(c), dense_round(c), pool, err)))
+            return st;
+    } else if (p->type == LP_PROJECTOR_LDP) {
+        if ((st = lp_projector_ldp(p, c->ws, a->proj_in, out, c->n_side, proj_act(c), dense_round(c), pool, err)))
             return st;
     } else if (p->type != LP_PROJECTOR_LINEAR) {
         st = lp_projector_mlp(p, c->ws, a->proj_in, out, n_out, proj_act(c), dense_round(c), a->mm_hid, pool, err);
