@@ -495,7 +495,7 @@ loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, cons
     const int n = side * side, h = side / 2, C = (int)p->out_dim;
     float *hid = malloc((size_t)n * (size_t)p->hidden_dim * sizeof *hid); // (n, hidden)
     float *grid = malloc((size_t)n * C * sizeof *grid);                     // (n, C) mlp output, row-major grid
-    float *pool_r = malloc((size_t)h * h * C * sizeof *pool_r);             // (h·h, C) pooled, f16-rounded for the conv
+    float *pool_r = malloc((size_t)h * h * C * sizeof *pool_r);             // (h·h, C) the conv's (f16-rounded) input
     loupe_status st = LOUPE_OK;
     if (!hid || !grid || !pool_r) {
         st = lp_fail(err, LOUPE_ERR_NOMEM, "ldpv2 projector: out of memory");
@@ -512,25 +512,10 @@ loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, cons
                 const float s = g0[0] + g0[C] + g0[(int64_t)side * C] + g0[(int64_t)side * C + C];
                 out[((int64_t)i * h + j) * C + c] = s * 0.25f;
             }
-    /* PEG: out += bias + depthwise 3×3 (zero padding 1) over the pooled grid */
-    for (int64_t k = 0; k < (int64_t)h * h * C; k++)
-        pool_r[k] = round == LP_DENSE_ROUND_LIKE_GGML ? lp_f16_to_f32(lp_f32_to_f16(out[k])) : out[k];
-    for (int i = 0; i < h; i++)
-        for (int j = 0; j < h; j++)
-            for (int c = 0; c < C; c++) {
-                const float *kw = p->peg_w + (int64_t)c * 9; // (3, 3): kw[ky·3 + kx]
-                float acc = 0.0f;
-                for (int ky = 0; ky < 3; ky++) {
-                    const int y = i + ky - 1;
-                    if (y < 0 || y >= h) continue;
-                    for (int kx = 0; kx < 3; kx++) {
-                        const int xx = j + kx - 1;
-                        if (xx < 0 || xx >= h) continue;
-                        acc += kw[ky * 3 + kx] * pool_r[((int64_t)y * h + xx) * C + c];
-                    }
-                }
-                out[((int64_t)i * h + j) * C + c] += acc + p->peg_b[c];
-            }
+    /* PEG: out += depthwise 3×3 (zero padding 1) over the pooled grid + bias */
+    dw_conv3(out, h, C, p->peg_w, 1, round == LP_DENSE_ROUND_LIKE_GGML, grid, pool_r); /* grid: (h·h, C) conv */
+    for (int i = 0; i < h * h; i++)
+        for (int c = 0; c < C; c++) out[(int64_t)i * C + c] += grid[(int64_t)i * C + c] + p->peg_b[c];
 done:
     free(hid);
     free(grid);
