@@ -465,6 +465,48 @@ static void test_qwen25vl_box_geometry(void **state) {
     }
 }
 
+/* A second question about the same image reuses the image's encoding and
+ * the prompt prefix's KV cache; with M-RoPE the positions after the reused
+ * prefix must still be right: the answer equals a fresh context's, for both
+ * families with a variable image size. */
+static void test_prefix_reuse(void **state) {
+    (void)state;
+    const family *fams[2] = {&QWEN, &INTERNVL};
+    for (int fi = 0; fi < 2; fi++) {
+        fixture f;
+        open_pair(&f, fams[fi], 0, 0);
+        lp_error err = {0};
+        lp_image img;
+        assert_int_equal(lp_image_load(PHOTOS "image-300x200.png", &img, &err), LOUPE_OK);
+        lp_vlm_ctx_params cp = lp_vlm_ctx_default_params();
+        cp.n_threads = 2;
+        cp.n_ctx = 2048; /* fixed: an automatic cache grown for a longer question starts afresh */
+        lp_vlm_ctx *a = lp_vlm_ctx_new(f.vlm, &cp, &err), *b = lp_vlm_ctx_new(f.vlm, &cp, &err);
+        assert_non_null(a);
+        assert_non_null(b);
+        lp_vlm_gen_params g = lp_vlm_gen_default_params();
+        g.n_predict = 12;
+        char *ans1 = NULL, *ans2 = NULL, *fresh = NULL;
+        lp_vlm_stats s1, s2, s3;
+        assert_int_equal(lp_vlm_ask(f.vlm, a, &img, "Where is the dog?", &g, NULL, NULL, &ans1, &s1, &err), LOUPE_OK);
+        assert_int_equal(lp_vlm_ask(f.vlm, a, &img, "Where is the red cup?", &g, NULL, NULL, &ans2, &s2, &err), LOUPE_OK);
+        assert_int_equal(lp_vlm_ask(f.vlm, b, &img, "Where is the red cup?", &g, NULL, NULL, &fresh, &s3, &err), LOUPE_OK);
+        printf("  %s: prefix reused %d of %d (image %d)\n", lp_vlm_family_name(fams[fi]->kind), s2.prefix_reused, s2.prefill_tokens + s2.prefix_reused, s2.n_image_tokens);
+        assert_true(s2.image_reused);
+        assert_true(s2.prefix_reused > s2.n_image_tokens); /* the system turn and the image rows */
+        assert_int_equal(s3.prefix_reused, 0);
+        assert_string_equal(ans2, fresh);
+        assert_int_equal(s2.decode_tokens, s3.decode_tokens);
+        free(ans1);
+        free(ans2);
+        free(fresh);
+        lp_vlm_ctx_free(a);
+        lp_vlm_ctx_free(b);
+        lp_image_free(&img);
+        close_pair(&f);
+    }
+}
+
 /* Pairs that do not belong together are refused, naming both files. */
 static void test_pair_errors(void **state) {
     (void)state;
@@ -565,6 +607,7 @@ int main(void) {
         cmocka_unit_test(test_qwen25vl),
         cmocka_unit_test(test_qwen25vl_token_limits),
         cmocka_unit_test(test_qwen25vl_box_geometry),
+        cmocka_unit_test(test_prefix_reuse),
         cmocka_unit_test(test_pair_errors),
         cmocka_unit_test(test_bad_mmproj),
     };
