@@ -1,9 +1,14 @@
 /* tests/fuzz/fuzz_gguf.c — libFuzzer target for the GGUF reader.
  * Opens the input as a GGUF buffer; when it parses, walks every value and
  * tensor byte (so ASan checks the bounds the reader promised) and prints it;
- * a file with loupe.flash.* keys also goes through the flash layout check. */
+ * a file with loupe.flash.* keys also goes through the flash layout check,
+ * and one with clip.projector_type through both vision-tower loaders (CLIP /
+ * InternViT and Qwen2.5-VL's), which must fail cleanly or load. */
 #include "gguf.h"
 #include "../../language/flash_format.h"
+#include "../../language/weights.h"
+#include "../../vision/clip.h"
+#include "../../vision/qwen_vit.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -63,6 +68,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         lp_error fe = {0};
         if (lp_flash_layout_read(g, &fl, &fe) != LOUPE_OK && (fe.status == LOUPE_OK || !strstr(fe.msg, "fuzz.gguf")))
             __builtin_trap();
+    }
+    if (lp_gguf_find_key(g, "clip.projector_type") >= 0) {
+        lp_error ve = {0};
+        lp_weight_store *ws = lp_weights_resident(g, &ve);
+        if (ws) {
+            lp_clip *c = lp_clip_load(g, ws, &ve);
+            if (!c && ve.status == LOUPE_OK) __builtin_trap(); /* a refusal says why */
+            lp_clip_free(c);
+            ve = (lp_error){0};
+            lp_qwen_vit *q = lp_qwen_vit_load(g, ws, &ve);
+            if (!q && ve.status == LOUPE_OK) __builtin_trap();
+            lp_qwen_vit_free(q);
+            lp_ws_free(ws);
+        }
     }
     lp_gguf_close(g);
     return 0;
