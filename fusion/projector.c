@@ -357,12 +357,12 @@ void lp_projector_free(lp_projector *p) {
     p->norm_w = p->norm_b = p->peg_w = p->peg_b = NULL;
 }
 
-loupe_status lp_projector_mlp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
-                              lp_act act, lp_dense_round round, float *scratch_hidden, lp_pool *pool,
-                              lp_error *err) {
+/* The mlp stage every projector but "linear" starts with (internvl: after
+ * its LayerNorm): out (n, out_dim) = act(x W0^T + b0) W2^T + b2. ldp/ldpv2
+ * continue from its output on the patch grid. */
+static loupe_status mlp_stage(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n, lp_act act,
+                              lp_dense_round round, float *scratch_hidden, lp_pool *pool, lp_error *err) {
     // x (n, in_dim), hidden (n, hidden_dim), out (n, out_dim)
-    if (p->type != LP_PROJECTOR_MLP && p->type != LP_PROJECTOR_INTERNVL)
-        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not an mlp");
     if (n <= 0) return LOUPE_OK;
     float *hidden = scratch_hidden;
     float *own = NULL, *normed = NULL; // normed (n, in_dim): internvl's LayerNorm of x
@@ -389,6 +389,14 @@ loupe_status lp_projector_mlp(const lp_projector *p, lp_weight_store *ws, const 
     free(normed);
     free(own);
     return st;
+}
+
+loupe_status lp_projector_mlp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
+                              lp_act act, lp_dense_round round, float *scratch_hidden, lp_pool *pool,
+                              lp_error *err) {
+    if (p->type != LP_PROJECTOR_MLP && p->type != LP_PROJECTOR_INTERNVL)
+        return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not an mlp");
+    return mlp_stage(p, ws, x, out, n, act, round, scratch_hidden, pool, err);
 }
 
 loupe_status lp_projector_linear(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
@@ -455,8 +463,7 @@ loupe_status lp_projector_ldp(const lp_projector *p, lp_weight_store *ws, const 
     if (p->type != LP_PROJECTOR_LDP) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector is not ldp");
     if (side < 2 || side % 2) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "ldp: grid side %d is not even", side);
     const int n = side * side, C = (int)p->out_dim;
-    const size_t wide = (size_t)n * (size_t)(C > p->hidden_dim ? C : p->hidden_dim);
-    float *hid = malloc(wide * sizeof *hid);               // (n, hidden)
+    float *hid = malloc((size_t)n * (size_t)p->hidden_dim * sizeof *hid); // (n, hidden)
     float *g0 = malloc((size_t)n * C * sizeof *g0);        // (n, C) the mlp output, block 1's input
     float *g1 = malloc((size_t)n * C * sizeof *g1);        // (n, C) block 1's output
     float *a = malloc((size_t)n * C * sizeof *a), *b = malloc((size_t)n * C * sizeof *b);
@@ -472,9 +479,7 @@ loupe_status lp_projector_ldp(const lp_projector *p, lp_weight_store *ws, const 
             st = lp_fail(err, LOUPE_ERR_UNSUPPORTED, "ldp: squeeze-excite wider than the channels");
             goto done;
         }
-    if ((st = lp_dense_forward(&p->mm0, ws, x, hid, n, round, NULL, pool, err))) goto done;
-    lp_act_apply(act, hid, (int64_t)n * p->hidden_dim);
-    if ((st = lp_dense_forward(&p->mm2, ws, hid, g0, n, round, NULL, pool, err))) goto done;
+    if ((st = mlp_stage(p, ws, x, g0, n, act, round, hid, pool, err))) goto done;
     if ((st = ldp_block(p, &p->ldp[0], ws, g0, side, 1, r16, g1, a, b, t, pool, err))) goto done;
     lp_add(g1, g0, (int64_t)n * C); /* block 1 is residual */
     st = ldp_block(p, &p->ldp[1], ws, g1, side, 2, r16, out, a, b, t, pool, err);
@@ -501,9 +506,7 @@ loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, cons
         st = lp_fail(err, LOUPE_ERR_NOMEM, "ldpv2 projector: out of memory");
         goto done;
     }
-    if ((st = lp_dense_forward(&p->mm0, ws, x, hid, n, round, NULL, pool, err))) goto done;
-    lp_act_apply(act, hid, (int64_t)n * p->hidden_dim);
-    if ((st = lp_dense_forward(&p->mm2, ws, hid, grid, n, round, NULL, pool, err))) goto done;
+    if ((st = mlp_stage(p, ws, x, grid, n, act, round, hid, pool, err))) goto done;
     /* 2×2 average pooling, stride 2: out[i][j] = mean of grid[2i..2i+1][2j..2j+1] */
     for (int i = 0; i < h; i++)
         for (int j = 0; j < h; j++)
@@ -525,6 +528,17 @@ done:
 
 loupe_status lp_projector_forward(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
                                   lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err) {
-    if (p->type == LP_PROJECTOR_LINEAR) return lp_projector_linear(p, ws, x, out, n, round, pool, err);
-    return lp_projector_mlp(p, ws, x, out, n, act, round, NULL, pool, err);
+    switch (p->type) {
+    case LP_PROJECTOR_LINEAR: return lp_projector_linear(p, ws, x, out, n, round, pool, err);
+    case LP_PROJECTOR_MLP:
+    case LP_PROJECTOR_INTERNVL: return lp_projector_mlp(p, ws, x, out, n, act, round, NULL, pool, err);
+    case LP_PROJECTOR_LDP:
+    case LP_PROJECTOR_LDPV2: {
+        int side = (int)lround(sqrt((double)n));
+        if (side * side != n) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "ldp projector: %d rows are not a square grid", n);
+        return p->type == LP_PROJECTOR_LDP ? lp_projector_ldp(p, ws, x, out, side, act, round, pool, err)
+                                           : lp_projector_ldpv2(p, ws, x, out, side, act, round, pool, err);
+    }
+    }
+    return lp_fail(err, LOUPE_ERR_INVALID_ARG, "projector: unknown type %d", (int)p->type);
 }

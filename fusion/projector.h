@@ -175,7 +175,8 @@ loupe_status lp_projector_ldpv2(const lp_projector *p, lp_weight_store *ws, cons
 loupe_status lp_projector_ldp(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int side,
                               lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err);
 
-/* Dispatch on p->type (act is ignored for linear). */
+/* Dispatch on p->type (act is ignored for linear); ldp/ldpv2 take the n
+ * rows as a square grid. */
 loupe_status lp_projector_forward(const lp_projector *p, lp_weight_store *ws, const float *x, float *out, int n,
                                   lp_act act, lp_dense_round round, lp_pool *pool, lp_error *err);
 

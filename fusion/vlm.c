@@ -452,9 +452,14 @@ static loupe_status ensure_state(lp_vlm_ctx *c, const lp_prompt *pr, int n_predi
     return c->st ? LOUPE_OK : (err ? err->status : LOUPE_ERR_NOMEM);
 }
 
-/* InternVL: every tile through the ViT and projector, rows in tile order.
- * The box frame is the whole image (InternVL's boxes are 0..1000 of it,
- * whatever the tiling): geom says so as an S×S squeeze. */
+/* InternVL's box frame: the whole image, as an S×S squeeze (its boxes are
+ * 0..1000 of the image whatever the tiling). */
+static void internvl_geom(int S, const lp_image *img, lp_prep_geom *g) {
+    lp_prep_geom_set(g, (double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S);
+}
+
+/* InternVL: every tile through the ViT and projector, rows in tile order;
+ * geom: internvl_geom. */
 static loupe_status encode_tiles(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *img, float *embd,
                                  lp_prep_geom *geom, lp_error *err) {
     const int S = lp_clip_image_size(v->clip), n_tok = lp_clip_n_out_tokens(v->clip), E = lp_clip_out_dim(v->clip);
@@ -471,8 +476,7 @@ static loupe_status encode_tiles(const lp_vlm *v, lp_vlm_ctx *c, const lp_image 
         if (st) lp_error_prefix(err, "%s: tile %d of %d", v->mm_path, t + 1, plan.n_tiles);
     }
     free(pixels);
-    if (!st && geom)
-        *geom = (lp_prep_geom){(double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S};
+    if (!st) internvl_geom(S, img, geom);
     return st;
 }
 
@@ -875,7 +879,7 @@ loupe_status lp_vlm_prep_geom(const lp_vlm *v, const lp_image *img, lp_prep_geom
     if (!v->clip) return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: the model input is not square (use lp_vlm_prep_frame)", v->mm_path);
     const int S = lp_clip_image_size(v->clip);
     if (v->family == LP_VLM_INTERNVL) { /* the box frame is the whole image */
-        *g = (lp_prep_geom){(double)S / img->w, (double)S / img->h, 0.0, 0.0, 0, 0, S, S};
+        internvl_geom(S, img, g);
         *S_out = S;
         return LOUPE_OK;
     }

@@ -659,7 +659,7 @@ static bool acts_alloc(const lp_clip *c, clip_acts *a, const lp_pool *pool) {
     a->rnd = malloc(T * widest * f);
     a->stack = c->n_feature_layers > 0 ? malloc(T * D * f) : NULL;
     a->proj_in = malloc(N * D * f); /* = (N / n_merge², D · n_merge²) for InternVL */
-    const bool mlp = c->proj.type != LP_PROJECTOR_LINEAR;
+    const bool mlp = c->proj.type == LP_PROJECTOR_MLP || c->proj.type == LP_PROJECTOR_INTERNVL; /* mm_hid: their dumped hidden layer */
     a->mm_hid = mlp ? malloc((size_t)n_out_of(c) * (size_t)c->proj.hidden_dim * f) : NULL;
     a->attn_scratch_bytes = lp_attention_scratch_size(c->n_pos, c->n_pos, c->n_head, c->head_dim, pool);
     a->attn_scratch = malloc(a->attn_scratch_bytes);
@@ -850,19 +850,12 @@ static loupe_status encode(const lp_clip *c, const float *pixels, float *out, fl
     if (!out) return LOUPE_OK;
 
     const lp_projector *p = &c->proj;
-    if (p->type == LP_PROJECTOR_LDPV2) {
-        if ((st = lp_projector_ldpv2(p, c->ws, a->proj_in, out, c->n_side, proj_act(c), dense_round(c), pool, err)))
-            return st;
-    } else if (p->type == LP_PROJECTOR_LDP) {
-        if ((st = lp_projector_ldp(p, c->ws, a->proj_in, out, c->n_side, proj_act(c), dense_round(c), pool, err)))
-            return st;
-    } else if (p->type != LP_PROJECTOR_LINEAR) {
+    if (p->type == LP_PROJECTOR_MLP || p->type == LP_PROJECTOR_INTERNVL) { /* with the hidden layer for the dump */
         st = lp_projector_mlp(p, c->ws, a->proj_in, out, n_out, proj_act(c), dense_round(c), a->mm_hid, pool, err);
         if (st != LOUPE_OK) return st;
         dump(c, "mm.hidden", a->mm_hid, (int64_t)n_out * p->hidden_dim);
-    } else {
-        st = lp_projector_linear(p, c->ws, a->proj_in, out, N, dense_round(c), pool, err);
-        if (st != LOUPE_OK) return st;
+    } else if ((st = lp_projector_forward(p, c->ws, a->proj_in, out, N, proj_act(c), dense_round(c), pool, err))) {
+        return st;
     }
     dump(c, "mm.out", out, (int64_t)n_out * p->out_dim);
     return LOUPE_OK;
