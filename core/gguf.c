@@ -828,6 +828,8 @@ typedef struct wtensor {
     int64_t ne[LP_GGUF_MAX_DIMS];
     uint64_t nbytes, offset;
     const void *data;
+    lp_gguf_tensor_fill fill; /* or: produce the bytes at write time */
+    void *fill_ctx;
 } wtensor;
 
 struct lp_gguf_writer {
@@ -1021,14 +1023,28 @@ void lp_gguf_writer_set_alignment(lp_gguf_writer *w, uint32_t alignment) {
     if (st && !w->sticky) w->sticky = st;
 }
 
+static loupe_status add_tensor(lp_gguf_writer *w, const char *name, lp_type type, uint32_t n_dims, const int64_t *ne,
+                               const void *data, lp_gguf_tensor_fill fill, void *fill_ctx);
+
 loupe_status lp_gguf_writer_add_tensor(lp_gguf_writer *w, const char *name, lp_type type, uint32_t n_dims,
                                        const int64_t *ne, const void *data) {
+    return add_tensor(w, name, type, n_dims, ne, data, NULL, NULL);
+}
+
+loupe_status lp_gguf_writer_add_tensor_fn(lp_gguf_writer *w, const char *name, lp_type type, uint32_t n_dims,
+                                          const int64_t *ne, lp_gguf_tensor_fill fill, void *ctx) {
+    if (!fill) return LOUPE_ERR_INVALID_ARG;
+    return add_tensor(w, name, type, n_dims, ne, NULL, fill, ctx);
+}
+
+static loupe_status add_tensor(lp_gguf_writer *w, const char *name, lp_type type, uint32_t n_dims, const int64_t *ne,
+                               const void *data, lp_gguf_tensor_fill fill, void *fill_ctx) {
     if (!w || !name || !ne || n_dims < 1 || n_dims > LP_GGUF_MAX_DIMS || !lp_type_valid((uint32_t)type)) return LOUPE_ERR_INVALID_ARG;
     size_t len = strlen(name);
     if (len == 0 || len > GGUF_NAME_MAX) return LOUPE_ERR_INVALID_ARG; /* ggml refuses longer names */
     for (size_t i = 0; i < w->n_t; i++)
         if (strcmp(w->t[i].name, name) == 0) return LOUPE_ERR_INVALID_ARG;
-    wtensor t = {.type = type, .n_dims = n_dims, .data = data};
+    wtensor t = {.type = type, .n_dims = n_dims, .data = data, .fill = fill, .fill_ctx = fill_ctx};
     int64_t bs = lp_type_block_size(type);
     uint64_t bb = lp_type_block_bytes(type);
     for (int d = 0; d < LP_GGUF_MAX_DIMS; d++) {
@@ -1043,7 +1059,7 @@ loupe_status lp_gguf_writer_add_tensor(lp_gguf_writer *w, const char *name, lp_t
         ovf |= __builtin_mul_overflow(nel, (uint64_t)t.ne[d], &nel);
     }
     if (ovf || nel > INT64_MAX) return LOUPE_ERR_LIMIT;
-    if (nb && !data) return LOUPE_ERR_INVALID_ARG;
+    if (nb && !data && !fill) return LOUPE_ERR_INVALID_ARG;
     t.nbytes = nb;
     if (!(t.name = strdup(name)) || !grow((void **)&w->t, &w->cap_t, w->n_t, sizeof *w->t)) {
         free(t.name);
@@ -1151,10 +1167,30 @@ loupe_status lp_gguf_writer_write(lp_gguf_writer *w, const char *path, lp_error 
         w_u64(&o, t->offset);
     }
     w_pad(&o, align);
-    for (size_t i = 0; i < w->n_t; i++) {
-        w_bytes(&o, w->t[i].data, w->t[i].nbytes);
+    uint8_t *chunk = NULL;
+    for (size_t i = 0; i < w->n_t && !o.bad; i++) {
+        const wtensor *t = &w->t[i];
+        if (!t->fill) w_bytes(&o, t->data, t->nbytes);
+        else {
+            /* produced piece by piece: a converter never holds a whole model */
+            if (!chunk && !(chunk = malloc(LP_GGUF_FILL_CHUNK))) {
+                lp_outfile_abort(&out);
+                return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+            }
+            for (uint64_t at = 0; at < t->nbytes && !o.bad;) {
+                size_t n = t->nbytes - at < LP_GGUF_FILL_CHUNK ? (size_t)(t->nbytes - at) : LP_GGUF_FILL_CHUNK;
+                if ((st = t->fill(t->fill_ctx, at, chunk, n, err)) != LOUPE_OK) {
+                    free(chunk);
+                    lp_outfile_abort(&out);
+                    return lp_error_prefix(err, "%s: tensor %s", path, t->name);
+                }
+                w_bytes(&o, chunk, n);
+                at += n;
+            }
+        }
         w_pad(&o, align);
     }
+    free(chunk);
 
     if (o.bad) {
         lp_outfile_abort(&out);

@@ -174,6 +174,16 @@ loupe_status lp_gguf_writer_set_value(lp_gguf_writer *w, const char *key, const 
 /* ne in ggml order (ne[0] = row length). data: lp_row_size(type, ne[0]) * rows bytes. */
 loupe_status lp_gguf_writer_add_tensor(lp_gguf_writer *w, const char *name, lp_type type,
                                        uint32_t n_dims, const int64_t *ne, const void *data);
+/* A tensor whose bytes are produced while the file is written: fill(ctx,
+ * offset, dst, n, err) writes bytes [offset, offset + n) of the tensor's
+ * data (type rows as for add_tensor) into dst; calls come in ascending
+ * offset order, n <= LP_GGUF_FILL_CHUNK, offsets chunk-aligned. A failure
+ * status aborts the write (the target is left as it was) with err prefixed
+ * by the path and the tensor name. */
+#define LP_GGUF_FILL_CHUNK ((size_t)8 << 20)
+typedef loupe_status (*lp_gguf_tensor_fill)(void *ctx, uint64_t offset, void *dst, size_t n, lp_error *err);
+loupe_status lp_gguf_writer_add_tensor_fn(lp_gguf_writer *w, const char *name, lp_type type, uint32_t n_dims,
+                                          const int64_t *ne, lp_gguf_tensor_fill fill, void *ctx);
 /* Write the file; err names the path on failure. */
 loupe_status lp_gguf_writer_write(lp_gguf_writer *w, const char *path, lp_error *err);
 
