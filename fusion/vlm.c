@@ -289,6 +289,7 @@ lp_vlm *lp_vlm_load(const char *lm_path, const char *mmproj_path, const lp_vlm_p
         lp_clip_tile_limits(v->clip, &v->min_tiles, &v->max_tiles);
     }
     if (load_region_sampler(v, err)) goto fail;
+    if (v->family == LP_VLM_LLAVA && v->rs && lp_region_sampler_ferret_transpose(v->rs)) v->family = LP_VLM_FERRET;
     if (choose_template(v, p.template_name, err)) goto fail;
     if (collect_eog(v, err)) goto fail;
     v->load_ms = now_ms() - t0;
@@ -324,6 +325,7 @@ const char *lp_vlm_family_name(lp_vlm_family f) {
     case LP_VLM_LLAVA: return "llava";
     case LP_VLM_INTERNVL: return "internvl";
     case LP_VLM_QWEN25VL: return "qwen2.5-vl";
+    case LP_VLM_FERRET: return "ferret";
     }
     return "?";
 }
@@ -1004,6 +1006,7 @@ loupe_status lp_vlm_ask_regions(const lp_vlm *v, lp_vlm_ctx *c, const lp_image *
     if ((st = lp_vlm_region_question(question, regions, n_regions, image->w, image->h, &q, err))) goto done;
     const char *system = g.system;
     if (!system && v->family == LP_VLM_INTERNVL) system = LP_INTERNVL_SYSTEM;
+    if (!system && v->family == LP_VLM_FERRET) system = LP_FERRET_SYSTEM;
     if ((st = lp_template_render(v->tmpl, system, q, &text, &image_at, err))) goto done;
     if (v->family == LP_VLM_INTERNVL && (st = wrap_image(&text, &image_at, "<img>", "</img>", err))) goto done;
     if (v->family == LP_VLM_QWEN25VL &&

@@ -124,8 +124,21 @@ typedef struct lp_vlm_ctx lp_vlm_ctx;
 typedef enum lp_vlm_family {
     LP_VLM_LLAVA = 0,
     LP_VLM_INTERNVL = 1,
-    LP_VLM_QWEN25VL = 2
+    LP_VLM_QWEN25VL = 2,
+    /* ferret: a llava-family pair whose region sampler reads the feature map
+     * transposed (clip.vision.region.ferret_transpose, what `loupe convert
+     * --from-hf` writes for apple/ml-ferret checkpoints): Ferret's own
+     * system text (LP_FERRET_SYSTEM) by default */
+    LP_VLM_FERRET = 3
 } lp_vlm_family;
+
+/* Ferret's system message (ferret/conversation.py, ferret_conv_vicuna_v1;
+ * its trailing space and the template's " " separator give two spaces
+ * before "USER:", as in Ferret's own prompts). */
+#define LP_FERRET_SYSTEM                                                                              \
+    "A chat between a human and an AI that understands visuals. In images, [x, y] denotes points: "   \
+    "top-left [0, 0], bottom-right [width-1, height-1]. Increasing x moves right; y moves down. "     \
+    "Bounding box: [x1, y1, x2, y2]. Image size: 1000x1000. Follow instructions. "
 
 /* Qwen2.5-VL grounding defaults (image tokens). */
 #define LP_QWEN_GROUND_MIN_TOKENS 1024
@@ -169,7 +182,7 @@ void lp_vlm_free(lp_vlm *vlm);
 
 const lp_template *lp_vlm_template(const lp_vlm *vlm);
 lp_vlm_family lp_vlm_get_family(const lp_vlm *vlm);
-const char *lp_vlm_family_name(lp_vlm_family f); /* "llava", "internvl", "qwen2.5-vl" */
+const char *lp_vlm_family_name(lp_vlm_family f); /* "llava", "internvl", "qwen2.5-vl", "ferret" */
 /* Positions one S×S input (one tile) takes; 0 for Qwen2.5-VL (any size). */
 int lp_vlm_n_image_tokens(const lp_vlm *vlm);
 /* Positions a w × h image takes (InternVL: tiles × tokens per tile). */

@@ -196,7 +196,9 @@ const char *loupe_model_name(const loupe_model *model, loupe_file which);
 const char *loupe_model_template(const loupe_model *model);   /* e.g. "vicuna" */
 const char *loupe_model_box_format(const loupe_model *model); /* e.g. "ferret" */
 /* The model family, from the mmproj's clip.projector_type: "llava" (LLaVA-1.5,
- * Ferret, the shipped model), "internvl" or "qwen2.5-vl". */
+ * the shipped model), "internvl" or "qwen2.5-vl"; "ferret" for a llava-style
+ * pair converted from an apple/ml-ferret checkpoint (its region sampler reads
+ * the feature map transposed, clip.vision.region.ferret_transpose). */
 const char *loupe_model_family(const loupe_model *model);
 loupe_prep loupe_model_prep(const loupe_model *model);        /* never AUTO: what was chosen */
 /* Nonzero when the model can take regions (loupe_refer): the mmproj has a
@@ -238,7 +240,8 @@ typedef struct loupe_context_params {
     float top_p;              /* default 0.95, 1 = off */
     int max_tokens;           /* most generated tokens, default 256; < 0: no limit */
     /* System prompt; NULL (default): the model family's (InternVL: its own
-     * Chinese system message, as its conversation template), else the
+     * Chinese system message, as its conversation template; Ferret: its
+     * ferret_v1 system message with "Image size: 1000x1000"), else the
      * template's; "": none. Copied. */
     const char *system_prompt;
     loupe_progress_fn progress; /* may be NULL (default) */
