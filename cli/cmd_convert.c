@@ -1,7 +1,10 @@
 /* cli/cmd_convert.c — `loupe convert --flash IN.gguf OUT.gguf`: write a
- * decoder in the flash layout (language/flash_format.h). */
+ * decoder in the flash layout (language/flash_format.h); `loupe convert
+ * --from-hf DIR OUT-PREFIX`: a Hugging Face checkpoint to a GGUF pair
+ * (fusion/hf_convert.h). */
 #include "cli.h"
 #include "gguf.h"
+#include "../fusion/hf_convert.h"
 #include "../language/flash_format.h"
 
 #include <stdio.h>
@@ -13,7 +16,19 @@
 
 static void convert_help(FILE *out) {
     fprintf(out,
-            "usage: loupe convert --flash IN.gguf OUT.gguf [options]\n\n"
+            "usage: loupe convert --from-hf DIR OUT-PREFIX [--outtype T] [--vision DIR] [--force]\n"
+            "       loupe convert --flash IN.gguf OUT.gguf [options]\n\n"
+            "--from-hf: turns a Hugging Face checkpoint directory (config.json, safetensors\n"
+            "in one file or sharded, tokenizer.model or tokenizer.json) into OUT-PREFIX.gguf\n"
+            "and, for a vision-language checkpoint, OUT-PREFIX-mmproj.gguf, in llama.cpp's\n"
+            "conventions. Decoders: llama (LlamaForCausalLM, Vicuna); pairs: Ferret\n"
+            "(FERRETLlamaForCausalLM, with its region sampler), LLaVA-1.5 (llava_llama).\n"
+            "  --outtype T           f32, f16 (default), q8_0, q4_0 or q4_k for the decoder's\n"
+            "                        matrices (the mmproj: f32 with f32, else f16)\n"
+            "  --vision DIR          the CLIP tower's own checkpoint (mm_vision_tower, e.g.\n"
+            "                        openai/clip-vit-large-patch14-336) when DIR does not hold it\n"
+            "  --force               overwrite existing output files\n\n"
+            "--flash:\n"
             "Writes the llama/qwen2 decoder IN in the flash layout (LLM in a flash,\n"
             "Alizadeh et al. 2023): every tensor as it is, except each layer's\n"
             "ffn_gate/ffn_up/ffn_down, which become one tensor blk.L.ffn_bundle holding,\n"
@@ -52,7 +67,53 @@ static void human(uint64_t b, char *buf, size_t n) {
     else snprintf(buf, n, "%.1f KiB", (double)b / 1024.0);
 }
 
+static int convert_from_hf(int argc, char **argv) {
+    lp_hf_convert_params p = lp_hf_convert_default_params();
+    const char *files[2] = {NULL, NULL};
+    int n_files = 0, quiet = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--from-hf")) continue;
+        if (!strcmp(a, "--force")) { p.force = true; continue; }
+        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) { quiet = 1; continue; }
+        if (a[0] != '-' || !a[1]) {
+            if (n_files == 2) return cli_usage("convert", "unexpected argument '%s' (DIR and OUT-PREFIX are already given)", a);
+            files[n_files++] = a;
+            continue;
+        }
+        if (i + 1 >= argc) return cli_usage("convert", "option '%s' needs a value", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--outtype")) {
+            int t = lp_type_from_name(v);
+            if (t != LP_TYPE_F32 && t != LP_TYPE_F16 && t != LP_TYPE_Q8_0 && t != LP_TYPE_Q4_0 && t != LP_TYPE_Q4_K)
+                return cli_usage("convert", "--outtype: '%s' is not one of f32, f16, q8_0, q4_0, q4_k", v);
+            p.outtype = (lp_type)t;
+        } else if (!strcmp(a, "--vision")) {
+            p.vision_dir = v;
+        } else return cli_usage("convert", "unknown option '%s' for --from-hf", a);
+    }
+    if (n_files < 2) return cli_usage("convert", "--from-hf needs DIR and OUT-PREFIX");
+    lp_hf_convert_report rep;
+    lp_error err = {0};
+    double t0 = now_s();
+    loupe_status st = lp_hf_convert(files[0], files[1], &p, &rep, &err);
+    if (st != LOUPE_OK) return cli_error(st, "%s", err.msg);
+    if (quiet) return CLI_EXIT_OK;
+    char lb[32], mb[32];
+    human(rep.bytes_lm, lb, sizeof lb);
+    human(rep.bytes_mmproj, mb, sizeof mb);
+    printf("convert: %s (%s) -> %s.gguf (%d tensors, %s, %s", files[0], rep.kind, files[1], rep.n_tensors_lm, lb,
+           lp_type_name(p.outtype));
+    if (rep.n_fallback) printf("; %d matrices in a fallback type", rep.n_fallback);
+    printf(")");
+    if (rep.wrote_mmproj) printf(" + %s-mmproj.gguf (%d tensors, %s)", files[1], rep.n_tensors_mmproj, mb);
+    printf(", %.2f s\n", now_s() - t0);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : cli_error(LOUPE_ERR_IO, "writing to stdout failed");
+}
+
 int cmd_convert(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--from-hf")) return convert_from_hf(argc, argv);
     lp_flash_convert_params p = lp_flash_convert_default_params();
     const char *files[2] = {NULL, NULL};
     int n_files = 0, flash = 0, force = 0, quiet = 0, kind_given = 0;
@@ -95,7 +156,7 @@ int cmd_convert(int argc, char **argv) {
             p.seed = u;
         } else return cli_usage("convert", "unknown option '%s'", a);
     }
-    if (!flash) return cli_usage("convert", "--flash is required (the only conversion there is)");
+    if (!flash) return cli_usage("convert", "--flash or --from-hf is required");
     if (n_files < 2) return cli_usage("convert", "IN.gguf and OUT.gguf are required");
     const char *in = files[0], *out = files[1];
     if (p.predictor_path) {

@@ -319,6 +319,7 @@ void lp_vlm_free(lp_vlm *v) {
 const lp_template *lp_vlm_template(const lp_vlm *v) { return v->tmpl; }
 int lp_vlm_n_image_tokens(const lp_vlm *v) { return v->clip ? lp_clip_n_out_tokens(v->clip) : 0; }
 lp_vlm_family lp_vlm_get_family(const lp_vlm *v) { return v->family; }
+const lp_llama *lp_vlm_llama(const lp_vlm *v) { return v->llama; }
 
 const char *lp_vlm_family_name(lp_vlm_family f) {
     switch (f) {

@@ -182,6 +182,7 @@ void lp_vlm_free(lp_vlm *vlm);
 
 const lp_template *lp_vlm_template(const lp_vlm *vlm);
 lp_vlm_family lp_vlm_get_family(const lp_vlm *vlm);
+const lp_llama *lp_vlm_llama(const lp_vlm *vlm); /* the decoder (read-only) */
 const char *lp_vlm_family_name(lp_vlm_family f); /* "llava", "internvl", "qwen2.5-vl", "ferret" */
 /* Positions one S×S input (one tile) takes; 0 for Qwen2.5-VL (any size). */
 int lp_vlm_n_image_tokens(const lp_vlm *vlm);
