@@ -514,7 +514,7 @@ def main():
             gen.append(nxt)
             seq.append(nxt)
     exp = {
-        "command": "/usr/bin/python3 tools/reference/ferret_reference.py " + " ".join(sys.argv[1:]),
+        "command": "/usr/bin/python3 tools/reference/ferret_reference.py --shape %s --seed %d --out DIR" % (a.shape, a.seed),
         "image": "image.png", "mask": "mask.u8", "mask_wh": [S, S], "box": box, "mask_box": mbox,
         "question": "What is in the region <region> and <region>?",
         "question_expanded": question,
