@@ -349,10 +349,11 @@ static loupe_status index_shards(const char *dir, const char *index_path, cJSON 
     const cJSON *e;
     cJSON_ArrayForEach(e, wm) {
         if (!cJSON_IsString(e) || !*e->valuestring || strchr(e->valuestring, '/') || !strcmp(e->valuestring, "..")) {
+            lp_fail(err, LOUPE_ERR_FORMAT, "%s: weight_map entry %s is not a file name in the directory", index_path,
+                    e->string ? e->string : "?");
             free_list(v, n);
             cJSON_Delete(root);
-            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: weight_map entry %s is not a file name in the directory",
-                           index_path, e->string ? e->string : "?");
+            return LOUPE_ERR_FORMAT;
         }
         bool seen = false;
         for (int i = 0; i < n && !seen; i++) seen = !strcmp(strrchr(v[i], '/') + 1, e->valuestring);

@@ -682,7 +682,7 @@ loupe_status lp_hf_convert(const char *dir, const char *out_prefix, const lp_hf_
             goto out;
         }
         lp_type mt = p.outtype == LP_TYPE_F32 ? LP_TYPE_F32 : LP_TYPE_F16;
-        char desc[160];
+        char desc[320];
         snprintf(desc, sizeof desc, "image encoder of %s (loupe convert --from-hf)", name);
         TRYW(lp_gguf_writer_set_str(w, "general.architecture", "clip"));
         TRYW(lp_gguf_writer_set_str(w, "general.name", name));
