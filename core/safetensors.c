@@ -459,6 +459,13 @@ loupe_status lp_st_open_dir(const char *dir, lp_safetensors **out, lp_error *err
     return st;
 }
 
+void lp_st_release(const lp_st_tensor *t) {
+    if (!t || !t->n_bytes) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)t->data + page - 1) & ~(page - 1), b = ((uintptr_t)t->data + t->n_bytes) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 loupe_status lp_st_read_f32(const lp_st_tensor *t, int64_t first, int64_t n, float *dst, lp_error *err) {
     if (first < 0 || n < 0 || first > t->n_elements || n > t->n_elements - first)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: tensor %s: elements %lld..%lld out of %lld", t->file, t->name,

@@ -80,6 +80,12 @@ loupe_status lp_st_check_shape(const lp_st_tensor *t, int n_dims, const int64_t 
 const char *lp_st_dtype_name(lp_st_dtype t);
 size_t lp_st_dtype_size(lp_st_dtype t); /* 0 for LP_ST_OTHER */
 
+/* Done with t: drop the whole pages of its data from this process's
+ * resident set (madvise MADV_DONTNEED on the read-only mapping; a later
+ * read faults them back in from the file). A converter calls it after each
+ * tensor so that converting a 7B checkpoint does not show 14 GB resident. */
+void lp_st_release(const lp_st_tensor *t);
+
 /* Convert elements [first, first + n) of t to f32. F32, F16 and BF16 only;
  * anything else is LOUPE_ERR_UNSUPPORTED naming the tensor and its dtype. */
 loupe_status lp_st_read_f32(const lp_st_tensor *t, int64_t first, int64_t n, float *dst, lp_error *err);

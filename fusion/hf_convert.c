@@ -156,6 +156,9 @@ static loupe_status fill_tensor(void *ctx, uint64_t offset, void *dst, size_t n,
         uint64_t lo = a > offset ? a : offset, hi = b < end ? b : end;
         memcpy(d + (lo - offset), o->qrow + (lo - a), (size_t)(hi - lo));
     }
+    int64_t rows = 1;
+    for (int i = 1; i < o->n_dims; i++) rows *= o->ne[i];
+    if (end >= (uint64_t)rows * rb) lp_st_release(o->src); /* the tensor is written: its source pages can go */
     return LOUPE_OK;
 }
 
