@@ -1,4 +1,5 @@
-/* language/decoder.c — the llama-architecture decoder (llama, qwen2, qwen2vl).
+/* language/decoder.c — the llama-architecture decoder (llama, qwen2, qwen2vl,
+ * openelm).
  *
  * Layout, top to bottom:
  *   loading     config keys, tensor lookup and shape checks
@@ -108,9 +109,13 @@ static loupe_status load_config(lp_weight_store *ws, lp_llama_config *c, lp_erro
         c->arch = LP_ARCH_QWEN2VL;
         c->rope_mode = LP_ROPE_NEOX; /* pair layout of M-RoPE */
         c->mrope = true;
+    } else if (strcmp(arch, "openelm") == 0) {
+        c->arch = LP_ARCH_OPENELM;
+        c->rope_mode = LP_ROPE_NEOX; /* llama.cpp's rope type for OPENELM */
     } else {
         return lp_fail(err, LOUPE_ERR_UNSUPPORTED,
-                       "%s: key general.architecture = \"%s\" is not supported (llama, qwen2, qwen2vl)", path, arch);
+                       "%s: key general.architecture = \"%s\" is not supported (llama, qwen2, qwen2vl, openelm)", path,
+                       arch);
     }
     snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
 
@@ -118,21 +123,50 @@ static loupe_status load_config(lp_weight_store *ws, lp_llama_config *c, lp_erro
         {"context_length", true, INT32_MAX, &c->n_ctx_train},
         {"embedding_length", true, LP_LLAMA_MAX_DIM, &c->n_embd},
         {"block_count", true, LP_LLAMA_MAX_LAYER, &c->n_layer},
-        {"feed_forward_length", true, LP_LLAMA_MAX_DIM, &c->n_ff},
-        {"attention.head_count", true, LP_LLAMA_MAX_HEAD, &c->n_head},
     };
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
         arch_key(key, sizeof key, c, dims[i].suffix);
         if ((st = read_dim(g, path, key, dims[i].required, dims[i].max, dims[i].out, err)) != LOUPE_OK) return st;
     }
 
-    /* optional, with llama.cpp's defaults */
-    c->n_head_kv = c->n_head;
-    arch_key(key, sizeof key, c, "attention.head_count_kv");
-    if ((st = read_dim(g, path, key, false, LP_LLAMA_MAX_HEAD, &c->n_head_kv, err)) != LOUPE_OK) return st;
-    if (c->n_head % c->n_head_kv != 0) {
-        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %d does not divide %s.attention.head_count = %d",
-                       path, key, c->n_head_kv, c->arch_name, c->n_head);
+    /* heads, kv heads (default: heads) and FFN width: one value for every
+     * layer, or (openelm) an array with one per layer; c->n_* keep the largest */
+    if (!(c->layer_dims = calloc((size_t)c->n_layer * 3, sizeof *c->layer_dims)))
+        return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+    static const char *const per_layer[3] = {"attention.head_count", "attention.head_count_kv", "feed_forward_length"};
+    int *maxes[3] = {&c->n_head, &c->n_head_kv, &c->n_ff};
+    for (int d = 0; d < 3; d++) {
+        arch_key(key, sizeof key, c, per_layer[d]);
+        const lp_gguf_value *v = lp_gguf_get(g, key);
+        if (v && v->type == LP_GGUF_ARRAY) {
+            if (c->arch != LP_ARCH_OPENELM)
+                return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: key %s is an array (per-layer values): only openelm has them",
+                               path, key);
+            if (v->v.arr.n != (uint64_t)c->n_layer)
+                return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s has %llu entries but %s.block_count = %d", path, key,
+                               (unsigned long long)v->v.arr.n, c->arch_name, c->n_layer);
+            for (int il = 0; il < c->n_layer; il++) {
+                int64_t x;
+                if (!lp_gguf_arr_int(v, (uint64_t)il, &x) || x < 1 || x > (d == 2 ? LP_LLAMA_MAX_DIM : LP_LLAMA_MAX_HEAD))
+                    return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: entry %d is not a count in range", path, key, il);
+                c->layer_dims[il * 3 + d] = (int)x;
+                if ((int)x > *maxes[d]) *maxes[d] = (int)x;
+            }
+        } else {
+            int x = d == 1 ? c->n_head : 0; /* kv heads default to heads */
+            if ((st = read_dim(g, path, key, d != 1, d == 2 ? LP_LLAMA_MAX_DIM : LP_LLAMA_MAX_HEAD, &x, err)) != LOUPE_OK)
+                return st;
+            for (int il = 0; il < c->n_layer; il++) c->layer_dims[il * 3 + d] = x;
+            *maxes[d] = x;
+        }
+    }
+    for (int il = 0; il < c->n_layer; il++) {
+        const int h = c->layer_dims[il * 3], hkv = c->layer_dims[il * 3 + 1];
+        if (h % hkv != 0) {
+            arch_key(key, sizeof key, c, "attention.head_count_kv");
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s = %d does not divide %s.attention.head_count = %d (layer %d)",
+                           path, key, hkv, c->arch_name, h, il);
+        }
     }
 
     c->head_dim = c->n_embd / c->n_head;
@@ -247,8 +281,11 @@ static loupe_status maybe(lp_weight_store *ws, const char *name, int64_t ne0, in
 
 static loupe_status load_layer(lp_weight_store *ws, const lp_llama_config *c, const lp_flash_layout *fl, int il,
                                lp_llama_layer *L, lp_error *err) {
-    const int64_t E = c->n_embd, F = c->n_ff;
-    const int64_t Dq = (int64_t)c->n_head * c->head_dim, Dkv = (int64_t)c->n_head_kv * c->head_dim;
+    L->n_head = c->layer_dims[il * 3];
+    L->n_head_kv = c->layer_dims[il * 3 + 1];
+    L->n_ff = c->layer_dims[il * 3 + 2];
+    const int64_t E = c->n_embd, F = L->n_ff;
+    const int64_t Dq = (int64_t)L->n_head * c->head_dim, Dkv = (int64_t)L->n_head_kv * c->head_dim;
     char name[96];
     loupe_status st;
 #define LP_T(req, suffix, ne0, ne1, dst)                                            \
@@ -258,17 +295,27 @@ static loupe_status load_layer(lp_weight_store *ws, const lp_llama_config *c, co
         if (st != LOUPE_OK) return st;                                              \
     } while (0)
 
+    const bool elm = c->arch == LP_ARCH_OPENELM;
     snprintf(name, sizeof name, "blk.%d.attn_qkv.weight", il);
-    if (lp_gguf_find_tensor(ws->gguf, name) >= 0) {
-        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: fused QKV weights are not supported", model_path(ws), name);
+    if (!elm && lp_gguf_find_tensor(ws->gguf, name) >= 0) {
+        return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: fused QKV weights are not supported for %s", model_path(ws),
+                       name, c->arch_name);
     }
     LP_T(true, "attn_norm.weight", E, 0, &L->attn_norm);
-    LP_T(true, "attn_q.weight", E, Dq, &L->wq);
-    LP_T(true, "attn_k.weight", E, Dkv, &L->wk);
-    LP_T(true, "attn_v.weight", E, Dkv, &L->wv);
-    LP_T(false, "attn_q.bias", Dq, 0, &L->bq);
-    LP_T(false, "attn_k.bias", Dkv, 0, &L->bk);
-    LP_T(false, "attn_v.bias", Dkv, 0, &L->bv);
+    if (elm) { /* fused q|k|v rows; per-head q/k norms; no biases */
+        absent(&L->wq), absent(&L->wk), absent(&L->wv), absent(&L->bq), absent(&L->bk), absent(&L->bv);
+        LP_T(true, "attn_qkv.weight", E, Dq + 2 * Dkv, &L->wqkv);
+        LP_T(true, "attn_q_norm.weight", c->head_dim, 0, &L->q_norm);
+        LP_T(true, "attn_k_norm.weight", c->head_dim, 0, &L->k_norm);
+    } else {
+        absent(&L->wqkv), absent(&L->q_norm), absent(&L->k_norm);
+        LP_T(true, "attn_q.weight", E, Dq, &L->wq);
+        LP_T(true, "attn_k.weight", E, Dkv, &L->wk);
+        LP_T(true, "attn_v.weight", E, Dkv, &L->wv);
+        LP_T(false, "attn_q.bias", Dq, 0, &L->bq);
+        LP_T(false, "attn_k.bias", Dkv, 0, &L->bk);
+        LP_T(false, "attn_v.bias", Dkv, 0, &L->bv);
+    }
     LP_T(true, "attn_output.weight", Dq, E, &L->wo);
     LP_T(false, "attn_output.bias", E, 0, &L->bo);
     LP_T(true, "ffn_norm.weight", E, 0, &L->ffn_norm);
@@ -339,9 +386,13 @@ static loupe_status load_tensors(lp_weight_store *ws, lp_llama *m, lp_error *err
     if (m->flash) {
         if ((st = lp_flash_layout_read(ws->gguf, &m->fl, err)) != LOUPE_OK) return st;
         m->pred_svd = strcmp(m->fl.predictor, "svd") == 0;
-        if (m->fl.n_embd != c->n_embd || m->fl.n_ff != c->n_ff || m->fl.n_layer != c->n_layer) {
+        if (m->fl.n_embd != c->n_embd || m->fl.n_layer != c->n_layer) {
             return lp_fail(err, LOUPE_ERR_FORMAT, "%s: the flash layout's shape does not match the decoder's keys", path);
         }
+        for (int il = 0; il < c->n_layer; il++)
+            if (lp_flash_layer_n_ff(&m->fl, il) != c->layer_dims[il * 3 + 2])
+                return lp_fail(err, LOUPE_ERR_FORMAT, "%s: the flash layout's layer %d has %d neurons, the decoder's keys %d",
+                               path, il, lp_flash_layer_n_ff(&m->fl, il), c->layer_dims[il * 3 + 2]);
     }
     for (int il = 0; il < c->n_layer; il++) {
         lp_llama_layer *L = &m->w.layers[il];
@@ -377,6 +428,7 @@ lp_llama *lp_llama_load(lp_weight_store *ws, lp_error *err) {
 
 void lp_llama_free(lp_llama *m) {
     if (!m) return;
+    free(m->cfg.layer_dims);
     free(m->w.layers);
     free(m);
 }
@@ -432,6 +484,7 @@ lp_llama_state *lp_llama_state_new_ex(const lp_llama *m, int n_ctx, int n_batch,
     s->xb2 = alloc3((size_t)n_batch, (size_t)c->n_embd, sizeof(float));
     s->q = alloc3((size_t)n_batch, q_dim, sizeof(float));
     s->att = alloc3((size_t)n_batch, q_dim, sizeof(float));
+    if (c->arch == LP_ARCH_OPENELM) s->qkv = alloc3((size_t)n_batch, q_dim + 2 * kv_dim, sizeof(float));
     s->hb = alloc3((size_t)n_batch, (size_t)c->n_ff, sizeof(float));
     s->hb2 = alloc3((size_t)n_batch, (size_t)c->n_ff, sizeof(float));
     s->vec = alloc3(vec, 1, sizeof(float));
@@ -465,6 +518,7 @@ lp_llama_state *lp_llama_state_new_ex(const lp_llama *m, int n_ctx, int n_batch,
                    s->ffn_rows && s->ffn_g && s->ffn_u && s->ffn_tg && s->ffn_tu && s->ffn_ready && s->ffn_sub && s->pnl_g && s->pnl_u && s->pnl_d && s->pnl_h && s->pnl_h2;
     }
     if (!flash_ok || !s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->att || !s->hb || !s->hb2 ||
+        (c->arch == LP_ARCH_OPENELM && !s->qkv) ||
         !s->vec || !s->emb || !s->emb_rows || !s->emb_ids) {
         double mib = 2.0 * (double)c->n_layer * n_ctx * (double)kv_dim * sizeof(float) / (1024.0 * 1024.0);
         lp_fail(err, LOUPE_ERR_NOMEM, "lp_llama_state_new: out of memory for n_ctx = %d (KV cache %.1f MiB)", n_ctx, mib);
@@ -487,6 +541,7 @@ void lp_llama_state_free(lp_llama_state *s) {
     free(s->xb2);
     free(s->q);
     free(s->att);
+    free(s->qkv);
     free(s->hb);
     free(s->hb2);
     free(s->vec);
@@ -638,8 +693,8 @@ static loupe_status attention_scratch(lp_llama_state *s, lp_pool *pool, lp_error
 
 /* RoPE of one token's q (n_head rows) and k (n_head_kv rows). pos: NULL
  * (position n_past + i), or this token's first id with ids stride apart. */
-static void rope_token(const lp_llama_config *c, float *q, float *k, int64_t p_default, const int32_t *pos,
-                       int64_t stride) {
+static void rope_token(const lp_llama_config *c, const lp_llama_layer *L, float *q, float *k, int64_t p_default,
+                       const int32_t *pos, int64_t stride) {
     if (c->mrope) {
         int32_t p4[4];
         if (pos) {
@@ -648,25 +703,26 @@ static void rope_token(const lp_llama_config *c, float *q, float *k, int64_t p_d
             p4[0] = p4[1] = p4[2] = (int32_t)p_default;
             p4[3] = 0;
         }
-        lp_rope_mrope(q, c->n_head, c->head_dim, c->n_rot, p4, c->rope_sections, c->rope_base);
-        lp_rope_mrope(k, c->n_head_kv, c->head_dim, c->n_rot, p4, c->rope_sections, c->rope_base);
+        lp_rope_mrope(q, L->n_head, c->head_dim, c->n_rot, p4, c->rope_sections, c->rope_base);
+        lp_rope_mrope(k, L->n_head_kv, c->head_dim, c->n_rot, p4, c->rope_sections, c->rope_base);
         return;
     }
     const int64_t p = pos ? (int64_t)pos[0] : p_default;
-    lp_rope(q, c->n_head, c->head_dim, c->n_rot, p, c->rope_base, c->rope_mode);
-    lp_rope(k, c->n_head_kv, c->head_dim, c->n_rot, p, c->rope_base, c->rope_mode);
+    lp_rope(q, L->n_head, c->head_dim, c->n_rot, p, c->rope_base, c->rope_mode);
+    lp_rope(k, L->n_head_kv, c->head_dim, c->n_rot, p, c->rope_base, c->rope_mode);
 }
 
 static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, int B, const int32_t *pos,
                                       int64_t pos_stride, lp_pool *pool, lp_error *err) {
     const lp_llama_config *c = &m->cfg;
     const lp_llama_layer *L = &m->w.layers[il];
-    const int64_t E = c->n_embd;
-    const int64_t q_dim = (int64_t)c->n_head * c->head_dim;
-    const int64_t kv_dim = (int64_t)c->n_head_kv * c->head_dim;
+    const int64_t E = c->n_embd, hd = c->head_dim;
+    const int64_t q_dim = (int64_t)L->n_head * hd;                   /* this layer's */
+    const int64_t kv_dim = (int64_t)L->n_head_kv * hd;
+    const int64_t kv_max = (int64_t)c->n_head_kv * hd;               /* the cache's per-layer block width */
     const int64_t pos0 = s->n_past;
-    float *k_layer = s->k_cache + (int64_t)il * s->n_ctx * kv_dim; // (n_ctx, kv_dim)
-    float *v_layer = s->v_cache + (int64_t)il * s->n_ctx * kv_dim; // (n_ctx, kv_dim)
+    float *k_layer = s->k_cache + (int64_t)il * s->n_ctx * kv_max; // (n_ctx, kv_dim) rows
+    float *v_layer = s->v_cache + (int64_t)il * s->n_ctx * kv_max; // (n_ctx, kv_dim)
     float *k_new = k_layer + pos0 * kv_dim;                          // (B, kv_dim) rows of this call
     float *v_new = v_layer + pos0 * kv_dim;                          // (B, kv_dim)
     loupe_status st;
@@ -674,17 +730,34 @@ static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, in
     // xb = rmsnorm(x) * attn_norm
     if ((st = rmsnorm_rows(m, s, &L->attn_norm, s->xb, s->x, B, E, err)) != LOUPE_OK) return st;
 
-    // q, k, v projections; k and v land directly in the cache
-    if ((st = linear(m, s, &L->wq, s->xb, s->q, B, pool, err)) != LOUPE_OK) return st;
-    if ((st = add_bias(m, s, &L->bq, s->q, B, q_dim, err)) != LOUPE_OK) return st;
-    if ((st = linear(m, s, &L->wk, s->xb, k_new, B, pool, err)) != LOUPE_OK) return st;
-    if ((st = add_bias(m, s, &L->bk, k_new, B, kv_dim, err)) != LOUPE_OK) return st;
-    if ((st = linear(m, s, &L->wv, s->xb, v_new, B, pool, err)) != LOUPE_OK) return st;
-    if ((st = add_bias(m, s, &L->bv, v_new, B, kv_dim, err)) != LOUPE_OK) return st;
+    if (present(&L->wqkv)) {
+        // openelm: qkv (B, q_dim + 2 kv_dim) = xb Wqkv^T, split into q and the cache
+        const int64_t w = q_dim + 2 * kv_dim;
+        if ((st = linear(m, s, &L->wqkv, s->xb, s->qkv, B, pool, err)) != LOUPE_OK) return st;
+        for (int i = 0; i < B; i++) {
+            const float *r = s->qkv + i * w;
+            memcpy(s->q + i * q_dim, r, (size_t)q_dim * sizeof(float));
+            memcpy(k_new + i * kv_dim, r + q_dim, (size_t)kv_dim * sizeof(float));
+            memcpy(v_new + i * kv_dim, r + q_dim + kv_dim, (size_t)kv_dim * sizeof(float));
+        }
+        // each q and k head RMS-normalised over head_dim (llama.cpp: build_norm on the (hd, heads) view)
+        if ((st = load_vec(m, &L->q_norm, s->vec, err)) != LOUPE_OK) return st;
+        for (int64_t r = 0; r < (int64_t)B * L->n_head; r++) lp_rmsnorm(s->q + r * hd, s->q + r * hd, s->vec, hd, c->rms_eps);
+        if ((st = load_vec(m, &L->k_norm, s->vec, err)) != LOUPE_OK) return st;
+        for (int64_t r = 0; r < (int64_t)B * L->n_head_kv; r++) lp_rmsnorm(k_new + r * hd, k_new + r * hd, s->vec, hd, c->rms_eps);
+    } else {
+        // q, k, v projections; k and v land directly in the cache
+        if ((st = linear(m, s, &L->wq, s->xb, s->q, B, pool, err)) != LOUPE_OK) return st;
+        if ((st = add_bias(m, s, &L->bq, s->q, B, q_dim, err)) != LOUPE_OK) return st;
+        if ((st = linear(m, s, &L->wk, s->xb, k_new, B, pool, err)) != LOUPE_OK) return st;
+        if ((st = add_bias(m, s, &L->bk, k_new, B, kv_dim, err)) != LOUPE_OK) return st;
+        if ((st = linear(m, s, &L->wv, s->xb, v_new, B, pool, err)) != LOUPE_OK) return st;
+        if ((st = add_bias(m, s, &L->bv, v_new, B, kv_dim, err)) != LOUPE_OK) return st;
+    }
 
     // rotary position embedding of q and k, token i at position pos0 + i (or the given ids)
     for (int i = 0; i < B; i++) {
-        rope_token(c, s->q + i * q_dim, k_new + i * kv_dim, pos0 + i, pos ? pos + i : NULL, pos_stride);
+        rope_token(c, L, s->q + i * q_dim, k_new + i * kv_dim, pos0 + i, pos ? pos + i : NULL, pos_stride);
     }
     if (s->kv_f16) {
         round_f16(k_new, B * kv_dim);
@@ -695,7 +768,7 @@ static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, in
     // causal grouped-query attention over positions 0..pos0+B-1
     const float scale = 1.0f / sqrtf((float)c->head_dim);
     if ((st = attention_scratch(s, pool, err)) != LOUPE_OK) return st;
-    if (!lp_attention_ex(s->att, s->q, k_layer, v_layer, B, (int)(pos0 + B), c->n_head, c->n_head_kv, c->head_dim,
+    if (!lp_attention_ex(s->att, s->q, k_layer, v_layer, B, (int)(pos0 + B), L->n_head, L->n_head_kv, c->head_dim,
                          pos0, true, scale, s->att_scratch, s->att_scratch_bytes, pool)) {
         return lp_fail(err, LOUPE_ERR_NOMEM, "%s: blk.%d: attention failed (out of memory)", model_path(m->ws), il);
     }
@@ -713,7 +786,7 @@ static loupe_status attention_forward(lp_llama *m, lp_llama_state *s, int il, in
 static loupe_status ffn_forward(lp_llama *m, lp_llama_state *s, int il, int B, lp_pool *pool, lp_error *err) {
     const lp_llama_config *c = &m->cfg;
     const lp_llama_layer *L = &m->w.layers[il];
-    const int64_t E = c->n_embd, F = c->n_ff;
+    const int64_t E = c->n_embd, F = L->n_ff;
     loupe_status st;
 
     // xb = rmsnorm(x) * ffn_norm
@@ -763,7 +836,7 @@ static float kth_largest(float *a, int n, int k) {
  * s->ffn_ids; returns their count. xb (n_embd) is the normed FFN input. */
 static loupe_status ffn_select(lp_llama *m, lp_llama_state *s, int il, lp_pool *pool, int *n_out, lp_error *err) {
     const lp_llama_layer *L = &m->w.layers[il];
-    const int F = m->cfg.n_ff;
+    const int F = m->w.layers[il].n_ff;
     const bool sparse = (s->ffn_keep < 1.0f || s->ffn_threshold > 0.0f) && present(&L->ffn_pred_a);
     if (!sparse) {
         for (int i = 0; i < F; i++) s->ffn_ids[i] = i;
@@ -813,7 +886,7 @@ static loupe_status ffn_decode_flash(lp_llama *m, lp_llama_state *s, int il, lp_
     int n_act = 0;
     if ((st = ffn_select(m, s, il, pool, &n_act, err)) != LOUPE_OK) return st;
     m->ws->stats.ffn_active += (uint64_t)n_act;
-    m->ws->stats.ffn_total += (uint64_t)m->cfg.n_ff;
+    m->ws->stats.ffn_total += (uint64_t)m->w.layers[il].n_ff;
     // optional biases, whole: hb (n_ff) gate, hb2 (n_ff) up
     if (present(&L->ffn_gate_b) && (st = load_vec(m, &L->ffn_gate_b, s->hb, err)) != LOUPE_OK) return st;
     if (present(&L->ffn_up_b) && (st = load_vec(m, &L->ffn_up_b, s->hb2, err)) != LOUPE_OK) return st;
@@ -870,7 +943,7 @@ static loupe_status ffn_prefill_flash(lp_llama *m, lp_llama_state *s, int il, in
     const lp_llama_layer *L = &m->w.layers[il];
     const lp_flash_layout *fl = &m->fl;
     const int64_t E = m->cfg.n_embd;
-    const int F = m->cfg.n_ff;
+    const int F = m->w.layers[il].n_ff;
     loupe_status st;
     if (present(&L->ffn_gate_b) && (st = load_vec(m, &L->ffn_gate_b, s->hb, err)) != LOUPE_OK) return st;
     if (present(&L->ffn_up_b) && (st = load_vec(m, &L->ffn_up_b, s->hb2, err)) != LOUPE_OK) return st;

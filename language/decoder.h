@@ -1,5 +1,5 @@
 /* language/decoder.h — the llama-architecture text decoder (llama, qwen2,
- * qwen2vl).
+ * qwen2vl, openelm).
  *
  * Computes what llama.cpp computes for general.architecture "llama",
  * "qwen2" and "qwen2vl" (no MoE, no RoPE scaling):
@@ -19,6 +19,15 @@
  *     h  = rmsnorm(x) * ffn_norm
  *     x = x + (silu(h Wgate^T) * (h Wup^T)) Wdown^T
  *   logits = (rmsnorm(x) * output_norm) Wout^T (+bout)   Wout = token_embd if tied
+ *
+ * OpenELM (general.architecture "openelm", llama.cpp's src/models/openelm.cpp):
+ * layer-wise scaling gives every layer its own head count, kv head count and
+ * FFN width ({arch}.attention.head_count, .head_count_kv and
+ * .feed_forward_length are arrays of block_count integers); q, k and v come
+ * from one blk.L.attn_qkv matrix whose output rows are the n_head q heads,
+ * then the n_head_kv k heads, then the v heads (head_dim each); every q and
+ * k head is RMS-normalised over head_dim with blk.L.attn_q_norm /
+ * attn_k_norm before NEOX RoPE; the output head is token_embd (tied).
  *
  * Weights come only through the lp_weight_store (language/weights.h); each
  * layer piece gets its tensors and releases them before the next piece.
@@ -92,19 +101,22 @@
 typedef enum lp_llama_arch {
     LP_ARCH_LLAMA = 0,
     LP_ARCH_QWEN2 = 1,
-    LP_ARCH_QWEN2VL = 2  /* qwen2 + M-RoPE */
+    LP_ARCH_QWEN2VL = 2, /* qwen2 + M-RoPE */
+    LP_ARCH_OPENELM = 3  /* per-layer heads and FFN widths, fused QKV, per-head q/k RMSNorm, NEOX */
 } lp_llama_arch;
 
 /* Hyperparameters, read from "{arch}.*" keys and checked against the tensors. */
 typedef struct lp_llama_config {
     lp_llama_arch arch;
-    char arch_name[16];  /* "llama" / "qwen2" / "qwen2vl" */
+    char arch_name[16];  /* "llama" / "qwen2" / "qwen2vl" / "openelm" */
     int n_vocab;         /* token_embd rows */
     int n_embd;          /* {arch}.embedding_length */
     int n_layer;         /* {arch}.block_count */
-    int n_ff;            /* {arch}.feed_forward_length */
-    int n_head;          /* {arch}.attention.head_count */
-    int n_head_kv;       /* {arch}.attention.head_count_kv (default n_head) */
+    int n_ff;            /* {arch}.feed_forward_length (openelm: the largest layer's) */
+    int n_head;          /* {arch}.attention.head_count (openelm: the largest layer's) */
+    int n_head_kv;       /* {arch}.attention.head_count_kv (default n_head; openelm: largest) */
+    int *layer_dims;     /* (n_layer, 3): each layer's heads, kv heads and FFN width
+                            (openelm: from the per-layer arrays; else the scalars) */
     int head_dim;        /* {arch}.attention.key_length (default n_embd / n_head) */
     int n_rot;           /* {arch}.rope.dimension_count (default head_dim; must equal it) */
     int n_ctx_train;     /* {arch}.context_length */
@@ -118,8 +130,12 @@ typedef struct lp_llama_config {
 
 /* Per-layer tensor handles (lp_tensor.id < 0 marks an absent optional one). */
 typedef struct lp_llama_layer {
+    int n_head, n_head_kv, n_ff;      /* this layer's (openelm varies them per layer) */
     lp_tensor attn_norm;              /* (n_embd) */
     lp_tensor wq, wk, wv;             /* (n_head*hd, n_embd), (n_head_kv*hd, n_embd) x2 */
+    lp_tensor wqkv;                   /* openelm instead: ((n_head + 2 n_head_kv)*hd, n_embd),
+                                         rows q heads | k heads | v heads */
+    lp_tensor q_norm, k_norm;         /* openelm: (hd) RMSNorm of each q / k head, before RoPE */
     lp_tensor bq, bk, bv;             /* optional biases (qwen2 has them) */
     lp_tensor wo;                     /* (n_embd, n_head*hd) */
     lp_tensor bo;                     /* optional (n_embd) */
@@ -190,6 +206,7 @@ typedef struct lp_llama_state {
     float *xb2;       // (n_batch, n_embd) output of a piece before the residual add
     float *q;         // (n_batch, n_head*head_dim)
     float *att;       // (n_batch, n_head*head_dim) attention output before Wo
+    float *qkv;       // (n_batch, (n_head + 2 n_head_kv)*head_dim) fused-QKV output (openelm only)
     float *hb;        // (n_batch, n_ff) gate, then silu(gate)*up
     float *hb2;       // (n_batch, n_ff) up
     float *vec;       // (max(n_embd, n_ff, n_head*head_dim, n_vocab)) a dequantized norm weight or bias

@@ -88,6 +88,13 @@ typedef struct lp_flash_layout {
     char predictor[16];                      /* "svd", "lowrank", "none" */
 } lp_flash_layout;
 
+/* Neurons of layer l (every layer has n_ff: the flash layout is written for
+ * decoders with one FFN width; openelm files are refused by the converter). */
+static inline int lp_flash_layer_n_ff(const lp_flash_layout *fl, int l) {
+    (void)l;
+    return fl->n_ff;
+}
+
 /* true if the GGUF carries loupe.flash.version. */
 bool lp_flash_is_flash(const lp_gguf *g);
 

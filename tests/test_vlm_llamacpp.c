@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../fusion/boxes.h"
 #include "../fusion/vlm.h"
@@ -67,6 +68,9 @@ static const family MOBILEVLM_V2 = {"tests/fixtures/mobilevlm/", "ldpv2-", "What
 /* ... and MobileVLM (v1)'s ldp projector */
 static const family MOBILEVLM_V1 = {"tests/fixtures/mobilevlm/", "ldp-", "What is in the image?", false, LP_VLM_LLAVA,
                                     "tests/fixtures/parity/tiny-f32.gguf", ""};
+/* an OpenELM decoder (per-layer heads and FFN widths, fused QKV, q/k norms,
+ * tied output) under a LLaVA-style mlp mmproj (vicuna template, no system text) */
+static const family OPENELM = {"tests/fixtures/openelm/", "", "What is in the image?", false, LP_VLM_LLAVA, NULL, ""};
 #define QWEN_DIR "tests/fixtures/qwen25vl/"
 static const family QWEN = {QWEN_DIR, "", "Locate the cup in the image, output its bbox coordinates using JSON format.",
                             true, LP_VLM_QWEN25VL, NULL, NULL};
@@ -388,6 +392,73 @@ static void test_mobilevlm(void **state) {
     }
 }
 
+/* OpenELM as the decoder of a VLM pair against llama.cpp's openelm graph. */
+static void test_openelm(void **state) {
+    (void)state;
+    fixture f;
+    open_pair(&f, &OPENELM, 0, 0);
+    const lp_llama_config *c = lp_llama_get_config(f.lm);
+    assert_int_equal(c->arch, LP_ARCH_OPENELM);
+    assert_true(c->tied_output);
+    assert_int_not_equal(c->layer_dims[0], c->layer_dims[3]);     /* heads differ per layer */
+    assert_int_not_equal(c->layer_dims[2], c->layer_dims[3 + 2]); /* and FFN widths */
+    check_image(&f, 448, 448);
+    check_image(&f, 1280, 853);
+    close_pair(&f);
+}
+
+/* Copy an OpenELM GGUF with one change: a tensor dropped or replaced by one
+ * of another shape, or a per-layer array cut short; then load it. */
+static void openelm_broken(const char *drop, const int64_t *new_ne, const char *cut_key, const char *want) {
+    lp_error err = {0};
+    lp_gguf *g = lp_gguf_open("tests/fixtures/openelm/tiny-f32.gguf", &err);
+    assert_non_null(g);
+    lp_gguf_writer *w = lp_gguf_writer_new();
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        lp_gguf_value v = g->kv[i].val;
+        if (cut_key && !strcmp(g->kv[i].key, cut_key)) v.v.arr.n--;
+        assert_int_equal(lp_gguf_writer_set_value(w, g->kv[i].key, &v), LOUPE_OK);
+    }
+    float *junk = calloc(1 << 16, sizeof(float));
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const lp_gguf_tensor *t = &g->tensors[i];
+        if (drop && !strcmp(t->name, drop)) {
+            if (new_ne) assert_int_equal(lp_gguf_writer_add_tensor(w, t->name, LP_TYPE_F32, 2, new_ne, junk), LOUPE_OK);
+            continue;
+        }
+        assert_int_equal(lp_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data), LOUPE_OK);
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/loupe-test-elm-%d.gguf", (int)getpid());
+    assert_int_equal(lp_gguf_writer_write(w, path, &err), LOUPE_OK);
+    lp_gguf_writer_free(w);
+    lp_gguf_close(g);
+    free(junk);
+    lp_gguf *b = lp_gguf_open(path, &err);
+    assert_non_null(b);
+    lp_weight_store *ws = lp_weights_resident(b, &err);
+    assert_non_null(ws);
+    lp_llama *m = lp_llama_load(ws, &err);
+    if (m || !strstr(err.msg, want) || !strstr(err.msg, path))
+        fail_msg("loaded=%d, error \"%s\", wanted \"%s\" and the path", m != NULL, err.msg, want);
+    printf("    refused: %s\n", err.msg);
+    lp_ws_free(ws);
+    lp_gguf_close(b);
+    unlink(path);
+}
+
+/* OpenELM files that do not fit together are refused, naming the file and the part. */
+static void test_openelm_errors(void **state) {
+    (void)state;
+    openelm_broken(NULL, NULL, "openelm.attention.head_count", "openelm.attention.head_count has 2 entries");
+    openelm_broken(NULL, NULL, "openelm.feed_forward_length", "openelm.feed_forward_length has 2 entries");
+    openelm_broken("blk.1.attn_q_norm.weight", NULL, NULL, "blk.1.attn_q_norm.weight");
+    const int64_t bad_qkv[2] = {24, 40}; /* layer 1 needs (4 + 2*2) * 8 = 64 rows */
+    openelm_broken("blk.1.attn_qkv.weight", bad_qkv, NULL, "blk.1.attn_qkv.weight has shape [24, 40");
+    const int64_t bad_up[2] = {24, 16}; /* layer 2's FFN is 48 wide */
+    openelm_broken("blk.2.ffn_up.weight", bad_up, NULL, "blk.2.ffn_up.weight has shape [24, 16");
+}
+
 static void test_qwen25vl(void **state) {
     (void)state;
     /* 56×56: below the 8-token minimum (upscaled); 2400×1600: above the 4096-token maximum */
@@ -604,6 +675,8 @@ int main(void) {
         cmocka_unit_test(test_internvl),
         cmocka_unit_test(test_internvl_qk_norm),
         cmocka_unit_test(test_mobilevlm),
+        cmocka_unit_test(test_openelm),
+        cmocka_unit_test(test_openelm_errors),
         cmocka_unit_test(test_qwen25vl),
         cmocka_unit_test(test_qwen25vl_token_limits),
         cmocka_unit_test(test_qwen25vl_box_geometry),

@@ -47,6 +47,15 @@
  *     quantizer has a similar fallback (it uses q5_0/q5_1, which loupe does
  *     not quantize). tools/gen_model prints every fallback.
  *
+ *   gen_model --family openelm --shape tiny|openelm-270m|openelm-450m|openelm-1.1b|openelm-3b
+ *             --type ... --seed S --out PREFIX [--ldp|--ldpv2]
+ *
+ * writes PREFIX.gguf, an OpenELM decoder as llama.cpp's converter writes one
+ * (see gen_openelm_llm), and PREFIX-mmproj.gguf, a LLaVA-style (or MobileVLM
+ * ldp/ldpv2) mmproj whose projector ends at the OpenELM width, so the pair
+ * runs as a VLM (tiny: a 32-wide one-layer tower; real shapes: CLIP ViT-L/14
+ * at 336 px).
+ *
  *   gen_model --family internvl --shape tiny|internvl3-1b [--qk-norm]
  *             --type f32|f16|q8_0|q4_0|q4_K --seed S --out PREFIX
  *   gen_model --family qwen25vl --shape tiny|qwen2.5-vl-3b
@@ -401,6 +410,25 @@ static void free_vocab(vocab *v) {
     free(v->type);
 }
 
+/* The synthetic SentencePiece vocabulary as llama.cpp's converter writes a
+ * LLaMA tokenizer (model "llama", BOS 1, EOS 2, UNK 0). */
+static void write_spm_vocab(lp_gguf_writer *w, int n_vocab, int region) {
+    vocab v;
+    make_vocab(&v, n_vocab, region);
+    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama"), "kv");
+    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.pre", "default"), "kv");
+    check(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tok, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_arr(w, "tokenizer.ggml.scores", LP_GGUF_FLOAT32, v.score, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", LP_GGUF_INT32, v.type, (uint64_t)v.n), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0), "kv");
+    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 0), "kv");
+    check(lp_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true), "kv");
+    check(lp_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", false), "kv");
+    free_vocab(&v);
+}
+
 /* ---------------------------------------------------------------- models */
 
 /* The decoder blocks, in the order llama.cpp's converters write them:
@@ -449,20 +477,7 @@ static void gen_llm(const shape *sh, lp_type t, const char *path, const char *na
     check(lp_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f), "kv");
     check(lp_gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f), "kv");
 
-    vocab v;
-    make_vocab(&v, sh->n_vocab, region);
-    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama"), "kv");
-    check(lp_gguf_writer_set_str(w, "tokenizer.ggml.pre", "default"), "kv");
-    check(lp_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tok, (uint64_t)v.n), "kv");
-    check(lp_gguf_writer_set_arr(w, "tokenizer.ggml.scores", LP_GGUF_FLOAT32, v.score, (uint64_t)v.n), "kv");
-    check(lp_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", LP_GGUF_INT32, v.type, (uint64_t)v.n), "kv");
-    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1), "kv");
-    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2), "kv");
-    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0), "kv");
-    check(lp_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 0), "kv");
-    check(lp_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true), "kv");
-    check(lp_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", false), "kv");
-    free_vocab(&v);
+    write_spm_vocab(w, sh->n_vocab, region);
 
     const int64_t E = sh->n_embd, hd = sh->n_embd / sh->n_head, kv = hd * sh->n_head_kv, F = sh->n_ff;
     /* token embeddings: unit-variance rows (rmsnorm follows) */
@@ -987,11 +1002,151 @@ static int gen_vl(const char *family, const char *shape_name, lp_type t, unsigne
 
 /* ---------------------------------------------------------------- main */
 
+
+/* ---------------------------------------------------------------- OpenELM */
+
+/* Apple's OpenELM configs (configuration_openelm.py): layer-wise scaling.
+ * Layer l of L gets qkv multiplier q_l and FFN multiplier f_l, linearly
+ * spaced and rounded to 2 decimals; query width = make_divisible(D * q_l,
+ * head_dim * gqa), heads = width / head_dim, kv heads = heads / gqa, FFN
+ * width = make_divisible(D * f_l, ffn_divisor). (270M: heads 12..20, kv
+ * 3..5, FFN 768..5120, as its config.json lists.) */
+typedef struct elm_shape {
+    const char *name;
+    int n_layer, n_embd, head_dim, gqa, ffn_div, n_vocab, n_ctx;
+    double q_min, q_max, f_min, f_max;
+    const char *vision; /* the llava shape whose tower the mmproj gets */
+} elm_shape;
+
+static const elm_shape ELM_SHAPES[] = {
+    {"tiny", 3, 24, 8, 2, 16, 270, 512, 0.5, 1.0, 0.5, 2.0, "tiny"},
+    {"openelm-270m", 16, 1280, 64, 4, 256, 32000, 2048, 0.5, 1.0, 0.5, 4.0, "llava-7b"},
+    {"openelm-450m", 20, 1536, 64, 4, 256, 32000, 2048, 0.5, 1.0, 0.5, 4.0, "llava-7b"},
+    {"openelm-1.1b", 28, 2048, 64, 4, 256, 32000, 2048, 0.5, 1.0, 0.5, 4.0, "llava-7b"},
+    {"openelm-3b", 36, 3072, 128, 4, 256, 32000, 2048, 0.5, 1.0, 0.5, 4.0, "llava-7b"},
+};
+
+static int make_divisible(double v, int div) {
+    int n = (int)(v + div / 2.0) / div * div;
+    if (n < div) n = div;
+    if (n < 0.9 * v) n += div;
+    return n;
+}
+
+static double linspace_round2(double a, double b, int i, int n) {
+    double x = n > 1 ? a + (b - a) * i / (n - 1) : a;
+    return round(x * 100.0) / 100.0;
+}
+
+static void elm_layer_dims(const elm_shape *sh, int l, int *h, int *hkv, int *ff) {
+    int qd = make_divisible(sh->n_embd * linspace_round2(sh->q_min, sh->q_max, l, sh->n_layer), sh->head_dim * sh->gqa);
+    *h = qd / sh->head_dim;
+    *hkv = *h / sh->gqa;
+    *ff = make_divisible(sh->n_embd * linspace_round2(sh->f_min, sh->f_max, l, sh->n_layer), sh->ffn_div);
+}
+
+/* The decoder as llama.cpp's convert_hf_to_gguf.py (conversion/openelm.py)
+ * writes it: per-layer arrays for heads, kv heads and FFN widths, fused
+ * attn_qkv, per-head q/k norms, proj_1 split into ffn_gate/ffn_up, no
+ * output.weight (tied), RMS eps 1e-6. */
+static void gen_openelm_llm(const elm_shape *sh, lp_type t, const char *path, const char *name) {
+    gen g = {lp_gguf_writer_new(), {0}, path};
+    lp_gguf_writer *w = g.w;
+    const int L = sh->n_layer;
+    const int64_t E = sh->n_embd, hd = sh->head_dim;
+    int32_t heads[64], kvh[64], ffs[64];
+    for (int l = 0; l < L; l++) elm_layer_dims(sh, l, &heads[l], &kvh[l], &ffs[l]);
+    check(lp_gguf_writer_set_str(w, "general.architecture", "openelm"), "kv");
+    check(lp_gguf_writer_set_str(w, "general.name", name), "kv");
+    check(lp_gguf_writer_set_u32(w, "general.file_type", ftype_of(t)), "kv");
+    lp_gguf_writer_set_alignment(w, 32);
+    check(lp_gguf_writer_set_u32(w, "openelm.block_count", (uint32_t)L), "kv");
+    check(lp_gguf_writer_set_u32(w, "openelm.context_length", (uint32_t)sh->n_ctx), "kv");
+    check(lp_gguf_writer_set_u32(w, "openelm.embedding_length", (uint32_t)E), "kv");
+    check(lp_gguf_writer_set_arr(w, "openelm.feed_forward_length", LP_GGUF_INT32, ffs, (uint64_t)L), "kv");
+    check(lp_gguf_writer_set_arr(w, "openelm.attention.head_count", LP_GGUF_INT32, heads, (uint64_t)L), "kv");
+    check(lp_gguf_writer_set_arr(w, "openelm.attention.head_count_kv", LP_GGUF_INT32, kvh, (uint64_t)L), "kv");
+    check(lp_gguf_writer_set_f32(w, "openelm.rope.freq_base", 10000.0f), "kv");
+    check(lp_gguf_writer_set_f32(w, "openelm.attention.layer_norm_rms_epsilon", 1e-6f), "kv");
+    check(lp_gguf_writer_set_u32(w, "openelm.rope.dimension_count", (uint32_t)hd), "kv");
+    check(lp_gguf_writer_set_u32(w, "openelm.attention.key_length", (uint32_t)hd), "kv");
+    check(lp_gguf_writer_set_u32(w, "openelm.attention.value_length", (uint32_t)hd), "kv");
+    write_spm_vocab(w, sh->n_vocab, 0);
+    {   /* small rows: with a tied head, unit-variance ones make every random
+         * model predict its input token back (a greedy answer of one repeated
+         * token tests little); the blocks' outputs dominate instead */
+        int64_t ne[2] = {E, sh->n_vocab};
+        add(&g, "token_embd.weight", pick_type(t, E, path, "token_embd.weight"), 2, ne, INIT_NORMAL, 0.2);
+    }
+    char nm[96];
+    for (int l = 0; l < L; l++) {
+        const int64_t qd = heads[l] * hd, kd = kvh[l] * hd, F = ffs[l];
+        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+        add_vec(&g, nm, E, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.attn_qkv.weight", l);
+        add_mat(&g, nm, t, E, qd + 2 * kd, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.attn_q_norm.weight", l);
+        add_vec(&g, nm, hd, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.attn_k_norm.weight", l);
+        add_vec(&g, nm, hd, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
+        add_mat(&g, nm, t, qd, E, 0.5);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+        add_vec(&g, nm, E, INIT_NORM);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
+        add_mat(&g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
+        add_mat(&g, nm, t, E, F, 1.0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
+        add_mat(&g, nm, t, F, E, 1.0);
+    }
+    add_vec(&g, "output_norm.weight", E, INIT_NORM);
+    for (int l = 0; l < L; l++) fprintf(stderr, "%s%d/%d/%d", l ? " " : "gen_model: layers (heads/kv/ffn) ", heads[l], kvh[l], ffs[l]);
+    fprintf(stderr, "\n");
+    write_file(&g, path);
+}
+
+static int gen_openelm(const char *shape_name, lp_type t, unsigned long long seed, const char *out, int ldpv2, int ldp) {
+    const elm_shape *sh = NULL;
+    for (size_t i = 0; i < sizeof ELM_SHAPES / sizeof ELM_SHAPES[0]; i++)
+        if (!strcmp(ELM_SHAPES[i].name, shape_name)) sh = &ELM_SHAPES[i];
+    if (!sh) {
+        fprintf(stderr, "gen_model: no shape '%s' for --family openelm\n", shape_name);
+        return 2;
+    }
+    size_t n = strlen(out);
+    char *p_llm = malloc(n + 16), *p_mm = malloc(n + 16), name[128];
+    if (!p_llm || !p_mm) return 1;
+    snprintf(p_llm, n + 16, "%s.gguf", out);
+    snprintf(p_mm, n + 16, "%s-mmproj.gguf", out);
+    g_rng = (uint64_t)seed * 0x100000001B3ull + 1;
+    g_have_spare = 0;
+    snprintf(name, sizeof name, "loupe-random-openelm-%s-%s-seed%llu", sh->name, lp_type_name(t), seed);
+    gen_openelm_llm(sh, t, p_llm, name);
+    /* a LLaVA-style (or MobileVLM ldp/ldpv2) mmproj whose projector ends at the OpenELM width */
+    shape vs = SHAPES[0];
+    for (size_t i = 0; i < sizeof SHAPES / sizeof SHAPES[0]; i++)
+        if (!strcmp(SHAPES[i].name, sh->vision)) vs = SHAPES[i];
+    vs.n_embd = sh->n_embd;
+    if (!strcmp(sh->name, "tiny")) { /* a smaller tower than llava's tiny: the fixture stays small */
+        vs.v_embd = 32, vs.v_ff = 32, vs.v_head = 2, vs.n_vit_gen = 2;
+    }
+    g_rng = (uint64_t)seed * 0x100000001B3ull + 2;
+    g_have_spare = 0;
+    snprintf(name, sizeof name, "loupe-random-openelm-%s-mmproj-%s-seed%llu", sh->name, lp_type_name(t), seed);
+    gen_mmproj(&vs, t, p_mm, name, 0, ldpv2, ldp);
+    free(p_llm);
+    free(p_mm);
+    return 0;
+}
+
 static void usage(void) {
     fprintf(stderr, "usage: gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K "
                     "--seed S --out PREFIX [--region-sampler]\n"
                     "       gen_model --family internvl --shape tiny|internvl3-1b [--qk-norm] ...\n"
                     "       gen_model --family qwen25vl --shape tiny|qwen2.5-vl-3b ...\n"
+                    "       gen_model --family openelm --shape tiny|openelm-270m|openelm-450m|openelm-1.1b|openelm-3b"
+                    " [--ldp|--ldpv2] ...\n"
                     "writes PREFIX.gguf (llama decoder) and PREFIX-mmproj.gguf (CLIP ViT + mlp projector)\n"
                     "--ldpv2 / --ldp: MobileVLM V2's / MobileVLM's projector instead of the mlp\n"
                     "--region-sampler: also a random Ferret region sampler (mm.region.*) in the mmproj and a\n"
@@ -1085,6 +1240,14 @@ int main(int argc, char **argv) {
     if (!out) {
         usage();
         return 2;
+    }
+    if (!strcmp(family, "openelm")) {
+        int ti = lp_type_from_name(type_name);
+        if (ti != LP_TYPE_F32 && ti != LP_TYPE_F16 && ti != LP_TYPE_Q8_0 && ti != LP_TYPE_Q4_0 && ti != LP_TYPE_Q4_K) {
+            usage();
+            return 2;
+        }
+        return gen_openelm(shape_name, (lp_type)ti, seed, out, ldpv2, ldp);
     }
     if (!strcmp(family, "internvl") || !strcmp(family, "qwen25vl")) {
         int ti = lp_type_from_name(type_name);
