@@ -264,11 +264,11 @@ static int layer_of(const char *name, const char **rest) {
 
 /* Order inside a layer in which the decoder asks for attention tensors. */
 static int attn_rank(const char *rest) {
-    static const char *order[] = {"attn_q.", "attn_k.", "attn_v.", "attn_output."};
-    for (int i = 0; i < 4; i++) {
+    static const char *order[] = {"attn_qkv.", "attn_q.", "attn_k.", "attn_v.", "attn_output."}; /* qkv: openelm */
+    for (int i = 0; i < 5; i++) {
         if (strncmp(rest, order[i], strlen(order[i])) == 0) return i * 2 + (strstr(rest, ".bias") ? 1 : 0);
     }
-    return 8;
+    return 10;
 }
 
 /* qsort_r comparators: the context comes as an argument (two stores may
@@ -605,10 +605,11 @@ static loupe_status bundles_begin(flash_store *s, int il, const int32_t *ids, in
     if (n < 0 || n > ws->max_bundles) {
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: %d bundles requested, at most %d per call", fpath(s), n, ws->max_bundles);
     }
+    const int n_ff = lp_flash_layer_n_ff(fl, il);
     for (int i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= fl->n_ff || (i > 0 && ids[i] <= ids[i - 1])) {
+        if (ids[i] < 0 || ids[i] >= n_ff || (i > 0 && ids[i] <= ids[i - 1])) {
             return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: blk.%d: neuron ids must be ascending in [0, %d)", fpath(s), il,
-                           fl->n_ff);
+                           n_ff);
         }
     }
     neuron_cache *c = &s->caches[il];
@@ -679,7 +680,7 @@ static loupe_status read_misses(flash_store *s, const pending_read *pr, lp_error
      * read, every read is at least min_read (clipped to the tensor) and at
      * most the staging buffer; runs are issued together and land in staging */
     const uint64_t base = c->bundle_off;
-    const uint64_t t_end = base + (uint64_t)fl->n_ff * stride;
+    const uint64_t t_end = base + (uint64_t)lp_flash_layer_n_ff(fl, il) * stride;
     int m = 0;
     while (m < n_miss) { /* one staging load: up to 64 runs */
         struct { uint64_t a0; size_t alen, at; } runs[64];

@@ -341,7 +341,8 @@ typedef struct conv {
     const lp_flash_convert_params *p;
     lp_gguf *pg;           /* the predictor file (LP_FLASH_PRED_FILE), else NULL */
     const char *pred_kind; /* loupe.flash.predictor of the output: "svd", "lowrank", "none" */
-    int n_layer, n_embd, n_ff;
+    int n_layer, n_embd, n_ff;  /* n_ff: the widest layer's */
+    int *ff;                    /* (n_layer) each layer's FFN width (openelm varies it) */
     lp_type gate_type, up_type, down_type;
     size_t gate_bytes, up_bytes, down_bytes, bundle_bytes, stride;
     layer_in *li;
@@ -421,9 +422,9 @@ static loupe_status plan_predictor_file(conv *cv, lp_error *err) {
                            "%s: tensor %s belongs to layer %u, but %s has %d layers (a predictor for another model?)", pp,
                            name, l, cv->in, cv->n_layer);
     }
-    const int mn = cv->n_embd < cv->n_ff ? cv->n_embd : cv->n_ff;
     char name[64];
     for (int l = 0; l < cv->n_layer; l++) {
+        const int mn = cv->n_embd < cv->ff[l] ? cv->n_embd : cv->ff[l];
         for (int ab = 0; ab < 2; ab++) {
             snprintf(name, sizeof name, "blk.%d.ffn_pred_%c", l, ab ? 'b' : 'a');
             int64_t i = lp_gguf_find_tensor(pg, name);
@@ -437,14 +438,14 @@ static loupe_status plan_predictor_file(conv *cv, lp_error *err) {
                                lp_type_name(t->type));
             /* A (rank, n_embd): ne [n_embd, rank], rank from A; B (n_ff, rank): ne [rank, n_ff] */
             const int64_t rank = ab ? cv->li[l].pred_a->ne[1] : t->ne[1];
-            const bool ok = t->n_dims == 2 && (ab ? t->ne[0] == rank && t->ne[1] == cv->n_ff
+            const bool ok = t->n_dims == 2 && (ab ? t->ne[0] == rank && t->ne[1] == cv->ff[l]
                                                   : t->ne[0] == cv->n_embd && t->ne[1] >= 1 && t->ne[1] <= mn);
             if (!ok) {
                 if (ab)
                     return lp_fail(err, LOUPE_ERR_FORMAT,
                                    "%s: tensor %s has shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "] (%" PRIu32
                                    " dims), expected [%" PRId64 ", %d] (rank of blk.%d.ffn_pred_a, n_ff)",
-                                   pp, name, t->ne[0], t->ne[1], t->ne[2], t->ne[3], t->n_dims, rank, cv->n_ff, l);
+                                   pp, name, t->ne[0], t->ne[1], t->ne[2], t->ne[3], t->n_dims, rank, cv->ff[l], l);
                 return lp_fail(err, LOUPE_ERR_FORMAT,
                                "%s: tensor %s has shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "] (%" PRIu32
                                " dims), expected [%d, rank] (n_embd, 1 <= rank <= %d)",
@@ -467,12 +468,17 @@ static loupe_status plan(conv *cv, lp_error *err) {
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: already a flash file (key loupe.flash.version is present)", cv->in);
     const char *arch = NULL;
     if ((st = lp_gguf_get_str(g, "general.architecture", &arch, err)) != LOUPE_OK) return st;
-    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0)
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "openelm") != 0)
         return lp_fail(err, LOUPE_ERR_UNSUPPORTED,
-                       "%s: key general.architecture = \"%s\" is not supported by the flash layout (llama, qwen2)", cv->in, arch);
+                       "%s: key general.architecture = \"%s\" is not supported by the flash layout (llama, qwen2, openelm)",
+                       cv->in, arch);
     if ((st = read_dim(cv, arch, "block_count", MAX_LAYER, &cv->n_layer, err)) != LOUPE_OK) return st;
+    if (cv->n_layer > LP_FLASH_MAX_LAYER)
+        return lp_fail(err, LOUPE_ERR_LIMIT, "%s: %d layers (the flash layout holds at most %d)", cv->in, cv->n_layer,
+                       LP_FLASH_MAX_LAYER);
     if ((st = read_dim(cv, arch, "embedding_length", MAX_DIM, &cv->n_embd, err)) != LOUPE_OK) return st;
-    if ((st = read_dim(cv, arch, "feed_forward_length", MAX_DIM, &cv->n_ff, err)) != LOUPE_OK) return st;
+    if (!(cv->ff = calloc((size_t)cv->n_layer, sizeof *cv->ff))) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", cv->in);
+    if ((st = lp_flash_ffn_widths(cv->g, arch, cv->n_layer, cv->ff, &cv->n_ff, err)) != LOUPE_OK) return st;
 
     cv->li = calloc((size_t)cv->n_layer, sizeof *cv->li);
     cv->lo = calloc((size_t)cv->n_layer, sizeof *cv->lo);
@@ -495,9 +501,9 @@ static loupe_status plan(conv *cv, lp_error *err) {
             if (!ts[p])
                 return lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor blk.%d.ffn_%s.weight is missing", cv->in, l, parts[p]);
         /* ggml order: gate and up are n_ff rows of n_embd, down n_embd rows of n_ff */
-        if ((st = check_ffn_tensor(cv, ts[0], cv->n_embd, cv->n_ff, err)) != LOUPE_OK) return st;
-        if ((st = check_ffn_tensor(cv, ts[1], cv->n_embd, cv->n_ff, err)) != LOUPE_OK) return st;
-        if ((st = check_ffn_tensor(cv, ts[2], cv->n_ff, cv->n_embd, err)) != LOUPE_OK) return st;
+        if ((st = check_ffn_tensor(cv, ts[0], cv->n_embd, cv->ff[l], err)) != LOUPE_OK) return st;
+        if ((st = check_ffn_tensor(cv, ts[1], cv->n_embd, cv->ff[l], err)) != LOUPE_OK) return st;
+        if ((st = check_ffn_tensor(cv, ts[2], cv->ff[l], cv->n_embd, err)) != LOUPE_OK) return st;
         /* one gate type and one up type for the file: their bytes are copied */
         if (ts[0]->type != cv->li[0].gate->type || ts[1]->type != cv->li[0].up->type) {
             const lp_gguf_tensor *t = ts[0]->type != cv->li[0].gate->type ? ts[0] : ts[1];
@@ -534,7 +540,9 @@ static loupe_status plan(conv *cv, lp_error *err) {
         return lp_fail(err, LOUPE_ERR_LIMIT, "%s: a bundle of %zu bytes is too large", cv->in, cv->stride);
 
     const lp_flash_convert_params *p = cv->p;
-    const int mn = cv->n_embd < cv->n_ff ? cv->n_embd : cv->n_ff;
+    int mn = cv->n_embd;
+    for (int l = 0; l < cv->n_layer; l++)
+        if (cv->ff[l] < mn) mn = cv->ff[l];
     if (p->predictor == LP_FLASH_PRED_SVD && p->rank > mn)
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s: predictor rank %d exceeds min(n_embd, n_ff) = %d", cv->in, p->rank, mn);
     cv->pred_kind = p->predictor == LP_FLASH_PRED_SVD ? "svd" : "none";
@@ -547,8 +555,9 @@ static loupe_status plan(conv *cv, lp_error *err) {
  * column's elements are copied as they are). Columns are gathered in tiles
  * so both the reads and the writes stay in cache. */
 #define TILE 64
-static void write_down_columns(const conv *cv, const lp_gguf_tensor *down, const float *d, uint8_t *bundle, float *tile) {
-    const size_t n_embd = (size_t)cv->n_embd, n_ff = (size_t)cv->n_ff;
+static void write_down_columns(const conv *cv, int l, const lp_gguf_tensor *down, const float *d, uint8_t *bundle,
+                               float *tile) {
+    const size_t n_embd = (size_t)cv->n_embd, n_ff = (size_t)cv->ff[l];
     const size_t col_off = cv->gate_bytes + cv->up_bytes;
     if (!d) { /* same plain type in and out (f32, f16, bf16): element bytes */
         const size_t es = lp_type_block_bytes(cv->down_type);
@@ -620,7 +629,7 @@ out:
 static loupe_status file_svd_energy(conv *cv, int l, lp_error *err) {
     const layer_in *li = &cv->li[l];
     layer_out *lo = &cv->lo[l];
-    const size_t n_embd = (size_t)cv->n_embd, n_ff = (size_t)cv->n_ff, R = (size_t)lo->rank;
+    const size_t n_embd = (size_t)cv->n_embd, n_ff = (size_t)cv->ff[l], R = (size_t)lo->rank;
     float *w = malloc(n_ff * n_embd * sizeof *w); /* W, then W - B A: (n_ff, n_embd) */
     float *a = malloc(R * n_embd * sizeof *a), *b = malloc(n_ff * R * sizeof *b);
     loupe_status st = LOUPE_OK;
@@ -640,7 +649,7 @@ static loupe_status file_svd_energy(conv *cv, int l, lp_error *err) {
         st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: tensor %s holds values that are not finite", cv->in, li->gate->name);
         goto out;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cv->n_ff, cv->n_embd, lo->rank, -1.0f, b, lo->rank, a, cv->n_embd,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cv->ff[l], cv->n_embd, lo->rank, -1.0f, b, lo->rank, a, cv->n_embd,
                 1.0f, w, cv->n_embd);
     for (size_t i = 0; i < n_ff * n_embd; i++) res2 += (double)w[i] * (double)w[i];
     double e = norm2 > 0.0 ? 1.0 - res2 / norm2 : 1.0;
@@ -655,7 +664,7 @@ out:
 static loupe_status convert_layer(conv *cv, int l, lp_error *err) {
     const layer_in *li = &cv->li[l];
     layer_out *lo = &cv->lo[l];
-    const size_t n_embd = (size_t)cv->n_embd, n_ff = (size_t)cv->n_ff;
+    const size_t n_embd = (size_t)cv->n_embd, n_ff = (size_t)cv->ff[l];
     loupe_status st = LOUPE_OK;
     float *w = NULL, *d = NULL, *tile = NULL;
 
@@ -681,7 +690,7 @@ static loupe_status convert_layer(conv *cv, int l, lp_error *err) {
             goto out;
         }
     }
-    write_down_columns(cv, li->down, d, lo->bundle, tile);
+    write_down_columns(cv, l, li->down, d, lo->bundle, tile);
     free(d);
     free(tile);
     d = tile = NULL;
@@ -699,13 +708,13 @@ static loupe_status convert_layer(conv *cv, int l, lp_error *err) {
         /* rank cap: predictor bytes (f16 A and B) within max_pred_frac of
          * this layer's FFN bytes in the input, in steps of RANK_STEP, at
          * least RANK_STEP, at most the matrix rank */
-        const int mn = cv->n_embd < cv->n_ff ? cv->n_embd : cv->n_ff;
+        const int mn = cv->n_embd < cv->ff[l] ? cv->n_embd : cv->ff[l];
         double ffn_bytes = (double)li->gate->nbytes + (double)li->up->nbytes + (double)li->down->nbytes;
         double cap = floor((double)cv->p->max_pred_frac * ffn_bytes / (2.0 * (double)(n_embd + n_ff)));
         int cap_rank = cap >= (double)mn ? mn : (int)cap / RANK_STEP * RANK_STEP;
         if (cap_rank < RANK_STEP) cap_rank = RANK_STEP;
         if (cap_rank > mn) cap_rank = mn;
-        svd_job job = {.w = w, .m = cv->n_ff, .n = cv->n_embd, .fixed_rank = cv->p->rank, .max_rank = cap_rank,
+        svd_job job = {.w = w, .m = cv->ff[l], .n = cv->n_embd, .fixed_rank = cv->p->rank, .max_rank = cap_rank,
                        .energy = cv->p->energy, .seed = cv->p->seed, .layer = l};
         loupe_status s = svd_layer(&job, &lo->rank, &lo->energy, &lo->pred_a, &lo->pred_b);
         if (s == LOUPE_ERR_FORMAT)
@@ -769,12 +778,12 @@ static loupe_status build(conv *cv, lp_gguf_writer *wr, lp_error *err) {
         layer_out *lo = &cv->lo[l];
         lo->offset = off;
         snprintf(name, sizeof name, "blk.%d.ffn_bundle", l);
-        if ((st = add_tensor(wr, cv, name, LP_TYPE_I8, (int64_t)cv->stride, cv->n_ff, lo->bundle, &off, err))) return st;
+        if ((st = add_tensor(wr, cv, name, LP_TYPE_I8, (int64_t)cv->stride, cv->ff[l], lo->bundle, &off, err))) return st;
         if (!strcmp(cv->pred_kind, "none")) continue;
         snprintf(name, sizeof name, "blk.%d.ffn_pred_a", l);
         if ((st = add_tensor(wr, cv, name, LP_TYPE_F16, cv->n_embd, lo->rank, lo->pred_a, &off, err))) return st;
         snprintf(name, sizeof name, "blk.%d.ffn_pred_b", l);
-        if ((st = add_tensor(wr, cv, name, LP_TYPE_F16, lo->rank, cv->n_ff, lo->pred_b, &off, err))) return st;
+        if ((st = add_tensor(wr, cv, name, LP_TYPE_F16, lo->rank, cv->ff[l], lo->pred_b, &off, err))) return st;
     }
     for (int l = 0; l < cv->n_layer; l++)
         if (!cv->lo[l].done) return lp_fail(err, LOUPE_ERR_INTERNAL, "%s: layer %d was not converted", cv->in, l);
@@ -900,7 +909,7 @@ loupe_status lp_flash_convert(const char *in_path, const char *out_path, const l
         snprintf(name, sizeof name, "blk.%d.ffn_bundle", l);
         const lp_gguf_tensor *t = &check->tensors[lp_gguf_find_tensor(check, name)];
         if (t->offset != cv.lo[l].offset || (check->data_offset + t->offset) % LP_FLASH_FILE_ALIGN != 0 ||
-            memcmp(t->data, cv.lo[l].bundle, cv.stride * (size_t)cv.n_ff) != 0) {
+            memcmp(t->data, cv.lo[l].bundle, cv.stride * (size_t)cv.ff[l]) != 0) {
             st = lp_fail(err, LOUPE_ERR_INTERNAL, "%s: the written file does not check out: tensor %s differs from what was written",
                          out_path, name);
             goto out;
@@ -940,6 +949,7 @@ out:
         }
     free(cv.li);
     free(cv.lo);
+    free(cv.ff);
     lp_gguf_close(cv.g);
     return st;
 }

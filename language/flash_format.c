@@ -131,6 +131,32 @@ static bool is_dense_ffn(const char *name) {
     return !strcmp(part, "gate") || !strcmp(part, "up") || !strcmp(part, "down");
 }
 
+loupe_status lp_flash_ffn_widths(const lp_gguf *g, const char *arch, int n_layer, int *widths, int *max, lp_error *err) {
+    char key[96];
+    snprintf(key, sizeof key, "%s.feed_forward_length", arch);
+    const lp_gguf_value *v = lp_gguf_get(g, key);
+    *max = 0;
+    if (v && v->type == LP_GGUF_ARRAY) {
+        if (v->v.arr.n != (uint64_t)n_layer)
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s has %" PRIu64 " entries, expected %d (one per layer)", g->path,
+                           key, v->v.arr.n, n_layer);
+        for (int l = 0; l < n_layer; l++) {
+            int64_t x;
+            if (!lp_gguf_arr_int(v, (uint64_t)l, &x) || x < 1 || x > MAX_DIM)
+                return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key %s: entry %d is out of range [1, %d]", g->path, key, l, MAX_DIM);
+            widths[l] = (int)x;
+            if (widths[l] > *max) *max = widths[l];
+        }
+        return LOUPE_OK;
+    }
+    int n = 0;
+    loupe_status st = read_dim(g, arch, "feed_forward_length", MAX_DIM, &n, err);
+    if (st != LOUPE_OK) return st;
+    for (int l = 0; l < n_layer; l++) widths[l] = n;
+    *max = n;
+    return LOUPE_OK;
+}
+
 loupe_status lp_flash_layout_read(const lp_gguf *g, lp_flash_layout *out, lp_error *err) {
     if (!g || !out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_flash_layout_read: NULL file or layout");
     const char *path = g->path;
@@ -152,12 +178,15 @@ loupe_status lp_flash_layout_read(const lp_gguf *g, lp_flash_layout *out, lp_err
 
     const char *arch = NULL;
     if ((st = lp_gguf_get_str(g, "general.architecture", &arch, err)) != LOUPE_OK) return st;
-    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0)
-        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key general.architecture = \"%s\" is not a flash decoder (llama, qwen2)",
-                       path, arch);
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "openelm") != 0)
+        return lp_fail(err, LOUPE_ERR_FORMAT,
+                       "%s: key general.architecture = \"%s\" is not a flash decoder (llama, qwen2, openelm)", path, arch);
     if ((st = read_dim(g, arch, "block_count", MAX_LAYER, &L.n_layer, err)) != LOUPE_OK) return st;
+    if (L.n_layer > LP_FLASH_MAX_LAYER)
+        return lp_fail(err, LOUPE_ERR_LIMIT, "%s: %d layers (the flash layout holds at most %d)", path, L.n_layer,
+                       LP_FLASH_MAX_LAYER);
     if ((st = read_dim(g, arch, "embedding_length", MAX_DIM, &L.n_embd, err)) != LOUPE_OK) return st;
-    if ((st = read_dim(g, arch, "feed_forward_length", MAX_DIM, &L.n_ff, err)) != LOUPE_OK) return st;
+    if ((st = lp_flash_ffn_widths(g, arch, L.n_layer, L.n_ff_layer, &L.n_ff, err)) != LOUPE_OK) return st;
 
     if ((st = read_row_type(g, KEY_GATE_TYPE, L.n_embd, &L.gate_type, &L.gate_bytes, err)) != LOUPE_OK) return st;
     if ((st = read_row_type(g, KEY_UP_TYPE, L.n_embd, &L.up_type, &L.up_bytes, err)) != LOUPE_OK) return st;
@@ -214,11 +243,11 @@ loupe_status lp_flash_layout_read(const lp_gguf *g, lp_flash_layout *out, lp_err
         return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key " KEY_SOURCE " is %s, expected str", path, lp_gguf_vtype_name(source->type));
 
     char name[64];
-    const int max_rank = L.n_embd < L.n_ff ? L.n_embd : L.n_ff;
     for (int l = 0; l < L.n_layer; l++) {
+        const int n_ff = L.n_ff_layer[l], max_rank = L.n_embd < n_ff ? L.n_embd : n_ff;
         const lp_gguf_tensor *t = NULL;
         snprintf(name, sizeof name, "blk.%d.ffn_bundle", l);
-        if ((st = check_tensor(g, name, LP_TYPE_I8, (int64_t)L.stride, L.n_ff, &t, err)) != LOUPE_OK) return st;
+        if ((st = check_tensor(g, name, LP_TYPE_I8, (int64_t)L.stride, n_ff, &t, err)) != LOUPE_OK) return st;
         int64_t off = 0;
         if (!lp_gguf_arr_int(offsets, (uint64_t)l, &off) || off < 0 || (uint64_t)off != t->offset)
             return lp_fail(err, LOUPE_ERR_FORMAT, "%s: key " KEY_OFFSETS "[%d] = %" PRId64 ", but tensor %s is at offset %" PRIu64,
@@ -236,7 +265,7 @@ loupe_status lp_flash_layout_read(const lp_gguf *g, lp_flash_layout *out, lp_err
         snprintf(name, sizeof name, "blk.%d.ffn_pred_a", l);
         if ((st = check_tensor(g, name, LP_TYPE_F16, L.n_embd, rank, NULL, err)) != LOUPE_OK) return st;
         snprintf(name, sizeof name, "blk.%d.ffn_pred_b", l);
-        if ((st = check_tensor(g, name, LP_TYPE_F16, rank, L.n_ff, NULL, err)) != LOUPE_OK) return st;
+        if ((st = check_tensor(g, name, LP_TYPE_F16, rank, n_ff, NULL, err)) != LOUPE_OK) return st;
     }
 
     for (uint64_t i = 0; i < g->n_tensors; i++)

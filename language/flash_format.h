@@ -80,26 +80,29 @@
 #define LP_FLASH_BUNDLE_ALIGN 512  /* bundle stride granularity (a sector) */
 
 /* What a flash file says about itself (lp_flash_layout_read). */
+#define LP_FLASH_MAX_LAYER 1024
 typedef struct lp_flash_layout {
-    int n_layer, n_embd, n_ff;
+    int n_layer, n_embd, n_ff;               /* n_ff: the widest layer's */
+    int n_ff_layer[LP_FLASH_MAX_LAYER];      /* each layer's neurons (openelm varies them) */
     lp_type gate_type, up_type, down_type;
     size_t gate_bytes, up_bytes, down_bytes; /* row bytes of each part (n_embd elements) */
     size_t bundle_bytes, stride;
     char predictor[16];                      /* "svd", "lowrank", "none" */
 } lp_flash_layout;
 
-/* Neurons of layer l (every layer has n_ff: the flash layout is written for
- * decoders with one FFN width; openelm files are refused by the converter). */
-static inline int lp_flash_layer_n_ff(const lp_flash_layout *fl, int l) {
-    (void)l;
-    return fl->n_ff;
-}
+/* Neurons of layer l. */
+static inline int lp_flash_layer_n_ff(const lp_flash_layout *fl, int l) { return fl->n_ff_layer[l]; }
+
+/* Every layer's FFN width from {arch}.feed_forward_length: one integer for
+ * all layers, or (openelm) an array of n_layer; widths[n_layer]; *max the
+ * largest. Errors name the file and the key. */
+loupe_status lp_flash_ffn_widths(const lp_gguf *g, const char *arch, int n_layer, int *widths, int *max, lp_error *err);
 
 /* true if the GGUF carries loupe.flash.version. */
 bool lp_flash_is_flash(const lp_gguf *g);
 
 /* Read and check the loupe.flash.* keys against the tensors (types, sizes,
- * offsets, predictor shapes). n_layer/n_embd/n_ff come from the decoder's
+ * offsets, predictor shapes). n_layer/n_embd/n_ff(_layer) come from the decoder's
  * {arch}.* keys. Errors name the file and the key or tensor. */
 loupe_status lp_flash_layout_read(const lp_gguf *g, lp_flash_layout *out, lp_error *err);
 

@@ -36,6 +36,7 @@
 #include "types.h"
 
 #define TINY "models/loupe-tiny.gguf"
+#define OPENELM "tests/fixtures/openelm/tiny-f32.gguf"
 #define N_PROMPT 24
 #define N_DECODE 12
 
@@ -552,6 +553,69 @@ static void test_two_contexts_share_a_flash_model(void **state) {
     runner_close(&r);
 }
 
+/* OpenELM: every layer has its own FFN width (16, 32 and 48 neurons) and
+ * a fused QKV matrix; the flash file keeps each layer's width, dense flash
+ * mode is bit-identical to resident on it at every budget, the file is
+ * within summation order of its input, and a sparse run computes fewer
+ * neurons. */
+static void test_openelm_flash(void **state) {
+    fixture *f = *state;
+    char out[300];
+    snprintf(out, sizeof out, "%s/openelm-flash.gguf", f->dir);
+    lp_flash_convert_params cp = lp_flash_convert_default_params();
+    lp_error err = {0};
+    if (lp_flash_convert(OPENELM, out, &cp, NULL, &err) != LOUPE_OK) fail_msg("convert: %s", err.msg);
+    lp_gguf *g = lp_gguf_open(out, &err);
+    assert_non_null(g);
+    lp_flash_layout fl;
+    assert_int_equal(lp_flash_layout_read(g, &fl, &err), LOUPE_OK);
+    assert_int_equal(lp_flash_layer_n_ff(&fl, 0), 16);
+    assert_int_equal(lp_flash_layer_n_ff(&fl, 2), 48);
+    assert_int_equal(fl.n_ff, 48);
+    lp_gguf_close(g);
+
+    runner ref, plain;
+    runner_open(&ref, out, NULL);
+    runner_open(&plain, OPENELM, NULL);
+    const int V = lp_llama_n_vocab(ref.m);
+    const size_t n = (size_t)(N_DECODE + 1) * (size_t)V;
+    float *want = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+    runner_run(&ref, want, true);
+    runner_run(&plain, got, true);
+    const float d_in = max_abs_diff(want, got, n);
+    assert_true(d_in <= 1e-4f);
+    /* a 200 KB file: the store's fixed parts (stream buffers, I/O staging)
+     * alone are 1.1x of it, so the budgets are multiples of the file */
+    const double fracs[] = {4.0, 1.5, 1.2};
+    for (size_t c = 0; c < sizeof fracs / sizeof fracs[0]; c++) {
+        lp_flash_params fp = lp_flash_default_params();
+        fp.budget = (size_t)(fracs[c] * (double)file_size(out));
+        runner r;
+        runner_open(&r, out, &fp);
+        runner_run(&r, got, true);
+        if (memcmp(want, got, n * sizeof(float)) != 0)
+            fail_msg("openelm budget %.2fx: logits differ (max %g)", fracs[c], (double)max_abs_diff(want, got, n));
+        assert_int_equal(r.ws->stats.ffn_active, r.ws->stats.ffn_total);
+        runner_close(&r);
+    }
+    /* sparse: half the neurons of each layer at each decoded token */
+    lp_flash_params fp = lp_flash_default_params();
+    fp.budget = (size_t)(1.2 * (double)file_size(out));
+    runner r;
+    runner_open(&r, out, &fp);
+    assert_int_equal(lp_llama_state_set_ffn_sparsity(r.s, 0.5f, 0.0f, &err), LOUPE_OK);
+    runner_run(&r, got, true);
+    const lp_ws_stats *st = &r.ws->stats;
+    assert_true(st->ffn_active < st->ffn_total && st->ffn_active > 0);
+    printf("  openelm: flash file vs input %.3g; dense flash == resident at 4/1.5/1.2x the file; sparse 0.5: %llu of %llu neurons\n",
+           (double)d_in, (unsigned long long)st->ffn_active, (unsigned long long)st->ffn_total);
+    runner_close(&r);
+    free(want);
+    free(got);
+    runner_close(&ref);
+    runner_close(&plain);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_bit_identical),
@@ -562,6 +626,7 @@ int main(void) {
         cmocka_unit_test(test_bundles_are_file_bytes),
         cmocka_unit_test(test_two_contexts_share_a_flash_model),
         cmocka_unit_test(test_lowrank_predictor_file),
+        cmocka_unit_test(test_openelm_flash),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
