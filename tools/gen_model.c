@@ -1,7 +1,7 @@
 /* tools/gen_model.c — random-weight LLaVA-family model pairs in llama.cpp's
  * GGUF conventions, for parity tests and benchmarks.
  *
- *   gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K
+ *   gen_model --family llava --shape tiny|llava-7b|mobilevlm-1.7b|mobilevlm-3b --type f32|f16|q8_0|q4_0|q4_K
  *             --seed S --out PREFIX [--region-sampler]
  *
  * writes PREFIX.gguf (general.architecture "llama", with a synthetic
@@ -183,6 +183,10 @@ typedef struct shape {
 static const shape SHAPES[] = {
     {"tiny", 32, 8, 64, 128, 4, 4, 64, 2, 4, 2, 128, 512, 512},
     {"llava-7b", 336, 14, 1024, 4096, 16, 24, 4096, 32, 32, 32, 11008, 4096, 32000},
+    /* MobileVLM (use with --ldp) / MobileVLM V2 (--ldpv2): CLIP ViT-L/14-336 and
+     * MobileLLaMA-1.4B / -2.7B (mtgv/MobileLLaMA-*-Chat config.json) */
+    {"mobilevlm-1.7b", 336, 14, 1024, 4096, 16, 24, 2048, 24, 16, 16, 5632, 2048, 32000},
+    {"mobilevlm-3b", 336, 14, 1024, 4096, 16, 24, 2560, 32, 32, 32, 6912, 2048, 32000},
 };
 
 /* ---------------------------------------------------------------- tensors */
@@ -1141,7 +1145,7 @@ static int gen_openelm(const char *shape_name, lp_type t, unsigned long long see
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: gen_model --family llava --shape tiny|llava-7b --type f32|f16|q8_0|q4_0|q4_K "
+    fprintf(stderr, "usage: gen_model --family llava --shape tiny|llava-7b|mobilevlm-1.7b|mobilevlm-3b --type f32|f16|q8_0|q4_0|q4_K "
                     "--seed S --out PREFIX [--region-sampler]\n"
                     "       gen_model --family internvl --shape tiny|internvl3-1b [--qk-norm] ...\n"
                     "       gen_model --family qwen25vl --shape tiny|qwen2.5-vl-3b ...\n"
