@@ -114,3 +114,20 @@ loupe_status lp_read_file(const char *path, size_t max, const char *what, char *
     *size = n;
     return LOUPE_OK;
 }
+
+char *lp_path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+bool lp_path_exists(const char *path) {
+    struct stat s;
+    return stat(path, &s) == 0;
+}
+
+bool lp_path_is_dir(const char *path) {
+    struct stat s;
+    return stat(path, &s) == 0 && S_ISDIR(s.st_mode);
+}

@@ -14,6 +14,7 @@
 #define LP_FILEIO_H
 
 #include "error.h"
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -36,6 +37,12 @@ void lp_outfile_abort(lp_outfile *o);
  * the limit in the message, e.g. "2 GiB file"). An empty file is returned as
  * size 0; the caller decides whether that is an error. */
 loupe_status lp_read_file(const char *path, size_t max, const char *what, char **buf, size_t *size, lp_error *err);
+
+/* "dir/name", malloc'd (NULL when out of memory). */
+char *lp_path_join(const char *dir, const char *name);
+/* Whether path exists (any kind), and whether it is a directory. */
+bool lp_path_exists(const char *path);
+bool lp_path_is_dir(const char *path);
 
 /* strerror that is safe to call from several threads. */
 const char *lp_strerror(int e, char *buf, size_t n);

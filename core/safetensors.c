@@ -311,18 +311,6 @@ loupe_status lp_st_open_file(const char *path, lp_safetensors **out, lp_error *e
     return open_files(&p, 1, out, err);
 }
 
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static bool exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static void free_list(char **v, int n) {
@@ -359,7 +347,7 @@ static loupe_status index_shards(const char *dir, const char *index_path, cJSON 
         for (int i = 0; i < n && !seen; i++) seen = !strcmp(strrchr(v[i], '/') + 1, e->valuestring);
         if (seen) continue;
         char **nv = realloc(v, (size_t)(n + 1) * sizeof *nv);
-        char *p = nv ? join(dir, e->valuestring) : NULL;
+        char *p = nv ? lp_path_join(dir, e->valuestring) : NULL;
         if (!nv || !p) {
             free(p);
             free_list(nv ? nv : v, n);
@@ -383,15 +371,15 @@ static loupe_status index_shards(const char *dir, const char *index_path, cJSON 
 
 loupe_status lp_st_open_dir(const char *dir, lp_safetensors **out, lp_error *err) {
     *out = NULL;
-    char *index = join(dir, "model.safetensors.index.json");
-    char *single = join(dir, "model.safetensors");
+    char *index = lp_path_join(dir, "model.safetensors.index.json");
+    char *single = lp_path_join(dir, "model.safetensors");
     if (!index || !single) {
         free(index);
         free(single);
         return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", dir);
     }
     loupe_status st;
-    if (exists(index)) {
+    if (lp_path_exists(index)) {
         cJSON *root = NULL, *wm = NULL;
         char **paths = NULL;
         int n = 0;
@@ -412,7 +400,7 @@ loupe_status lp_st_open_dir(const char *dir, lp_safetensors **out, lp_error *err
         }
         free_list(paths, n);
         cJSON_Delete(root);
-    } else if (exists(single)) {
+    } else if (lp_path_exists(single)) {
         st = lp_st_open_file(single, out, err);
     } else {
         DIR *d = opendir(dir);
@@ -430,7 +418,7 @@ loupe_status lp_st_open_dir(const char *dir, lp_safetensors **out, lp_error *err
                 if (l > 4 && !strcmp(de->d_name + l - 4, ".bin") && !strncmp(de->d_name, "pytorch_model", 13)) bin = true;
                 if (l <= 12 || strcmp(de->d_name + l - 12, ".safetensors")) continue;
                 char **nv = realloc(v, (size_t)(n + 1) * sizeof *nv);
-                char *p = nv ? join(dir, de->d_name) : NULL;
+                char *p = nv ? lp_path_join(dir, de->d_name) : NULL;
                 if (!nv || !p) {
                     free(p);
                     if (nv) v = nv;

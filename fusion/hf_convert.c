@@ -83,18 +83,6 @@ static const char *json_str(const cJSON *o, const char *key) {
 
 static bool json_true(const cJSON *o, const char *key) { return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, key)); }
 
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static bool is_dir(const char *p) {
-    struct stat s;
-    return stat(p, &s) == 0 && S_ISDIR(s.st_mode);
-}
-
 /* ---- output tensors ---- */
 
 typedef struct otensor {
@@ -362,31 +350,26 @@ static loupe_status vis_tensors(const conv *cv, const vis_config *v, const char 
     VADD("v.position_embd.weight", "embeddings.position_embedding.weight", 2, f32, n_pos, D);
     VADD("v.pre_ln.weight", "pre_layrnorm.weight", 1, f32, D);
     VADD("v.pre_ln.bias", "pre_layrnorm.bias", 1, f32, D);
+    /* one CLIP encoder layer: GGUF name, HF name, 1 = vector / 2 = matrix, rows, columns */
+    static const struct { const char *g, *h; int nd; char rows, cols; } VLAYER[] = {
+        {"attn_q.weight", "self_attn.q_proj.weight", 2, 'D', 'D'},   {"attn_q.bias", "self_attn.q_proj.bias", 1, 'D', 0},
+        {"attn_k.weight", "self_attn.k_proj.weight", 2, 'D', 'D'},   {"attn_k.bias", "self_attn.k_proj.bias", 1, 'D', 0},
+        {"attn_v.weight", "self_attn.v_proj.weight", 2, 'D', 'D'},   {"attn_v.bias", "self_attn.v_proj.bias", 1, 'D', 0},
+        {"attn_out.weight", "self_attn.out_proj.weight", 2, 'D', 'D'}, {"attn_out.bias", "self_attn.out_proj.bias", 1, 'D', 0},
+        {"ln1.weight", "layer_norm1.weight", 1, 'D', 0},             {"ln1.bias", "layer_norm1.bias", 1, 'D', 0},
+        {"ffn_up.weight", "mlp.fc1.weight", 2, 'F', 'D'},            {"ffn_up.bias", "mlp.fc1.bias", 1, 'F', 0},
+        {"ffn_down.weight", "mlp.fc2.weight", 2, 'D', 'F'},          {"ffn_down.bias", "mlp.fc2.bias", 1, 'D', 0},
+        {"ln2.weight", "layer_norm2.weight", 1, 'D', 0},             {"ln2.bias", "layer_norm2.bias", 1, 'D', 0},
+    };
     for (long i = 0; i < v->n_keep; i++) {
-#define VL(gs, hs, nd, q_, ...)                                                                              \
-        do {                                                                                                 \
-            snprintf(g, sizeof g, "v.blk.%ld.%s", i, gs);                                                    \
-            char hh_[128];                                                                                   \
-            snprintf(hh_, sizeof hh_, "encoder.layers.%ld.%s", i, hs);                                      \
-            VADD(g, hh_, nd, q_, __VA_ARGS__);                                                               \
-        } while (0)
-        VL("attn_q.weight", "self_attn.q_proj.weight", 2, mt, D, D);
-        VL("attn_q.bias", "self_attn.q_proj.bias", 1, f32, D);
-        VL("attn_k.weight", "self_attn.k_proj.weight", 2, mt, D, D);
-        VL("attn_k.bias", "self_attn.k_proj.bias", 1, f32, D);
-        VL("attn_v.weight", "self_attn.v_proj.weight", 2, mt, D, D);
-        VL("attn_v.bias", "self_attn.v_proj.bias", 1, f32, D);
-        VL("attn_out.weight", "self_attn.out_proj.weight", 2, mt, D, D);
-        VL("attn_out.bias", "self_attn.out_proj.bias", 1, f32, D);
-        VL("ln1.weight", "layer_norm1.weight", 1, f32, D);
-        VL("ln1.bias", "layer_norm1.bias", 1, f32, D);
-        VL("ffn_up.weight", "mlp.fc1.weight", 2, mt, F, D);
-        VL("ffn_up.bias", "mlp.fc1.bias", 1, f32, F);
-        VL("ffn_down.weight", "mlp.fc2.weight", 2, mt, D, F);
-        VL("ffn_down.bias", "mlp.fc2.bias", 1, f32, D);
-        VL("ln2.weight", "layer_norm2.weight", 1, f32, D);
-        VL("ln2.bias", "layer_norm2.bias", 1, f32, D);
-#undef VL
+        for (size_t k = 0; k < sizeof VLAYER / sizeof VLAYER[0]; k++) {
+            char hh[128];
+            snprintf(g, sizeof g, "v.blk.%ld.%s", i, VLAYER[k].g);
+            snprintf(hh, sizeof hh, "encoder.layers.%ld.%s", i, VLAYER[k].h);
+            const int64_t r = VLAYER[k].rows == 'D' ? D : F, c = VLAYER[k].cols == 'D' ? D : F;
+            if (VLAYER[k].nd == 2) VADD(g, hh, 2, mt, r, c);
+            else VADD(g, hh, 1, f32, r);
+        }
     }
 #undef VADD
     /* projector and sampler: in the checkpoint itself */
@@ -442,8 +425,7 @@ static loupe_status vis_tensors(const conv *cv, const vis_config *v, const char 
 /* ---- writing ---- */
 
 static loupe_status check_out(const char *path, bool force, lp_error *err) {
-    struct stat s;
-    if (!force && stat(path, &s) == 0)
+    if (!force && lp_path_exists(path))
         return lp_fail(err, LOUPE_ERR_INVALID_ARG, "%s exists (use --force to overwrite)", path);
     return LOUPE_OK;
 }
@@ -495,7 +477,7 @@ loupe_status lp_hf_convert(const char *dir, const char *out_prefix, const lp_hf_
     lp_hf_vocab *vocab = NULL;
     lp_gguf_writer *w = NULL;
     olist lm = {0}, mm = {0};
-    char *cfg_path = join(dir, "config.json"), *lm_path = NULL, *mm_path = NULL, *vdir_alloc = NULL;
+    char *cfg_path = lp_path_join(dir, "config.json"), *lm_path = NULL, *mm_path = NULL, *vdir_alloc = NULL;
     size_t plen = strlen(out_prefix) + 16;
     lm_path = malloc(plen);
     mm_path = malloc(plen);
@@ -506,7 +488,7 @@ loupe_status lp_hf_convert(const char *dir, const char *out_prefix, const lp_hf_
     snprintf(lm_path, plen, "%s.gguf", out_prefix);
     snprintf(mm_path, plen, "%s-mmproj.gguf", out_prefix);
 
-    if (!is_dir(dir)) {
+    if (!lp_path_is_dir(dir)) {
         st = lp_fail(err, LOUPE_ERR_IO, "%s: not a directory", dir);
         goto out;
     }
@@ -604,8 +586,8 @@ loupe_status lp_hf_convert(const char *dir, const char *out_prefix, const lp_hf_
         const char *vdir = p.vision_dir;
         if (!vdir && !lp_st_find(cv.st, "model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight")) {
             if (tower[0] == '/' ) vdir = tower;
-            else if ((vdir_alloc = join(dir, tower)) && is_dir(vdir_alloc)) vdir = vdir_alloc;
-            if (!vdir || !is_dir(vdir)) {
+            else if ((vdir_alloc = lp_path_join(dir, tower)) && lp_path_is_dir(vdir_alloc)) vdir = vdir_alloc;
+            if (!vdir || !lp_path_is_dir(vdir)) {
                 st = lp_fail(err, LOUPE_ERR_IO,
                              "%s: the CLIP tower \"%.128s\" (mm_vision_tower) is not in the checkpoint and not a local "
                              "directory: pass its Hugging Face checkpoint with --vision DIR",
@@ -617,7 +599,7 @@ loupe_status lp_hf_convert(const char *dir, const char *out_prefix, const lp_hf_
         const char *vc_path = cfg_path;
         char *vcp = NULL;
         if (vdir) {
-            vcp = join(vdir, "config.json");
+            vcp = lp_path_join(vdir, "config.json");
             st = vcp ? read_json(vcp, &vcfg_root, err) : lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
             if (st) {
                 free(vcp);
@@ -625,9 +607,8 @@ loupe_status lp_hf_convert(const char *dir, const char *out_prefix, const lp_hf_
             }
             vc = cJSON_GetObjectItemCaseSensitive(vcfg_root, "vision_config");
             if (!vc) vc = vcfg_root; /* a CLIPVisionModel config */
-            char *pp_path = join(vdir, "preprocessor_config.json");
-            struct stat sb;
-            if (pp_path && stat(pp_path, &sb) == 0) st = read_json(pp_path, &pp, err);
+            char *pp_path = lp_path_join(vdir, "preprocessor_config.json");
+            if (pp_path && lp_path_exists(pp_path)) st = read_json(pp_path, &pp, err);
             free(pp_path);
             if (st) {
                 free(vcp);
@@ -652,9 +633,8 @@ loupe_status lp_hf_convert(const char *dir, const char *out_prefix, const lp_hf_
             cv.vst = cv.st;
             cv.vprefix = "model.vision_tower.vision_tower.vision_model.";
             cv.vdir = dir;
-            char *pp_path = join(dir, "preprocessor_config.json");
-            struct stat sb;
-            if (pp_path && stat(pp_path, &sb) == 0) st = read_json(pp_path, &pp, err);
+            char *pp_path = lp_path_join(dir, "preprocessor_config.json");
+            if (pp_path && lp_path_exists(pp_path)) st = read_json(pp_path, &pp, err);
             free(pp_path);
             if (st) goto out;
         }

@@ -287,25 +287,13 @@ loupe_status lp_hf_vocab_load_spm_mem(const uint8_t *buf, size_t n, const char *
 
 /* ---- JSON side files ---- */
 
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static bool exists(const char *p) {
-    struct stat s;
-    return stat(p, &s) == 0;
-}
-
 /* DIR/name parsed, or NULL (absent: OK; malformed: error). */
 static loupe_status read_json_opt(const char *dir, const char *name, cJSON **out, lp_error *err) {
     *out = NULL;
-    char *p = join(dir, name);
+    char *p = lp_path_join(dir, name);
     if (!p) return lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
     loupe_status st = LOUPE_OK;
-    if (exists(p)) {
+    if (lp_path_exists(p)) {
         char *text = NULL;
         size_t len = 0;
         st = lp_read_file(p, 512u << 20, "512 MiB JSON file", &text, &len, err);
@@ -471,7 +459,7 @@ static loupe_status load_tokenizer_json(const char *dir, const cJSON *tj, lp_hf_
 
 loupe_status lp_hf_vocab_load(const char *dir, int vocab_size, lp_hf_vocab **out, lp_error *err) {
     *out = NULL;
-    char *spm = join(dir, "tokenizer.model"), *tjp = join(dir, "tokenizer.json");
+    char *spm = lp_path_join(dir, "tokenizer.model"), *tjp = lp_path_join(dir, "tokenizer.json");
     cJSON *tj = NULL, *tcfg = NULL, *smap = NULL, *added = NULL;
     lp_hf_vocab *v = NULL;
     loupe_status st = LOUPE_OK;
@@ -479,7 +467,7 @@ loupe_status lp_hf_vocab_load(const char *dir, int vocab_size, lp_hf_vocab **out
         st = lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if (exists(spm)) {
+    if (lp_path_exists(spm)) {
         char *buf = NULL;
         size_t n = 0;
         if ((st = lp_read_file(spm, 256u << 20, "256 MiB tokenizer.model", &buf, &n, err))) goto out;
@@ -490,7 +478,7 @@ loupe_status lp_hf_vocab_load(const char *dir, int vocab_size, lp_hf_vocab **out
         if ((st = read_json_opt(dir, "added_tokens.json", &added, err))) goto out;
         if ((st = read_json_opt(dir, "tokenizer_config.json", &tcfg, err))) goto out;
         if ((st = added_tokens(v, dir, added, tcfg, err))) goto out;
-    } else if (exists(tjp)) {
+    } else if (lp_path_exists(tjp)) {
         if ((st = read_json_opt(dir, "tokenizer.json", &tj, err))) goto out;
         if ((st = load_tokenizer_json(dir, tj, &v, err))) goto out;
         if ((st = pad_to(v, vocab_size, dir, err))) goto out;

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "support/testutil.h"
+
 #include "../language/hf_tokenizer.h"
 #include "../language/tokenizer.h"
 #include "gguf.h"
@@ -28,15 +30,12 @@ static char tmpdir[64];
 
 static int setup(void **state) {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/loupe-test-hftok-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return tu_mkdtemp(tmpdir, sizeof tmpdir, "hftok");
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tu_rmtree(tmpdir);
 }
 
 static uint8_t *read_all(const char *path, size_t *n) {
@@ -182,7 +181,7 @@ static void test_spm_refusals(void **state) {
 
 static void test_tokenizer_json(void **state) {
     (void)state;
-    char d[128];
+    char d[192];
     snprintf(d, sizeof d, "%s/bpe", tmpdir);
     mkdir(d, 0755);
     write_text(d, "tokenizer.json",
@@ -223,7 +222,7 @@ static void test_tokenizer_json(void **state) {
     write_text(d, "tokenizer.json", "{\"model\":");
     assert_int_equal(lp_hf_vocab_load(d, 0, &v, &err), LOUPE_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "bpe/tokenizer.json: not a JSON object"));
-    char e[128];
+    char e[192];
     snprintf(e, sizeof e, "%s/empty", tmpdir);
     mkdir(e, 0755);
     assert_int_equal(lp_hf_vocab_load(e, 0, &v, &err), LOUPE_ERR_IO);

@@ -435,6 +435,20 @@ static void write_spm_vocab(lp_gguf_writer *w, int n_vocab, int region) {
 
 /* ---------------------------------------------------------------- models */
 
+/* A block's SwiGLU FFN with its norm: ffn_norm, ffn_gate, ffn_up (F rows of
+ * E), ffn_down (E rows of F). */
+static void add_ffn_block(gen *g, int l, int64_t E, int64_t F, lp_type t) {
+    char nm[96];
+    snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+    add_vec(g, nm, E, INIT_NORM);
+    snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
+    add_mat(g, nm, t, E, F, 1.0);
+    snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
+    add_mat(g, nm, t, E, F, 1.0);
+    snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
+    add_mat(g, nm, t, F, E, 1.0);
+}
+
 /* The decoder blocks, in the order llama.cpp's converters write them:
  * RMSNorm weights, q/k/v (+ biases for qwen2), output, the SwiGLU FFN. */
 static void add_llm_blocks(gen *g, int n_layer, int64_t E, int64_t kv, int64_t F, lp_type t, bool qkv_bias) {
@@ -452,14 +466,7 @@ static void add_llm_blocks(gen *g, int n_layer, int64_t E, int64_t kv, int64_t F
         }
         snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
         add_mat(g, nm, t, E, E, 0.5);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
-        add_vec(g, nm, E, INIT_NORM);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
-        add_mat(g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
-        add_mat(g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
-        add_mat(g, nm, t, F, E, 1.0);
+        add_ffn_block(g, l, E, F, t);
     }
 }
 
@@ -1095,14 +1102,7 @@ static void gen_openelm_llm(const elm_shape *sh, lp_type t, const char *path, co
         add_vec(&g, nm, hd, INIT_NORM);
         snprintf(nm, sizeof nm, "blk.%d.attn_output.weight", l);
         add_mat(&g, nm, t, qd, E, 0.5);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
-        add_vec(&g, nm, E, INIT_NORM);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_gate.weight", l);
-        add_mat(&g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_up.weight", l);
-        add_mat(&g, nm, t, E, F, 1.0);
-        snprintf(nm, sizeof nm, "blk.%d.ffn_down.weight", l);
-        add_mat(&g, nm, t, F, E, 1.0);
+        add_ffn_block(&g, l, E, F, t);
     }
     add_vec(&g, "output_norm.weight", E, INIT_NORM);
     for (int l = 0; l < L; l++) fprintf(stderr, "%s%d/%d/%d", l ? " " : "gen_model: layers (heads/kv/ffn) ", heads[l], kvh[l], ffs[l]);
