@@ -17,7 +17,7 @@
 #                   script never builds it) with --no-mmap --no-repack on PLAIN,
 #                   in a cgroup of the same size; its failure is reported as such
 # Environment: BUDGETS ("60 40 25"), SPARSITIES ("0.5 0.8 0.95"), NAIVE_AT
-# ("40"), TOKENS (32), PROMPT (16), THREADS (2), OVERHEAD_MIB (64: process
+# ("40"), TOKENS (32), PROMPT (16), THREADS (2), OVERHEAD_MIB (96: process
 # baseline, KV cache, activations), LLAMA_CPP_BIN, BENCH (build/bench/bench_flash).
 # Memory cgroups need cgroup v1 at /sys/fs/cgroup/memory, writable (root);
 # without it the runs go unconfined and the table says so. Dropping the page
@@ -33,7 +33,7 @@ NAIVE_AT=${NAIVE_AT:-40}
 TOKENS=${TOKENS:-32}
 PROMPT=${PROMPT:-16}
 THREADS=${THREADS:-2}
-OVERHEAD_MIB=${OVERHEAD_MIB:-64}
+OVERHEAD_MIB=${OVERHEAD_MIB:-96}
 CG_ROOT=/sys/fs/cgroup/memory
 
 [ -x "$BENCH" ] || { echo "bench/flash.sh: $BENCH not found (run make bench)" >&2; exit 1; }
