@@ -383,24 +383,76 @@ static loupe_status added_tokens(lp_hf_vocab *v, const char *dir, const cJSON *a
     return LOUPE_OK;
 }
 
-/* tokenizer.json, byte-level BPE */
+static int cmp_tok(const void *a, const void *b, void *ctx) {
+    char *const *tok = ctx;
+    return strcmp(tok[*(const int *)a], tok[*(const int *)b]);
+}
+
+/* A SentencePiece-style BPE tokenizer.json (byte_fallback: LLaMA-2,
+ * Mistral, ...) as a "llama" vocabulary: <0xXX> tokens are BYTE, added
+ * special ones CONTROL, and the piece each merge makes gets the score
+ * -rank, so that llama.cpp's (and loupe's) SentencePiece merging — the
+ * highest-scoring adjacent pair first — merges in the tokenizer.json's merge
+ * order. Pieces no merge makes get -1e9 (merged last, if ever); the merge
+ * list is not written. (llama.cpp's own LlamaHfVocab scores every piece
+ * -1000, which loses the merge order.) */
+static loupe_status spm_from_merges(lp_hf_vocab *v, const char *dir, lp_error *err) {
+    int *order = malloc((size_t)v->n * sizeof *order);
+    if (!order) return lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < v->n; i++) {
+        order[i] = i;
+        const char *t = v->tok[i];
+        const bool byte = strlen(t) == 6 && !strncmp(t, "<0x", 3) && t[5] == '>';
+        if (v->type[i] == T_NORMAL) v->type[i] = byte ? T_BYTE : T_NORMAL;
+        v->score[i] = v->type[i] == T_NORMAL ? -1e9f : 0.0f;
+    }
+    qsort_r(order, (size_t)v->n, sizeof *order, cmp_tok, v->tok);
+    loupe_status st = LOUPE_OK;
+    char buf[1024];
+    for (int r = 0; r < v->n_merges && !st; r++) {
+        const char *m = v->merges[r], *sp = strchr(m, ' ');
+        if (!sp || strlen(m) >= sizeof buf) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s/tokenizer.json: merge %d (\"%.40s\") is not two pieces", dir, r, m);
+            break;
+        }
+        size_t a = (size_t)(sp - m);
+        memcpy(buf, m, a);
+        strcpy(buf + a, sp + 1); /* the merged piece */
+        int lo = 0, hi = v->n - 1, id = -1;
+        while (lo <= hi) {
+            int mid = lo + (hi - lo) / 2, c = strcmp(v->tok[order[mid]], buf);
+            if (!c) {
+                id = order[mid];
+                break;
+            }
+            if (c < 0) lo = mid + 1;
+            else hi = mid - 1;
+        }
+        if (id >= 0 && v->type[id] == T_NORMAL && v->score[id] == -1e9f) v->score[id] = -(float)r;
+    }
+    free(order);
+    for (int i = 0; i < v->n_merges; i++) free(v->merges[i]);
+    free(v->merges);
+    v->merges = NULL;
+    v->n_merges = 0;
+    return st;
+}
+
+/* tokenizer.json: byte-level BPE ("gpt2") or SentencePiece-style BPE ("llama") */
 static loupe_status load_tokenizer_json(const char *dir, const cJSON *tj, lp_hf_vocab **out, lp_error *err) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");
     const char *type = model ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(model, "type")) : NULL;
     if (!type || strcmp(type, "BPE"))
         return lp_fail(err, LOUPE_ERR_UNSUPPORTED, "%s/tokenizer.json: model type \"%.32s\" (loupe converts BPE)", dir,
                        type ? type : "?");
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback")))
-        return lp_fail(err, LOUPE_ERR_UNSUPPORTED,
-                       "%s/tokenizer.json: a SentencePiece-style (byte_fallback) BPE: loupe needs its tokenizer.model",
-                       dir);
+    const bool spm = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"));
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges))
         return lp_fail(err, LOUPE_ERR_FORMAT, "%s/tokenizer.json: model needs \"vocab\" and \"merges\"", dir);
     lp_hf_vocab *v = vocab_new();
     if (!v) return lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
-    snprintf(v->model, sizeof v->model, "gpt2");
+    snprintf(v->model, sizeof v->model, "%s", spm ? "llama" : "gpt2");
     loupe_status st = LOUPE_OK;
     const cJSON *e;
     cJSON_ArrayForEach(e, vocab) {
@@ -449,6 +501,7 @@ static loupe_status load_tokenizer_json(const char *dir, const cJSON *tj, lp_hf_
         if (!s) st = lp_fail(err, LOUPE_ERR_NOMEM, "out of memory");
         else v->merges[v->n_merges++] = s;
     }
+    if (!st && spm) st = spm_from_merges(v, dir, err);
     if (st) {
         lp_hf_vocab_free(v);
         return st;

@@ -21,13 +21,14 @@
  *                     added_tokens.json entries become USER_DEFINED (score
  *                     -1000); tokenizer_config.json's added_tokens_decoder:
  *                     special ones CONTROL, others USER_DEFINED.
- *   tokenizer.json    Hugging Face tokenizers, model.type "BPE" without
- *                     byte_fallback (GPT-2 style byte-level BPE): vocab by id,
+ *   tokenizer.json    Hugging Face tokenizers, model.type "BPE": vocab by id,
  *                     merges ("a b" strings or [a, b] pairs), added_tokens
- *                     (special -> CONTROL, else USER_DEFINED) ->
- *                     tokenizer.ggml.model "gpt2", pre "default". A llama-style
- *                     tokenizer.json (byte_fallback BPE) without its
- *                     tokenizer.model is refused (LOUPE_ERR_UNSUPPORTED).
+ *                     (special -> CONTROL, else USER_DEFINED). Without
+ *                     byte_fallback (GPT-2 style byte-level BPE) ->
+ *                     tokenizer.ggml.model "gpt2", pre "default", merges;
+ *                     with byte_fallback (LLaMA-2 style) -> "llama": <0xXX>
+ *                     pieces BYTE, each merged piece scored -(merge rank) so
+ *                     SentencePiece merging follows the merge order.
  * Special ids: trainer_spec's unk/bos/eos/pad ids, then config.json-style
  * bos/eos_token strings of tokenizer_config.json / special_tokens_map.json
  * when they name a token; add_bos_token / add_eos_token from

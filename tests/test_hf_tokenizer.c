@@ -208,14 +208,38 @@ static void test_tokenizer_json(void **state) {
     lp_gguf_close(g);
     lp_hf_vocab_free(v);
 
-    /* an id hole, a byte_fallback tokenizer.json, a unigram one, bad JSON */
+    /* an id hole, a SentencePiece-style one, a unigram one, bad JSON */
     write_text(d, "tokenizer.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":2},\"merges\":[]}}");
     assert_int_equal(lp_hf_vocab_load(d, 0, &v, &err), LOUPE_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "no token has id 1"));
-    write_text(d, "tokenizer.json",
-               "{\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{\"a\":0},\"merges\":[]}}");
-    assert_int_equal(lp_hf_vocab_load(d, 0, &v, &err), LOUPE_ERR_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "tokenizer.model"));
+    /* a SentencePiece-style (byte_fallback) BPE: merged pieces scored by merge rank, so that
+     * " ab" is ▁ + ab (the merge a b has rank 0, ▁ a rank 1) as in the BPE itself; equal
+     * scores (llama.cpp's LlamaHfVocab) would merge the leftmost pair into ▁a + b */
+    char json[8192];
+    int k2 = snprintf(json, sizeof json, "{\"added_tokens\":[{\"id\":1,\"content\":\"<s>\",\"special\":true},"
+                                         "{\"id\":2,\"content\":\"</s>\",\"special\":true}],"
+                                         "\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{\"<unk>\":0,\"<s>\":1,\"</s>\":2");
+    for (int b = 0; b < 256; b++) k2 += snprintf(json + k2, sizeof json - (size_t)k2, ",\"<0x%02X>\":%d", b, 3 + b);
+    snprintf(json + k2, sizeof json - (size_t)k2,
+             ",\"\xe2\x96\x81\":259,\"a\":260,\"b\":261,\"\xe2\x96\x81" "a\":262,\"ab\":263},"
+             "\"merges\":[\"a b\",[\"\xe2\x96\x81\",\"a\"]]}}");
+    write_text(d, "tokenizer.json", json);
+    write_text(d, "tokenizer_config.json", "{\"bos_token\":\"<s>\",\"eos_token\":\"</s>\",\"unk_token\":\"<unk>\"}");
+    assert_int_equal(lp_hf_vocab_load(d, 0, &v, &err), LOUPE_OK);
+    assert_string_equal(lp_hf_vocab_model(v), "llama");
+    assert_int_equal(lp_hf_vocab_type(v, 3 + 0x41), 6);
+    assert_int_equal(lp_hf_vocab_type(v, 1), 3);
+    assert_true(lp_hf_vocab_score(v, 263) == 0.0f && lp_hf_vocab_score(v, 262) == -1.0f);
+    assert_int_equal(lp_hf_vocab_special(v, "bos"), 1);
+    t = as_tokenizer(v, &g);
+    k = lp_tokenize(t, "ab ba\xc3\xa9", strlen("ab ba\xc3\xa9"), true, false, ids, 16, &err);
+    /* <s> ▁ ab ▁ b a <0xC3> <0xA9> */
+    const int32_t want[] = {1, 259, 263, 259, 261, 260, 3 + 0xc3, 3 + 0xa9};
+    assert_int_equal(k, 8);
+    assert_memory_equal(ids, want, sizeof want);
+    lp_tokenizer_free(t);
+    lp_gguf_close(g);
+    lp_hf_vocab_free(v);
     write_text(d, "tokenizer.json", "{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}");
     assert_int_equal(lp_hf_vocab_load(d, 0, &v, &err), LOUPE_ERR_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "Unigram"));
