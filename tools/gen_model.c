@@ -982,6 +982,24 @@ static void gen_qwen_mmproj(const vl_shape *sh, lp_type t, const char *path, con
     write_file(&g, path);
 }
 
+/* PREFIX.gguf and PREFIX-mmproj.gguf (malloc'd; 0 when out of memory). */
+static int pair_paths(const char *out, char **p_llm, char **p_mm) {
+    size_t n = strlen(out) + 16;
+    *p_llm = malloc(n);
+    *p_mm = malloc(n);
+    if (!*p_llm || !*p_mm) return 0;
+    snprintf(*p_llm, n, "%s.gguf", out);
+    snprintf(*p_mm, n, "%s-mmproj.gguf", out);
+    return 1;
+}
+
+/* Stream 1 (the language model) or 2 (the mmproj) of a seed: either file
+ * can be regenerated alone. */
+static void reseed(unsigned long long seed, int stream) {
+    g_rng = (uint64_t)seed * 0x100000001B3ull + (uint64_t)stream;
+    g_have_spare = 0;
+}
+
 static int gen_vl(const char *family, const char *shape_name, lp_type t, unsigned long long seed, const char *out,
                   int qk_norm) {
     const vl_shape *sh = NULL;
@@ -991,17 +1009,12 @@ static int gen_vl(const char *family, const char *shape_name, lp_type t, unsigne
         fprintf(stderr, "gen_model: no shape '%s' for --family %s\n", shape_name, family);
         return 2;
     }
-    size_t n = strlen(out);
-    char *p_llm = malloc(n + 16), *p_mm = malloc(n + 16), name[160];
-    if (!p_llm || !p_mm) return 1;
-    snprintf(p_llm, n + 16, "%s.gguf", out);
-    snprintf(p_mm, n + 16, "%s-mmproj.gguf", out);
-    g_rng = (uint64_t)seed * 0x100000001B3ull + 1;
-    g_have_spare = 0;
+    char *p_llm, *p_mm, name[160];
+    if (!pair_paths(out, &p_llm, &p_mm)) return 1;
+    reseed(seed, 1);
     snprintf(name, sizeof name, "loupe-random-%s-%s-%s-seed%llu", family, sh->name, lp_type_name(t), seed);
     gen_qwen_llm(sh, t, p_llm, name);
-    g_rng = (uint64_t)seed * 0x100000001B3ull + 2;
-    g_have_spare = 0;
+    reseed(seed, 2);
     snprintf(name, sizeof name, "loupe-random-%s-%s-mmproj-%s-seed%llu%s", family, sh->name, lp_type_name(t), seed,
              qk_norm ? "-qknorm" : "");
     if (!strcmp(family, "internvl")) gen_internvl_mmproj(sh, t, p_mm, name, qk_norm);
@@ -1118,13 +1131,9 @@ static int gen_openelm(const char *shape_name, lp_type t, unsigned long long see
         fprintf(stderr, "gen_model: no shape '%s' for --family openelm\n", shape_name);
         return 2;
     }
-    size_t n = strlen(out);
-    char *p_llm = malloc(n + 16), *p_mm = malloc(n + 16), name[128];
-    if (!p_llm || !p_mm) return 1;
-    snprintf(p_llm, n + 16, "%s.gguf", out);
-    snprintf(p_mm, n + 16, "%s-mmproj.gguf", out);
-    g_rng = (uint64_t)seed * 0x100000001B3ull + 1;
-    g_have_spare = 0;
+    char *p_llm, *p_mm, name[128];
+    if (!pair_paths(out, &p_llm, &p_mm)) return 1;
+    reseed(seed, 1);
     snprintf(name, sizeof name, "loupe-random-openelm-%s-%s-seed%llu", sh->name, lp_type_name(t), seed);
     gen_openelm_llm(sh, t, p_llm, name);
     /* a LLaVA-style (or MobileVLM ldp/ldpv2) mmproj whose projector ends at the OpenELM width */
@@ -1135,8 +1144,7 @@ static int gen_openelm(const char *shape_name, lp_type t, unsigned long long see
     if (!strcmp(sh->name, "tiny")) { /* a smaller tower than llava's tiny: the fixture stays small */
         vs.v_embd = 32, vs.v_ff = 32, vs.v_head = 2, vs.n_vit_gen = 2;
     }
-    g_rng = (uint64_t)seed * 0x100000001B3ull + 2;
-    g_have_spare = 0;
+    reseed(seed, 2);
     snprintf(name, sizeof name, "loupe-random-openelm-%s-mmproj-%s-seed%llu", sh->name, lp_type_name(t), seed);
     gen_mmproj(&vs, t, p_mm, name, 0, ldpv2, ldp);
     free(p_llm);
@@ -1293,20 +1301,15 @@ int main(int argc, char **argv) {
     }
     lp_type t = (lp_type)ti;
 
-    size_t n = strlen(out);
-    char *p_llm = malloc(n + 16), *p_mm = malloc(n + 16), name[128];
-    if (!p_llm || !p_mm) return 1;
-    snprintf(p_llm, n + 16, "%s.gguf", out);
-    snprintf(p_mm, n + 16, "%s-mmproj.gguf", out);
+    char *p_llm, *p_mm, name[128];
+    if (!pair_paths(out, &p_llm, &p_mm)) return 1;
 
     /* two independent streams so either file can be regenerated alone */
-    g_rng = (uint64_t)seed * 0x100000001B3ull + 1;
-    g_have_spare = 0;
+    reseed(seed, 1);
     snprintf(name, sizeof name, "loupe-random-llava-%s-%s-seed%llu%s", sh->name, lp_type_name(t), seed,
              region ? "-region" : "");
     gen_llm(sh, t, p_llm, name, region);
-    g_rng = (uint64_t)seed * 0x100000001B3ull + 2;
-    g_have_spare = 0;
+    reseed(seed, 2);
     snprintf(name, sizeof name, "loupe-random-llava-%s-mmproj-%s-seed%llu%s", sh->name, lp_type_name(t), seed,
              region ? "-region" : "");
     gen_mmproj(sh, t, p_mm, name, region, ldpv2, ldp);
