@@ -146,7 +146,13 @@ static loupe_status fill_tensor(void *ctx, uint64_t offset, void *dst, size_t n,
     }
     int64_t rows = 1;
     for (int i = 1; i < o->n_dims; i++) rows *= o->ne[i];
-    if (end >= (uint64_t)rows * rb) lp_st_release(o->src); /* the tensor is written: its source pages can go */
+    if (end >= (uint64_t)rows * rb) { /* the tensor is written: its row buffers and source pages can go */
+        free(o->row);
+        free(o->qrow);
+        o->row = NULL;
+        o->qrow = NULL;
+        lp_st_release(o->src);
+    }
     return LOUPE_OK;
 }
 
