@@ -10,6 +10,8 @@ ceiling on grounding accuracy whatever the language side learns.
 
   /usr/bin/python3 tools/train/oracle_boxes.py CKPT.pt --data /tmp/heldval [--n-images 120]
 
+(CKPT: train.py's --out, or its stage-1 OUT.vit.)
+
 (--data: a `loupe synth --split val` directory.)
 """
 import argparse
@@ -23,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data as D  # noqa: E402
 import model as M  # noqa: E402
-from train import AuxHead  # noqa: E402
+from train import AuxHead, decode_box  # noqa: E402
 
 
 def iou(a, b):
@@ -43,12 +45,16 @@ def main():
     ck = torch.load(a.ckpt, map_location="cpu")
     cfg = ck["config"]
     m = M.Model(cfg)
-    m.load_state_dict(ck["model"])
+    if "model" in ck:
+        m.load_state_dict(ck["model"])
+    else:                       # a stage-1 checkpoint (train.py's OUT.vit)
+        m.vit.load_state_dict(ck["vit"])
     m.eval()
     ann = json.load(open(os.path.join(a.data, "annotations.json")))
     cats = {c["id"]: c["name"] for c in ann["categories"]}
     n_out = ck["aux"]["lin.2.weight"].shape[0]
-    head = AuxHead(cfg["v_embd"], len(cats), n_out - len(cats) - 1 - 1 - 4)
+    n_box = 8 if ck.get("args", {}).get("box_param") == "rel" else 4
+    head = AuxHead(cfg["v_embd"], len(cats), n_out - len(cats) - 1 - 1 - n_box, n_box)
     head.load_state_dict(ck["aux"])
     head.eval()
     S, n = cfg["image_size"], cfg["image_size"] // cfg["patch_size"]
@@ -63,7 +69,7 @@ def main():
         for im in ann["images"][:a.n_images]:
             u8, (W, H) = D.squeeze(os.path.join(a.data, im["file_name"]), S)
             f = m.vit(D.normalize(torch.from_numpy(np.array(u8))[None]))
-            box = torch.sigmoid(head(f)[3][0]).numpy()                         # (N, 4)
+            box = decode_box(head(f)[3][0], n).numpy()                         # (N, 4)
             for o in by_img.get(im["id"], []):
                 if o.get("visible_fraction", 1) < 0.3:                         # as the aux targets
                     continue

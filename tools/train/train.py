@@ -50,21 +50,60 @@ def prepare(work, synth_seed, n_images, S):
 class AuxHead(torch.nn.Module):
     """Training-only dense heads on the ViT patch features (never exported):
     per patch, the category (or background) and colour of the object that
-    covers the patch centre, and whether an object's centre falls in the
-    patch plus that object's box. They teach the ViT *what is where* far
-    faster than the answer tokens alone, which is what the decoder's box
-    answers and the region sampler both read."""
+    covers the patch centre, whether an object's centre falls in the patch,
+    and that object's box -- as 4 raw values (n_box = 4: absolute, sigmoid)
+    or 8 (relative to the patch centre, then absolute; see decode_box).
+    They teach the ViT *what is where* far faster than the answer tokens
+    alone, which is what the decoder's box answers and the region sampler
+    both read."""
 
-    def __init__(self, D, n_cat, n_col):
+    def __init__(self, D, n_cat, n_col, n_box=4):
         super().__init__()
-        self.n_cat, self.n_col = n_cat, n_col
+        self.n_cat, self.n_col, self.n_box = n_cat, n_col, n_box
         self.lin = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.GELU(),
-                                       torch.nn.Linear(D, n_cat + 1 + n_col + 1 + 4))
+                                       torch.nn.Linear(D, n_cat + 1 + n_col + 1 + n_box))
 
     def forward(self, feats):
         o = self.lin(feats)
         c, k = self.n_cat + 1, self.n_col
         return o[..., :c], o[..., c:c + k], o[..., c + k], o[..., c + k + 1:]
+
+
+def cell_centres(n_side):
+    """(N,) x and (N,) y of the patch centres, normalized, row-major."""
+    cell = (torch.arange(n_side, dtype=torch.float32) + 0.5) / n_side
+    cy, cx = torch.meshgrid(cell, cell, indexing="ij")
+    return cx.reshape(-1), cy.reshape(-1)
+
+
+def decode_box(raw, n_side):
+    """raw (..., N, n_box) of AuxHead -> (..., N, 4) normalized x1 y1 x2 y2.
+    n_box 4: sigmoid of absolute coordinates (the first recipes).  n_box 8:
+    the first four are distances from the patch centre to the box's sides,
+    softplus(raw) / n_side (a patch only has to say how far its object
+    reaches, which a small ViT learns far better than where the image puts
+    it; measured in tools/train/README.md); the last four are the absolute
+    form, trained alongside so the features also carry it linearly."""
+    if raw.shape[-1] == 4:
+        return torch.sigmoid(raw)
+    cx, cy = cell_centres(n_side)
+    d = F.softplus(raw[..., :4]) / n_side
+    return torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], -1)
+
+
+def giou_loss(p, g):
+    """mean(1 - GIoU) of (M, 4) boxes: scale-free, so a cup's box counts as
+    much as a sofa's (L1 alone lets small objects stay far off in IoU)."""
+    iw = (torch.min(p[:, 2], g[:, 2]) - torch.max(p[:, 0], g[:, 0])).clamp(min=0)
+    ih = (torch.min(p[:, 3], g[:, 3]) - torch.max(p[:, 1], g[:, 1])).clamp(min=0)
+    inter = iw * ih
+    ap = (p[:, 2] - p[:, 0]).clamp(min=0) * (p[:, 3] - p[:, 1]).clamp(min=0)
+    ag = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+    union = ap + ag - inter + 1e-7
+    cw = torch.max(p[:, 2], g[:, 2]) - torch.min(p[:, 0], g[:, 0])
+    ch = torch.max(p[:, 3], g[:, 3]) - torch.min(p[:, 1], g[:, 1])
+    hull = cw * ch + 1e-7
+    return (1 - inter / union + (hull - union) / hull).mean()
 
 
 def aux_targets(objs, n_side, dense_box=True):
@@ -79,9 +118,7 @@ def aux_targets(objs, n_side, dense_box=True):
     col = torch.full((N,), -100, dtype=torch.long)
     ctr = torch.zeros(N)
     box = torch.zeros(N, 4)
-    cell = (torch.arange(n_side, dtype=torch.float32) + 0.5) / n_side
-    cy, cx = torch.meshgrid(cell, cell, indexing="ij")
-    cx, cy = cx.reshape(-1), cy.reshape(-1)
+    cx, cy = cell_centres(n_side)
     best = torch.full((N,), 9.0)
     for o in objs:
         if o[6] < 0.3:
@@ -102,6 +139,7 @@ def aux_targets(objs, n_side, dense_box=True):
 
 
 dense_box_loss = True   # set from --dense-box in main()
+n_side_loss = 10        # set in main()
 
 
 def aux_loss(head, feats, tg):
@@ -111,8 +149,15 @@ def aux_loss(head, feats, tg):
     l_col = F.cross_entropy(col_l.reshape(-1, col_l.shape[-1]), col.reshape(-1), ignore_index=-100)
     l_ctr = F.binary_cross_entropy_with_logits(ctr_l, ctr)
     pos = (box[..., 2] > box[..., 0]) if dense_box_loss else ctr > 0
-    l_box = F.l1_loss(torch.sigmoid(box_l[pos]), box[pos]) if pos.any() else feats.sum() * 0
-    return l_cat + l_col + l_ctr + 10.0 * l_box, l_box.item()
+    if not pos.any():
+        l_box = feats.sum() * 0
+        return l_cat + l_col + l_ctr + l_box, 0.0
+    pred = decode_box(box_l, n_side_loss)[pos]
+    l_box = F.l1_loss(pred, box[pos])
+    total = l_cat + l_col + l_ctr + 10.0 * l_box
+    if box_l.shape[-1] == 8:   # relative form: + GIoU, + the absolute form at a quarter weight
+        total = total + 2.0 * giou_loss(pred, box[pos]) + 2.5 * F.l1_loss(torch.sigmoid(box_l[..., 4:][pos]), box[pos])
+    return total, l_box.item()
 
 
 def attention_loss(model, data, idx, target, n_side, layer, head, cover=None):
@@ -301,7 +346,7 @@ def main():
     ap.add_argument("--synth-seed", type=int, default=1)
     ap.add_argument("--n-images", type=int, default=8000)
     ap.add_argument("--out", default=None, help="checkpoint path (default WORK/ckpt.pt)")
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=1700)
     ap.add_argument("--batch-img", type=int, default=8, help="images per batch")
     ap.add_argument("--per-img", type=int, default=8, help="questions per image in a batch")
     ap.add_argument("--lr", type=float, default=1.5e-3)
@@ -315,7 +360,7 @@ def main():
     ap.add_argument("--aux", type=float, default=1.0, help="weight of the dense ViT auxiliary loss (0: off)")
     ap.add_argument("--coord", type=float, default=1.0, help="weight of the soft coordinate loss (0: off)")
     ap.add_argument("--sigma", type=float, default=8.0, help="soft coordinate target width, grid steps")
-    ap.add_argument("--vit-steps", type=int, default=600, help="stage 1: ViT-only auxiliary pre-training steps")
+    ap.add_argument("--vit-steps", type=int, default=1500, help="stage 1: ViT-only auxiliary pre-training steps")
     ap.add_argument("--vit-batch", type=int, default=64)
     ap.add_argument("--vit-lr", type=float, default=2e-3)
     ap.add_argument("--att", type=float, default=0.5, help="weight of the attention supervision (0: off)")
@@ -323,9 +368,11 @@ def main():
     ap.add_argument("--packed", type=int, default=1, help="pack each image's questions in one row (1) or not (0)")
     ap.add_argument("--dense-box", type=int, default=1,
                     help="box targets on every patch an object covers, attention supervised over them (1), or the centre patch only (0)")
+    ap.add_argument("--box-param", choices=("rel", "abs"), default="rel",
+                    help="auxiliary box targets relative to each patch (rel, + GIoU) or absolute (abs: the first recipes)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
-    global dense_box_loss
+    global dense_box_loss, n_side_loss
     dense_box_loss = bool(a.dense_box)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -346,8 +393,9 @@ def main():
     value_of[num_ids] = torch.arange(1000)
     init_number_rows(model, num_ids)
     extra = D.build_extra(os.path.join(a.work, "synth"), data, os.path.join(a.work, "extra.pt"))
-    head = AuxHead(cfg["v_embd"], 12, len(extra["colours"]))
+    head = AuxHead(cfg["v_embd"], 12, len(extra["colours"]), 8 if a.box_param == "rel" else 4)
     n_side = cfg["image_size"] // cfg["patch_size"]
+    n_side_loss = n_side
     att_layer = cfg["n_layer"] - 1
     model.blocks[att_layer].keep_att = a.att > 0
     n_par = sum(p.numel() for p in model.parameters())
@@ -377,7 +425,7 @@ def main():
             print("stage 1: loaded %s" % vit_ck, flush=True)
         else:
             pretrain_vit(model, head, data, extra, n_side, a.vit_steps, a.vit_batch, a.vit_lr, a.seed, log)
-            torch.save({"vit": model.vit.state_dict(), "aux": head.state_dict()}, vit_ck)
+            torch.save({"vit": model.vit.state_dict(), "aux": head.state_dict(), "config": cfg, "args": vars(a)}, vit_ck)
     prefix = torch.tensor(tok.encode(D.PREFIX_TEXT, add_bos=True))
     gen = torch.Generator().manual_seed(a.seed)
     epoch, batches = 0, []
