@@ -12,12 +12,21 @@
  * (no predictor) must give bit-identical logits at every step: the store
  * may only change where the bytes come from, never the arithmetic.
  * Sparse mode (top-k by the predictor) is checked for its neuron counts and
- * cache statistics, and the error paths for their messages. */
+ * cache statistics, and the error paths for their messages.
+ *
+ * BLAS threads: opening a flash store sets OpenBLAS to one thread for the
+ * whole process (language/flash.c), and OpenBLAS's threaded and
+ * single-threaded sgemm need not round alike (on AMD EPYC the first
+ * resident run, made with two BLAS threads, differed from every later run
+ * by 3e-5 in the logits). setup() therefore fixes one BLAS thread before
+ * anything runs, so reference and flash runs do the same arithmetic. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include <cblas.h>
 
 #include <math.h>
 #include <pthread.h>
@@ -85,6 +94,7 @@ static void write_quantized(const char *in, const char *out, lp_type t) {
 }
 
 static int setup(void **state) {
+    openblas_set_num_threads(1); /* as every flash store does: see the top of this file */
     fixture *f = calloc(1, sizeof *f);
     if (!f || tu_mkdtemp(f->dir, sizeof f->dir, "flash") != 0) return -1;
     const char *types[3] = {"f16", "q8_0", "q4_0"};
