@@ -4,7 +4,8 @@
 Runs only the ViT and the training-time auxiliary box head (AuxHead in
 train.py) of a checkpoint on held-out scenes, and scores the box the head
 predicts at the ground-truth object's own patches (the patch holding the
-box centre, and the mean over every patch the object covers) with Acc@0.5.
+box centre, and the mean over every patch the object covers) with Acc@0.5,
+and how often the category head names the object at its centre patch.
 The decoder can only copy boxes that the image features carry, so this is a
 ceiling on grounding accuracy whatever the language side learns.
 
@@ -64,12 +65,14 @@ def main():
     by_img = {}
     for o in ann["annotations"]:
         by_img.setdefault(o["image_id"], []).append(o)
-    centre, cover = {}, {}
+    centre, cover, named = {}, {}, {}
     with torch.no_grad():
         for im in ann["images"][:a.n_images]:
             u8, (W, H) = D.squeeze(os.path.join(a.data, im["file_name"]), S)
             f = m.vit(D.normalize(torch.from_numpy(np.array(u8))[None]))
-            box = decode_box(head(f)[3][0], n).numpy()                         # (N, 4)
+            out = head(f)
+            box = decode_box(out[3][0], n).numpy()                             # (N, 4)
+            cat = out[0][0].argmax(-1).numpy()                                 # (N,) 0 = background
             for o in by_img.get(im["id"], []):
                 if o.get("visible_fraction", 1) < 0.3:                         # as the aux targets
                     continue
@@ -79,15 +82,19 @@ def main():
                 cov = (xx >= g[0]) & (xx < g[2]) & (yy >= g[1]) & (yy < g[3])
                 c = cats[o["category_id"]]
                 centre.setdefault(c, []).append(iou(box[p], g))
+                named.setdefault(c, []).append(cat[p] == o["category_id"])    # aux category = id - 1 + 1
                 cover.setdefault(c, []).append(iou(box[cov].mean(0) if cov.any() else box[p], g))
     allc = np.array([v for l in centre.values() for v in l])
     allv = np.array([v for l in cover.values() for v in l])
     print("oracle Acc@0.5: centre patch %.3f, mean over covered patches %.3f (%d objects, %d images)" %
           (np.mean(allc >= 0.5), np.mean(allv >= 0.5), len(allc), min(a.n_images, len(ann["images"]))))
+    alln = np.array([v for l in named.values() for v in l])
+    print("category head at the centre patch: right for %.3f of the objects (the features' side of referring)" %
+          np.mean(alln))
     for c in sorted(centre):
-        print("  %-8s %.2f  %.2f  (n=%d, mean IoU %.2f)" % (c, np.mean(np.array(centre[c]) >= 0.5),
-                                                          np.mean(np.array(cover[c]) >= 0.5), len(centre[c]),
-                                                          np.mean(centre[c])))
+        print("  %-8s %.2f  %.2f  (n=%d, mean IoU %.2f, category %.2f)" % (
+            c, np.mean(np.array(centre[c]) >= 0.5), np.mean(np.array(cover[c]) >= 0.5), len(centre[c]),
+            np.mean(centre[c]), np.mean(named[c])))
 
 
 if __name__ == "__main__":
