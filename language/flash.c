@@ -248,7 +248,33 @@ typedef struct flash_store {
 
     int32_t *miss;         // (stream_cap) scratch: indices into the request of missing ids
     int *evict_order;      // (cache cap) scratch for LRU eviction
+    bool blas_single;      // this store holds OpenBLAS at one thread (blas_single_acquire)
 } flash_store;
+
+/* OpenBLAS's idle threads spin (sched_yield) after every sgemm; on a small
+ * machine they take the cores the I/O threads and the pool need (a 7B
+ * prefill went from 72 s to 18 s on 2 cores with one thread). Flash mode is
+ * bound by reads, not by sgemm, so while any flash store is open OpenBLAS
+ * runs one thread; the count it had comes back when the last one closes.
+ * The setting is process-wide (OpenBLAS has no per-call count). */
+static pthread_mutex_t blas_mu = PTHREAD_MUTEX_INITIALIZER;
+static int blas_holders, blas_saved_threads;
+
+static void blas_single_acquire(flash_store *s) {
+    pthread_mutex_lock(&blas_mu);
+    if (blas_holders++ == 0) blas_saved_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    s->blas_single = true;
+    pthread_mutex_unlock(&blas_mu);
+}
+
+static void blas_single_release(flash_store *s) {
+    if (!s->blas_single) return;
+    pthread_mutex_lock(&blas_mu);
+    if (--blas_holders == 0 && blas_saved_threads > 1) openblas_set_num_threads(blas_saved_threads);
+    s->blas_single = false;
+    pthread_mutex_unlock(&blas_mu);
+}
 
 static const char *fpath(const flash_store *s) { return s->base.gguf->path ? s->base.gguf->path : "(gguf)"; }
 
@@ -882,6 +908,7 @@ static loupe_status flash_get_rows(lp_weight_store *ws, const lp_tensor *t, cons
 static void flash_free(lp_weight_store *ws) {
     flash_store *s = (flash_store *)ws;
     if (!s) return;
+    blas_single_release(s);
     if (s->ld_running) {
         pthread_mutex_lock(&s->ld_mu);
         s->ld_stop = true;
@@ -1104,11 +1131,7 @@ lp_weight_store *lp_weights_flash(const lp_gguf *g, const lp_flash_params *p, lp
         }
     }
     s->base.stats = (lp_ws_stats){0}; /* loading is not a token's I/O */
-    /* OpenBLAS's idle threads spin (sched_yield) after every sgemm; on a
-     * small machine they take the cores the I/O threads and the pool need
-     * (a 7B prefill went from 72 s to 18 s on 2 cores with this). Flash
-     * mode is bound by reads, not by sgemm: one BLAS thread. */
-    openblas_set_num_threads(1);
+    blas_single_acquire(s);
     return &s->base;
 fail:
     flash_free(&s->base);

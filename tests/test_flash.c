@@ -14,8 +14,9 @@
  * Sparse mode (top-k by the predictor) is checked for its neuron counts and
  * cache statistics, and the error paths for their messages.
  *
- * BLAS threads: opening a flash store sets OpenBLAS to one thread for the
- * whole process (language/flash.c), and OpenBLAS's threaded and
+ * BLAS threads: while a flash store is open OpenBLAS runs one thread for
+ * the whole process (language/flash.c; test_blas_threads_restored), and
+ * OpenBLAS's threaded and
  * single-threaded sgemm need not round alike (on AMD EPYC the first
  * resident run, made with two BLAS threads, differed from every later run
  * by 3e-5 in the logits). setup() therefore fixes one BLAS thread before
@@ -276,6 +277,32 @@ static void test_flash_file_close_to_input(void **state) {
 
 /* Top-k: exactly round(keep * n_ff) neurons per layer per decode step;
  * the window makes later tokens hit the cache. */
+/* A flash store holds OpenBLAS at one thread while it is open, and the
+ * count comes back when the last open store closes. */
+static void test_blas_threads_restored(void **state) {
+    fixture *f = *state;
+    openblas_set_num_threads(2);
+    const int n0 = openblas_get_num_threads(); /* 1 where OpenBLAS sees one core */
+    lp_flash_params fp = lp_flash_default_params();
+    fp.budget = (size_t)file_size(f->flash[0]);
+    lp_error err = {0};
+    lp_gguf *g1 = lp_gguf_open(f->flash[0], &err), *g2 = lp_gguf_open(f->flash[0], &err);
+    assert_non_null(g1);
+    assert_non_null(g2);
+    lp_weight_store *a = lp_weights_flash(g1, &fp, &err), *b = lp_weights_flash(g2, &fp, &err);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(openblas_get_num_threads(), 1);
+    lp_ws_free(a);
+    assert_int_equal(openblas_get_num_threads(), 1); /* b is still open */
+    lp_ws_free(b);
+    assert_int_equal(openblas_get_num_threads(), n0);
+    lp_gguf_close(g1);
+    lp_gguf_close(g2);
+    openblas_set_num_threads(1); /* back to what setup() fixed for the other tests */
+    if (n0 == 1) skip(); /* nothing to restore on one core: the check above could not fail */
+}
+
 static void test_sparse_counts_and_window(void **state) {
     fixture *f = *state;
     lp_flash_params fp = lp_flash_default_params();
@@ -630,6 +657,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_bit_identical),
         cmocka_unit_test(test_flash_file_close_to_input),
+        cmocka_unit_test(test_blas_threads_restored),
         cmocka_unit_test(test_sparse_counts_and_window),
         cmocka_unit_test(test_sparse_reads_less),
         cmocka_unit_test(test_errors),
