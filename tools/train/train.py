@@ -162,11 +162,12 @@ def aux_loss(head, feats, tg):
 
 def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen):
     """Training-only: every visible object of the batch's images through the
-    region sampler (points uniform in its box), and a linear head on the
-    <region_fea> embedding must name its category and colour. Without it the
-    sampler only learns through the decoder's few referring answers, and its
-    output collapsed to ~3 dimensions (sixth session: 3 singular values of
-    the standardized embeddings above 5, the 4th 4.5, the 10th 0.4)."""
+    region sampler (points uniform in its box), and a head (LayerNorm +
+    linear) on the <region_fea> embedding must name its category and colour.
+    Without it the sampler only learns through the decoder's few referring
+    answers, and its output collapsed to ~3 directions (sixth session,
+    region_probe.py: singular values 366, 310, 221, then 11.8; a linear
+    probe names 22 % of held-out categories)."""
     fs, ps, cats, cols = [], [], [], []
     for r, i in enumerate(imgs):
         o = extra["objs"][i]
