@@ -16,9 +16,8 @@
  *
  * BLAS threads: while a flash store is open OpenBLAS runs one thread for
  * the whole process (language/flash.c; test_blas_threads_restored), and
- * OpenBLAS's threaded and
- * single-threaded sgemm need not round alike (on AMD EPYC the first
- * resident run, made with two BLAS threads, differed from every later run
+ * OpenBLAS's threaded and single-threaded sgemm need not round alike (on
+ * AMD EPYC a resident run with two BLAS threads differed from the flash runs
  * by 3e-5 in the logits). setup() therefore fixes one BLAS thread before
  * anything runs, so reference and flash runs do the same arithmetic. */
 #include <setjmp.h>
@@ -275,8 +274,6 @@ static void test_flash_file_close_to_input(void **state) {
     runner_close(&b);
 }
 
-/* Top-k: exactly round(keep * n_ff) neurons per layer per decode step;
- * the window makes later tokens hit the cache. */
 /* A flash store holds OpenBLAS at one thread while it is open, and the
  * count comes back when the last open store closes. */
 static void test_blas_threads_restored(void **state) {
@@ -303,6 +300,8 @@ static void test_blas_threads_restored(void **state) {
     if (n0 == 1) skip(); /* nothing to restore on one core: the check above could not fail */
 }
 
+/* Top-k: exactly round(keep * n_ff) neurons per layer per decode step;
+ * the window makes later tokens hit the cache. */
 static void test_sparse_counts_and_window(void **state) {
     fixture *f = *state;
     lp_flash_params fp = lp_flash_default_params();

@@ -199,6 +199,24 @@ def rle_points(rle, max_points, rng):
     return torch.from_numpy(np.stack([x / w, y / h], 1).astype(np.float32))
 
 
+N_CAT = 12          # sofa .. dog, category_id 1..12
+MIN_VISIBLE = 0.3   # objects less visible than this carry no training target
+
+
+def visible_scenes(ann, ann_dir, S, n_images=None):
+    """Yield (W, H, u8 (S, S, 3) squeezed image, [annotations of the objects
+    at least MIN_VISIBLE visible]) for the first n_images scenes of a
+    `loupe synth` directory whose annotations.json is ann (the held-out
+    diagnostics' loop)."""
+    by_img = {}
+    for o in ann["annotations"]:
+        if o.get("visible_fraction", 1) >= MIN_VISIBLE:
+            by_img.setdefault(o["image_id"], []).append(o)
+    for im in ann["images"][:n_images]:
+        u8, (W, H) = squeeze(os.path.join(ann_dir, im["file_name"]), S)
+        yield W, H, u8, by_img.get(im["id"], [])
+
+
 def build_extra(ann_dir, data, cache=None):
     """Training-only targets the exported model never sees:
     objs[i]  (k, 7) float: category 0..11, colour index, box x1 y1 x2 y2

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data as D  # noqa: E402
 import model as M  # noqa: E402
-from train import AuxHead, decode_box  # noqa: E402
+from train import AuxHead, cell_centres, decode_box  # noqa: E402
 
 
 def iou(a, b):
@@ -59,23 +59,14 @@ def main():
     head.load_state_dict(ck["aux"])
     head.eval()
     S, n = cfg["image_size"], cfg["image_size"] // cfg["patch_size"]
-    cell = (np.arange(n) + 0.5) / n
-    yy, xx = np.meshgrid(cell, cell, indexing="ij")
-    xx, yy = xx.ravel(), yy.ravel()
-    by_img = {}
-    for o in ann["annotations"]:
-        by_img.setdefault(o["image_id"], []).append(o)
+    xx, yy = (t.numpy() for t in cell_centres(n))
     centre, cover, named = {}, {}, {}
     with torch.no_grad():
-        for im in ann["images"][:a.n_images]:
-            u8, (W, H) = D.squeeze(os.path.join(a.data, im["file_name"]), S)
-            f = m.vit(D.normalize(torch.from_numpy(np.array(u8))[None]))
-            out = head(f)
+        for W, H, u8, objs in D.visible_scenes(ann, a.data, S, a.n_images):
+            out = head(m.vit(D.normalize(torch.from_numpy(np.array(u8))[None])))
             box = decode_box(out[3][0], n).numpy()                             # (N, 4)
             cat = out[0][0].argmax(-1).numpy()                                 # (N,) 0 = background
-            for o in by_img.get(im["id"], []):
-                if o.get("visible_fraction", 1) < 0.3:                         # as the aux targets
-                    continue
+            for o in objs:
                 x, y, bw, bh = o["bbox"]
                 g = [x / W, y / H, (x + bw) / W, (y + bh) / H]
                 p = min(int((g[1] + g[3]) / 2 * n), n - 1) * n + min(int((g[0] + g[2]) / 2 * n), n - 1)

@@ -33,17 +33,13 @@ NAMES = "sofa lamp cup chair table plant tv bed book clock bottle dog".split()
 
 def embeddings(m, cfg, ddir, n_img):
     """(k, n_embd) region embeddings and (k,) category indices of the visible objects."""
-    ann = json.load(open(os.path.join(ddir, "annotations.json")))
-    by = {}
-    for o in ann["annotations"]:
-        by.setdefault(o["image_id"], []).append(o)
+    with open(os.path.join(ddir, "annotations.json")) as f:
+        ann = json.load(f)
     X, Y = [], []
     with torch.no_grad():
-        for im in ann["images"][:n_img]:
-            objs = [o for o in by.get(im["id"], []) if o.get("visible_fraction", 1) >= 0.3]  # as the aux targets
+        for W, H, u8, objs in D.visible_scenes(ann, ddir, cfg["image_size"], n_img):
             if not objs:
                 continue
-            u8, (W, H) = D.squeeze(os.path.join(ddir, im["file_name"]), cfg["image_size"])
             f = m.vit(D.normalize(torch.from_numpy(np.array(u8))[None]))                     # (1, N, C)
             pts = [sample_points_box([o["bbox"][0] / W, o["bbox"][1] / H, (o["bbox"][0] + o["bbox"][2]) / W,
                                       (o["bbox"][1] + o["bbox"][3]) / H], cfg["region_points"], 0) for o in objs]
@@ -68,7 +64,7 @@ def main():
     m.load_state_dict(ck["model"])
     m.eval()
     Xtr, Ytr = embeddings(m, cfg, a.train_data, a.n_train)
-    Xva, Yva = embeddings(m, cfg, a.data, 10 ** 9)
+    Xva, Yva = embeddings(m, cfg, a.data, None)
     mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-5
     Xtr, Xva = (Xtr - mu) / sd, (Xva - mu) / sd
     lin = torch.nn.Linear(Xtr.shape[1], len(NAMES))

@@ -121,7 +121,7 @@ def aux_targets(objs, n_side, dense_box=True):
     cx, cy = cell_centres(n_side)
     best = torch.full((N,), 9.0)
     for o in objs:
-        if o[6] < 0.3:
+        if o[6] < D.MIN_VISIBLE:
             continue
         x1, y1, x2, y2 = o[2:6].tolist()
         area = (x2 - x1) * (y2 - y1)
@@ -171,7 +171,7 @@ def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen):
     fs, ps, cats, cols = [], [], [], []
     for r, i in enumerate(imgs):
         o = extra["objs"][i]
-        o = o[o[:, 6] >= 0.3]
+        o = o[o[:, 6] >= D.MIN_VISIBLE]
         if len(o) == 0:
             continue
         u = torch.rand(len(o), n_points, 2, generator=gen)
@@ -184,8 +184,7 @@ def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen):
         return feats.sum() * 0
     e = model.region(torch.cat(fs), torch.cat(ps))                 # (k, E)
     out = rhead(e)
-    n_cat = 12
-    return F.cross_entropy(out[:, :n_cat], torch.cat(cats)) + F.cross_entropy(out[:, n_cat:], torch.cat(cols))
+    return F.cross_entropy(out[:, :D.N_CAT], torch.cat(cats)) + F.cross_entropy(out[:, D.N_CAT:], torch.cat(cols))
 
 
 def attention_loss(model, data, idx, target, n_side, layer, head, cover=None):
@@ -423,7 +422,7 @@ def main():
     value_of[num_ids] = torch.arange(1000)
     init_number_rows(model, num_ids)
     extra = D.build_extra(os.path.join(a.work, "synth"), data, os.path.join(a.work, "extra.pt"))
-    head = AuxHead(cfg["v_embd"], 12, len(extra["colours"]), 8 if a.box_param == "rel" else 4)
+    head = AuxHead(cfg["v_embd"], D.N_CAT, len(extra["colours"]), 8 if a.box_param == "rel" else 4)
     n_side = cfg["image_size"] // cfg["patch_size"]
     n_side_loss = n_side
     att_layer = cfg["n_layer"] - 1
@@ -442,7 +441,7 @@ def main():
     # the region head has its own optimizer, so a checkpoint made without it resumes unchanged
     # (a LayerNorm first: the embeddings reach |x| ~ 100, which the decoder's RMSNorm absorbs)
     rhead = torch.nn.Sequential(torch.nn.LayerNorm(cfg["n_embd"], elementwise_affine=False),
-                                torch.nn.Linear(cfg["n_embd"], 12 + len(extra["colours"])))
+                                torch.nn.Linear(cfg["n_embd"], D.N_CAT + len(extra["colours"])))
     ropt = torch.optim.AdamW(rhead.parameters(), lr=a.lr, betas=(0.9, 0.95))
     step, log = 0, []
     if a.resume and os.path.exists(out):
@@ -491,7 +490,6 @@ def main():
         if a.packed:
             pixels, imgs, rows, target, pts, region = collate_packed(data, idx, tok, gen, cfg["region_points"], extra,
                                                                      a.p_mask)
-            imgs_b = imgs                # feats row r is image imgs_b[r]
             img, feats = model.encode_image(pixels)
             logits = model.forward_packed(prefix, img, feats, rows, pts, region)
             idx = [j for c in idx for j in c]
@@ -512,14 +510,15 @@ def main():
         if a.coord > 0:
             total = total + a.coord * coord_loss(logits, target, num_ids, value_of, a.sigma)
         if a.aux > 0:
-            imgs = sorted(set(data["img"][j] for j in idx))
+            if not a.packed:     # collate_packed gave the images in feats' row order already
+                imgs = sorted(set(data["img"][j] for j in idx))
             tg = [aux_targets(extra["objs"][i], n_side, a.dense_box) for i in imgs]
             tg = tuple(torch.stack([t[k] for t in tg]) for k in range(4))
             la, lb = aux_loss(head, feats, tg)
             total = total + a.aux * la
             run_box.append(lb)
         if a.region_aux > 0 and a.packed:
-            lr_ = region_aux_loss(model, rhead, feats, imgs_b, extra, cfg["region_points"], gen)
+            lr_ = region_aux_loss(model, rhead, feats, imgs, extra, cfg["region_points"], gen)  # feats row r: imgs[r]
             total = total + a.region_aux * lr_
             run_reg.append(lr_.item())
         opt.zero_grad(set_to_none=True)
