@@ -160,7 +160,7 @@ def aux_loss(head, feats, tg):
     return total, l_box.item()
 
 
-def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen):
+def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen, rms_cap=0.0):
     """Training-only: every visible object of the batch's images through the
     region sampler (points uniform in its box), and a head (LayerNorm +
     linear) on the <region_fea> embedding must name its category and colour.
@@ -184,7 +184,14 @@ def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen):
         return feats.sum() * 0
     e = model.region(torch.cat(fs), torch.cat(ps))                 # (k, E)
     out = rhead(e)
-    return F.cross_entropy(out[:, :D.N_CAT], torch.cat(cats)) + F.cross_entropy(out[:, D.N_CAT:], torch.cat(cols))
+    loss = F.cross_entropy(out[:, :D.N_CAT], torch.cat(cats)) + F.cross_entropy(out[:, D.N_CAT:], torch.cat(cols))
+    if rms_cap > 0:
+        # The head's LayerNorm makes this loss blind to the embedding's scale,
+        # and AdamW then lets the scale grow (seventh session: RMS per
+        # dimension 2.6 -> 18). The decoder's RMSNorm divides the gradient
+        # that reaches the sampler by that scale, so cap it.
+        loss = loss + F.relu(e.pow(2).mean(1).sqrt() - rms_cap).pow(2).mean()
+    return loss
 
 
 def attention_loss(model, data, idx, target, n_side, layer, head, cover=None):
@@ -399,6 +406,8 @@ def main():
                     help="auxiliary box targets relative to each patch (rel, + GIoU) or absolute (abs: the first recipes)")
     ap.add_argument("--region-aux", type=float, default=0.0,
                     help="weight of the region sampler's auxiliary category/colour loss (region_aux_loss; 0: off)")
+    ap.add_argument("--region-rms-cap", type=float, default=0.0,
+                    help="with --region-aux: penalise <region_fea> embeddings whose RMS per dimension exceeds this (0: off)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
     global dense_box_loss, n_side_loss
@@ -477,7 +486,7 @@ def main():
     bi = step - consumed
     gen.manual_seed(a.seed * 7919 + step)
     model.train()
-    t_start, seen, run, run_box, run_att, run_reg = time.time(), 0, [], [], [], []
+    t_start, seen, run, run_box, run_att, run_reg, run_gn = time.time(), 0, [], [], [], [], []
     while step < a.steps:
         if bi >= len(batches):
             epoch += 1
@@ -518,7 +527,8 @@ def main():
             total = total + a.aux * la
             run_box.append(lb)
         if a.region_aux > 0 and a.packed:
-            lr_ = region_aux_loss(model, rhead, feats, imgs, extra, cfg["region_points"], gen)  # feats row r: imgs[r]
+            lr_ = region_aux_loss(model, rhead, feats, imgs, extra, cfg["region_points"], gen,  # feats row r: imgs[r]
+                                  a.region_rms_cap)
             total = total + a.region_aux * lr_
             run_reg.append(lr_.item())
         opt.zero_grad(set_to_none=True)
@@ -527,8 +537,9 @@ def main():
         # Clip the ViT (+ auxiliary head) and the rest apart: one global norm
         # let the auxiliary loss's large gradients (norm ~7 against ~1 for
         # the answer tokens) shrink every decoder step ~7x.
-        torch.nn.utils.clip_grad_norm_([p for n, p in params if is_vit(n) or n.startswith("aux.")], 1.0)
-        torch.nn.utils.clip_grad_norm_([p for n, p in params if not (is_vit(n) or n.startswith("aux."))], 1.0)
+        gv = torch.nn.utils.clip_grad_norm_([p for n, p in params if is_vit(n) or n.startswith("aux.")], 1.0)
+        gr = torch.nn.utils.clip_grad_norm_([p for n, p in params if not (is_vit(n) or n.startswith("aux."))], 1.0)
+        run_gn.append((gv.item(), gr.item()))
         opt.step()
         if a.region_aux > 0:
             ropt.step()
@@ -539,10 +550,13 @@ def main():
             el = time.time() - t_start
             m = float(np.mean(run))
             log.append((step, m))
-            print("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  region %.3f  lr %.2e  %.1f samples/s  %.0fs" % (
-                step, m, float(np.mean(run_box)) if run_box else 0.0, float(np.mean(run_att)) if run_att else 0.0,
-                float(np.mean(run_reg)) if run_reg else 0.0, opt.param_groups[0]["lr"], seen / el, el), flush=True)
-            run, run_box, run_att, run_reg = [], [], [], []
+            gn = np.mean(run_gn, axis=0)   # gradient norms before clipping (1.0): ViT + aux head, the rest
+            print("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  region %.3f  grad norm %.2f / %.2f  lr %.2e  "
+                  "%.1f samples/s  %.0fs" % (
+                      step, m, float(np.mean(run_box)) if run_box else 0.0, float(np.mean(run_att)) if run_att else 0.0,
+                      float(np.mean(run_reg)) if run_reg else 0.0, gn[0], gn[1], opt.param_groups[0]["lr"], seen / el, el),
+                  flush=True)
+            run, run_box, run_att, run_reg, run_gn = [], [], [], [], []
         if step % a.save_every == 0 or step == a.steps:
             torch.save({"model": model.state_dict(), "aux": head.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
                         "raux": rhead.state_dict(), "ropt": ropt.state_dict(),
