@@ -311,10 +311,18 @@ def collate(data, idx, tok, gen, n_points, extra=None, p_mask=0.0):
     return pixels, img_of, suffix, target, pts, region
 
 
-def collate_packed(data, chunks, tok, gen, n_points, extra, p_mask):
+def drop_box_text(suffix, tok):
+    """A referring question without its "[x1, y1, x2, y2]" text (the tokens
+    from "▁[" to "]"): "What is in the region <region_fea>?", so that the
+    <region_fea> token is the only way to the region."""
+    a, b = suffix.index(tok.tokens.index("\u2581[")), suffix.index(tok.tokens.index("]"))
+    return suffix[:a] + suffix[b + 1:]
+
+
+def collate_packed(data, chunks, tok, gen, n_points, extra, p_mask, p_nobox=0.0):
     """A batch of chunks (each: questions about one image) -> the inputs of
     Model.forward_packed plus per-question targets (Q, Lmax), -100 outside
-    the answer."""
+    the answer. p_nobox: share of referring questions without the box text."""
     idx = [j for c in chunks for j in c]
     imgs = sorted(set(data["img"][j] for j in idx))
     row = {i: k for k, i in enumerate(imgs)}
@@ -322,7 +330,10 @@ def collate_packed(data, chunks, tok, gen, n_points, extra, p_mask):
     for c in chunks:
         blocks = []
         for j in c:
-            s, ls = data["suffix"][j] + data["answer"][j], len(data["suffix"][j])
+            suf = list(data["suffix"][j])
+            if p_nobox > 0 and data["kind"][j] == 1 and torch.rand(1, generator=gen).item() < p_nobox:
+                suf = drop_box_text(suf, tok)
+            s, ls = suf + data["answer"][j], len(suf)
             blocks.append(s)
             t = [-100] * len(s)
             t[ls - 1:len(s) - 1] = s[ls:]
@@ -408,6 +419,8 @@ def main():
                     help="weight of the region sampler's auxiliary category/colour loss (region_aux_loss; 0: off)")
     ap.add_argument("--region-rms-cap", type=float, default=0.0,
                     help="with --region-aux: penalise <region_fea> embeddings whose RMS per dimension exceeds this (0: off)")
+    ap.add_argument("--p-nobox", type=float, default=0.0,
+                    help="share of referring questions trained without their box text (only <region_fea> says where)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
     global dense_box_loss, n_side_loss
@@ -498,7 +511,7 @@ def main():
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup) * g.get("scale", 1.0)
         if a.packed:
             pixels, imgs, rows, target, pts, region = collate_packed(data, idx, tok, gen, cfg["region_points"], extra,
-                                                                     a.p_mask)
+                                                                     a.p_mask, a.p_nobox)
             img, feats = model.encode_image(pixels)
             logits = model.forward_packed(prefix, img, feats, rows, pts, region)
             idx = [j for c in idx for j in c]
