@@ -315,7 +315,7 @@ def drop_box_text(suffix, tok):
     """A referring question without its "[x1, y1, x2, y2]" text (the tokens
     from "▁[" to "]"): "What is in the region <region_fea>?", so that the
     <region_fea> token is the only way to the region."""
-    a, b = suffix.index(tok.tokens.index("\u2581[")), suffix.index(tok.tokens.index("]"))
+    a, b = suffix.index(tok.id_of["\u2581["]), suffix.index(tok.id_of["]"])
     return suffix[:a] + suffix[b + 1:]
 
 
@@ -330,7 +330,7 @@ def collate_packed(data, chunks, tok, gen, n_points, extra, p_mask, p_nobox=0.0)
     for c in chunks:
         blocks = []
         for j in c:
-            suf = list(data["suffix"][j])
+            suf = data["suffix"][j]
             if p_nobox > 0 and data["kind"][j] == 1 and torch.rand(1, generator=gen).item() < p_nobox:
                 suf = drop_box_text(suf, tok)
             s, ls = suf + data["answer"][j], len(suf)
@@ -459,9 +459,13 @@ def main():
             ps = [p for n, p in params if is_vit(n) == vit and (p.dim() >= 2) == dec]
             groups.append({"params": ps, "weight_decay": a.wd if dec else 0.0,
                            "scale": a.vit_lr_scale if vit else 1.0})
+    # the two gradient-clipping groups: the ViT + auxiliary head, and the rest
+    clip_vit = [p for n, p in params if is_vit(n) or n.startswith("aux.")]
+    clip_rest = [p for n, p in params if not (is_vit(n) or n.startswith("aux."))]
     opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95))
     # the region head has its own optimizer, so a checkpoint made without it resumes unchanged
-    # (a LayerNorm first: the embeddings reach |x| ~ 100, which the decoder's RMSNorm absorbs)
+    # (a LayerNorm first, so the head reads the embedding's direction; its scale is then free to grow:
+    # --region-rms-cap)
     rhead = torch.nn.Sequential(torch.nn.LayerNorm(cfg["n_embd"], elementwise_affine=False),
                                 torch.nn.Linear(cfg["n_embd"], D.N_CAT + len(extra["colours"])))
     ropt = torch.optim.AdamW(rhead.parameters(), lr=a.lr, betas=(0.9, 0.95))
@@ -550,9 +554,8 @@ def main():
         # Clip the ViT (+ auxiliary head) and the rest apart: one global norm
         # let the auxiliary loss's large gradients (norm ~7 against ~1 for
         # the answer tokens) shrink every decoder step ~7x.
-        gv = torch.nn.utils.clip_grad_norm_([p for n, p in params if is_vit(n) or n.startswith("aux.")], 1.0)
-        gr = torch.nn.utils.clip_grad_norm_([p for n, p in params if not (is_vit(n) or n.startswith("aux."))], 1.0)
-        run_gn.append((gv.item(), gr.item()))
+        run_gn.append((torch.nn.utils.clip_grad_norm_(clip_vit, 1.0).item(),
+                       torch.nn.utils.clip_grad_norm_(clip_rest, 1.0).item()))
         opt.step()
         if a.region_aux > 0:
             ropt.step()
