@@ -160,18 +160,26 @@ def aux_loss(head, feats, tg):
     return total, l_box.item()
 
 
-def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen, rms_cap=0.0):
+def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen, rms_cap=0.0, per_img=0, detach=False):
     """Training-only: every visible object of the batch's images through the
     region sampler (points uniform in its box), and a head (LayerNorm +
     linear) on the <region_fea> embedding must name its category and colour.
     Without it the sampler only learns through the decoder's few referring
     answers, and its output collapsed to ~3 directions (sixth session,
     region_probe.py: singular values 366, 310, 221, then 11.8; a linear
-    probe names 22 % of held-out categories)."""
+    probe names 22 % of held-out categories).
+    per_img > 0: at most that many objects per image (a random subset: the
+    head on every object cost ~20 % of stage 2's speed). detach: the head's
+    gradients stop at the patch features and train the sampler alone (the
+    features already carry category and colour from stage 1)."""
+    if detach:
+        feats = feats.detach()
     fs, ps, cats, cols = [], [], [], []
     for r, i in enumerate(imgs):
         o = extra["objs"][i]
         o = o[o[:, 6] >= D.MIN_VISIBLE]
+        if per_img > 0 and len(o) > per_img:
+            o = o[torch.randperm(len(o), generator=gen)[:per_img]]
         if len(o) == 0:
             continue
         u = torch.rand(len(o), n_points, 2, generator=gen)
@@ -194,18 +202,20 @@ def region_aux_loss(model, rhead, feats, imgs, extra, n_points, gen, rms_cap=0.0
     return loss
 
 
-def attention_loss(model, data, idx, target, n_side, layer, head, cover=None):
-    """Attention supervision for grounding: at every position that predicts
-    an answer token, head `head` of block `layer` should look at the image
-    patch holding the centre of the true box (the patch whose features the
+def attention_loss(model, data, idx, target, n_side, layer, head, cover=None, kinds=(0,)):
+    """Attention supervision: for the questions of the given kinds (0
+    grounding, 1 referring), at every position that predicts an answer
+    token, head `head` of block `layer` should look at the image patch
+    holding the centre of the true box (the patch whose features the
     auxiliary head teaches to carry that box). -log of the attention mass
     there, averaged. Training only: the model is unchanged, this only shows
-    the decoder early where to look."""
+    the decoder early where to look -- for a referring answer, at the object
+    whose category and colour it has to name."""
     att = model.blocks[layer].att                        # (R, H, T, Tp + T)
     N, Tp = n_side * n_side, model.Tp
     terms = []
     for q, j in enumerate(idx):
-        if data["kind"][j] != 0:
+        if data["kind"][j] not in kinds:
             continue
         r, o, L = model.where[q]
         w, h = data["sizes"][data["img"][j]].tolist()
@@ -421,6 +431,12 @@ def main():
                     help="with --region-aux: penalise <region_fea> embeddings whose RMS per dimension exceeds this (0: off)")
     ap.add_argument("--p-nobox", type=float, default=0.0,
                     help="share of referring questions trained without their box text (only <region_fea> says where)")
+    ap.add_argument("--region-per-img", type=int, default=0,
+                    help="with --region-aux: at most this many objects per image through the head (0: all)")
+    ap.add_argument("--region-detach", type=int, default=0,
+                    help="with --region-aux: the head's gradients stop at the ViT features (1) or reach the ViT (0)")
+    ap.add_argument("--att-refer", type=int, default=0,
+                    help="attention supervision on referring answers too (1), not only grounding (0)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
     global dense_box_loss, n_side_loss
@@ -459,9 +475,14 @@ def main():
             ps = [p for n, p in params if is_vit(n) == vit and (p.dim() >= 2) == dec]
             groups.append({"params": ps, "weight_decay": a.wd if dec else 0.0,
                            "scale": a.vit_lr_scale if vit else 1.0})
-    # the two gradient-clipping groups: the ViT + auxiliary head, and the rest
+    # the gradient-clipping groups: the ViT + auxiliary head, the region
+    # sampler, and the rest (projector + decoder). The sampler gets its own
+    # when the region head trains it, so that head's gradients cannot shrink
+    # the decoder's steps (as one global norm once let the auxiliary loss do).
+    own = (lambda n: n.startswith("region.")) if a.region_aux > 0 else (lambda n: False)  # noqa: E731
     clip_vit = [p for n, p in params if is_vit(n) or n.startswith("aux.")]
-    clip_rest = [p for n, p in params if not (is_vit(n) or n.startswith("aux."))]
+    clip_region = [p for n, p in params if own(n)]
+    clip_rest = [p for n, p in params if not (is_vit(n) or n.startswith("aux.") or own(n))]
     opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95))
     # the region head has its own optimizer, so a checkpoint made without it resumes unchanged
     # (a LayerNorm first, so the head reads the embedding's direction; its scale is then free to grow:
@@ -522,7 +543,8 @@ def main():
             cover = None
             if a.dense_box:
                 cover = {i: aux_targets(extra["objs"][i], n_side, True)[3] for i in set(data["img"][j] for j in idx)}
-            att_l = attention_loss(model, data, idx, target, n_side, att_layer, 0, cover) if a.att > 0 else None
+            att_l = attention_loss(model, data, idx, target, n_side, att_layer, 0, cover,
+                                   (0, 1) if a.att_refer else (0,)) if a.att > 0 else None
         else:
             pixels, img_of, suffix, target, pts, region = collate(data, idx, tok, gen, cfg["region_points"], extra,
                                                                   a.p_mask)
@@ -545,7 +567,7 @@ def main():
             run_box.append(lb)
         if a.region_aux > 0 and a.packed:
             lr_ = region_aux_loss(model, rhead, feats, imgs, extra, cfg["region_points"], gen,  # feats row r: imgs[r]
-                                  a.region_rms_cap)
+                                  a.region_rms_cap, a.region_per_img, bool(a.region_detach))
             total = total + a.region_aux * lr_
             run_reg.append(lr_.item())
         opt.zero_grad(set_to_none=True)
@@ -555,7 +577,8 @@ def main():
         # let the auxiliary loss's large gradients (norm ~7 against ~1 for
         # the answer tokens) shrink every decoder step ~7x.
         run_gn.append((torch.nn.utils.clip_grad_norm_(clip_vit, 1.0).item(),
-                       torch.nn.utils.clip_grad_norm_(clip_rest, 1.0).item()))
+                       torch.nn.utils.clip_grad_norm_(clip_rest, 1.0).item(),
+                       torch.nn.utils.clip_grad_norm_(clip_region, 1.0).item() if clip_region else 0.0))
         opt.step()
         if a.region_aux > 0:
             ropt.step()
@@ -566,11 +589,12 @@ def main():
             el = time.time() - t_start
             m = float(np.mean(run))
             log.append((step, m))
-            gn = np.mean(run_gn, axis=0)   # gradient norms before clipping (1.0): ViT + aux head, the rest
-            print("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  region %.3f  grad norm %.2f / %.2f  lr %.2e  "
+            gn = np.mean(run_gn, axis=0)   # gradient norms before clipping (1.0): ViT + aux head, the rest, sampler
+            print("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  region %.3f  grad norm %.2f / %.2f / %.2f  lr %.2e  "
                   "%.1f samples/s  %.0fs" % (
                       step, m, float(np.mean(run_box)) if run_box else 0.0, float(np.mean(run_att)) if run_att else 0.0,
-                      float(np.mean(run_reg)) if run_reg else 0.0, gn[0], gn[1], opt.param_groups[0]["lr"], seen / el, el),
+                      float(np.mean(run_reg)) if run_reg else 0.0, gn[0], gn[1], gn[2], opt.param_groups[0]["lr"],
+                      seen / el, el),
                   flush=True)
             run, run_box, run_att, run_reg, run_gn = [], [], [], [], []
         if step % a.save_every == 0 or step == a.steps:
