@@ -74,7 +74,6 @@ def load(ckpt_path):
 
 
 def run_sample(model, tok, data, prefix, j):
-    S = data["S"]
     pixels = D.normalize(data["images"][data["img"][j]])
     pts = None
     if data["kind"][j] == 1:

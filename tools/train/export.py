@@ -24,7 +24,6 @@ bicubic (Ferret). loupe's lp_vlm defaults to LLaVA's pad-to-square
 
 import argparse
 import os
-import struct
 import sys
 
 import numpy as np

@@ -48,6 +48,21 @@ def embeddings(m, cfg, ddir, n_img):
     return torch.cat(X), torch.tensor(Y)
 
 
+def fit_probe(Xtr, Ytr, Xva, n_class, steps=400):
+    """A linear classifier on standardized inputs (Adam, full batch): ->
+    (the fitted layer, the standardized Xtr and Xva)."""
+    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-5
+    Xtr, Xva = (Xtr - mu) / sd, (Xva - mu) / sd
+    lin = torch.nn.Linear(Xtr.shape[1], n_class)
+    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = F.cross_entropy(lin(Xtr), Ytr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lin, Xtr, Xva
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt")
@@ -65,15 +80,7 @@ def main():
     m.eval()
     Xtr, Ytr = embeddings(m, cfg, a.train_data, a.n_train)
     Xva, Yva = embeddings(m, cfg, a.data, None)
-    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-5
-    Xtr, Xva = (Xtr - mu) / sd, (Xva - mu) / sd
-    lin = torch.nn.Linear(Xtr.shape[1], len(NAMES))
-    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-4)
-    for _ in range(400):
-        loss = F.cross_entropy(lin(Xtr), Ytr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    lin, Xtr, Xva = fit_probe(Xtr, Ytr, Xva, len(NAMES))
     with torch.no_grad():
         pred = lin(Xva).argmax(1)
         print("region embedding, linear probe for the category: fit %.3f, held-out %.3f (%d / %d objects)" % (
