@@ -437,6 +437,8 @@ def main():
                     help="with --region-aux: the head's gradients stop at the ViT features (1) or reach the ViT (0)")
     ap.add_argument("--att-refer", type=int, default=0,
                     help="attention supervision on referring answers too (1), not only grounding (0)")
+    ap.add_argument("--colour-weight", type=float, default=0.0,
+                    help="extra weight on the colour token of referring answers (0: off)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
     global dense_box_loss, n_side_loss
@@ -552,6 +554,14 @@ def main():
             logits = model(prefix, img, feats, img_of, suffix, None, pts, region)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         total = loss
+        if a.colour_weight > 0:
+            # referring answers are "a <colour> <category>": answer token 1
+            # is the colour; its cross-entropy again, weighted
+            first = (target >= 0).float().argmax(1)                       # (Q,) position of answer token 0
+            rq = region.nonzero().squeeze(1)
+            if len(rq):
+                lc = F.cross_entropy(logits[rq, first[rq] + 1], target[rq, first[rq] + 1])
+                total = total + a.colour_weight * lc
         if a.packed and a.att > 0:
             total = total + a.att * att_l
             run_att.append(att_l.item())
