@@ -296,6 +296,19 @@ class Model(nn.Module):
 
 
 
+def load(path):
+    """(Model in eval mode, the checkpoint dict) from a train.py checkpoint;
+    a stage-1 checkpoint (train.py's OUT.vit) fills the ViT only."""
+    ck = torch.load(path, map_location="cpu")
+    m = Model(ck["config"])
+    if "model" in ck:
+        m.load_state_dict(ck["model"])
+    else:
+        m.vit.load_state_dict(ck["vit"])
+    m.eval()
+    return m, ck
+
+
 @torch.no_grad()
 def greedy(model, prefix_ids, pixels, suffix_ids, points=None, n_max=24, eos=2):
     """Greedy answer for one sample (recomputes the whole sequence per token;

@@ -43,14 +43,8 @@ def main():
     ap.add_argument("--n-images", type=int, default=120)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    ck = torch.load(a.ckpt, map_location="cpu")
+    m, ck = M.load(a.ckpt)      # also a stage-1 checkpoint (train.py's OUT.vit)
     cfg = ck["config"]
-    m = M.Model(cfg)
-    if "model" in ck:
-        m.load_state_dict(ck["model"])
-    else:                       # a stage-1 checkpoint (train.py's OUT.vit)
-        m.vit.load_state_dict(ck["vit"])
-    m.eval()
     ann = json.load(open(os.path.join(a.data, "annotations.json")))
     cats = {c["id"]: c["name"] for c in ann["categories"]}
     n_out = ck["aux"]["lin.2.weight"].shape[0]

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data as D  # noqa: E402
-from model import Model  # noqa: E402
+from model import load  # noqa: E402
 from region_probe import fit_probe  # noqa: E402
 from train import collate, drop_box_text, prepare  # noqa: E402
 
@@ -53,17 +53,14 @@ def main():
     ap.add_argument("--n-acc", type=int, default=256, help="questions per split for the accuracies")
     ap.add_argument("--n-fit", type=int, default=2048)
     ap.add_argument("--n-score", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    ck = torch.load(a.ckpt, map_location="cpu")
+    m, ck = load(a.ckpt)
     cfg = ck["config"]
     tok, data = prepare(a.work, 1, 8000, cfg["image_size"])
-    m = Model(cfg)
-    m.load_state_dict(ck["model"])
     m.region_id = tok.region
-    m.eval()
     prefix = torch.tensor(tok.encode(D.PREFIX_TEXT, add_bos=True))
     sampler = m.region.forward
     hidden = {}

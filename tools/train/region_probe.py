@@ -73,11 +73,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    ck = torch.load(a.ckpt, map_location="cpu")
+    m, ck = M.load(a.ckpt)
     cfg = ck["config"]
-    m = M.Model(cfg)
-    m.load_state_dict(ck["model"])
-    m.eval()
     Xtr, Ytr = embeddings(m, cfg, a.train_data, a.n_train)
     Xva, Yva = embeddings(m, cfg, a.data, None)
     lin, Xtr, Xva = fit_probe(Xtr, Ytr, Xva, len(NAMES))
