@@ -34,7 +34,8 @@ sys.path.insert(0, HERE)
 import data as D  # noqa: E402
 import export as X  # noqa: E402
 import tokenizer as TK  # noqa: E402
-from model import Model, greedy  # noqa: E402
+import model as M  # noqa: E402
+from model import greedy  # noqa: E402
 
 BOX = re.compile(r"^\[(\d+), (\d+), (\d+), (\d+)\]$")
 
@@ -64,12 +65,9 @@ def round_like_export(model):
 
 
 def load(ckpt_path):
-    ck = torch.load(ckpt_path)
+    model, ck = M.load(ckpt_path)
     tok = TK.Tokenizer.from_json(ck["tokenizer"])
-    model = Model(ck["config"])
-    model.load_state_dict(ck["model"])
     model.region_id = tok.region
-    model.eval()
     return ck, tok, model
 
 

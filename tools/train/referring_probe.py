@@ -26,24 +26,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data as D  # noqa: E402
 from model import load  # noqa: E402
 from region_probe import fit_probe  # noqa: E402
-from train import collate, drop_box_text, prepare  # noqa: E402
+from train import centre_patch, collate, drop_box_text, prepare  # noqa: E402
 
 
-def batches(data, tok, cfg, split, n, nobox=False, bs=32):
+def batches(data, tok, cfg, split, n, bs=32):
     """Yield (question indices, collate(...) tensors) for the first n
-    referring questions of split, optionally without their box text."""
+    referring questions of split."""
     idx = [j for j, k in enumerate(data["kind"]) if k == 1 and data["split"][j] == split][:n]
     gen = torch.Generator().manual_seed(0)
     for s in range(0, len(idx), bs):
         b = idx[s:s + bs]
-        saved = [data["suffix"][j] for j in b]
-        if nobox:
-            for j in b:
-                data["suffix"][j] = drop_box_text(data["suffix"][j], tok)
-        out = collate(data, b, tok, gen, cfg["region_points"])
-        for j, v in zip(b, saved):
-            data["suffix"][j] = v
-        yield b, out
+        yield b, collate(data, b, tok, gen, cfg["region_points"])
 
 
 def main():
@@ -62,6 +55,9 @@ def main():
     tok, data = prepare(a.work, 1, 8000, cfg["image_size"])
     m.region_id = tok.region
     prefix = torch.tensor(tok.encode(D.PREFIX_TEXT, add_bos=True))
+    # the same questions without their box text: only <region_fea> says where
+    nobox_data = dict(data, suffix=[drop_box_text(s, tok) if k == 1 else s
+                                    for s, k in zip(data["suffix"], data["kind"])])
     sampler = m.region.forward
     hidden = {}
     m.norm.register_forward_hook(lambda mod, inp, out: hidden.__setitem__("h", out))
@@ -83,7 +79,7 @@ def main():
         for region in ("as is", "zeroed", "shuffled"):
             for nobox in (False, True):
                 hits, tot = torch.zeros(4), 0
-                for b, out in batches(data, tok, cfg, split, a.n_acc, nobox):
+                for b, out in batches(nobox_data if nobox else data, tok, cfg, split, a.n_acc):
                     _, _, lg, tgt = forward(out, region)
                     for q in range(len(b)):
                         pos = (tgt[q] >= 0).nonzero().squeeze(1)[:4]
@@ -104,7 +100,7 @@ def main():
             for q, j in enumerate(b):
                 w, h = data["sizes"][data["img"][j]].tolist()
                 x1, y1, x2, y2 = data["abox"][j]
-                c = min(int((y1 + y2) / 2 / h * n_side), n_side - 1) * n_side + min(int((x1 + x2) / 2 / w * n_side), n_side - 1)
+                c = centre_patch(x1 / w, y1 / h, x2 / w, y2 / h, n_side)
                 p = (tgt[q] >= 0).nonzero().squeeze(1)[1]     # the position whose target is answer token 1, the colour
                 for k, v in enumerate((img[out[1][q], c], e[q], hidden["h"][q, p])):
                     X[k].append(v)

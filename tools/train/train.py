@@ -76,6 +76,13 @@ def cell_centres(n_side):
     return cx.reshape(-1), cy.reshape(-1)
 
 
+def centre_patch(x1, y1, x2, y2, n_side):
+    """Index of the patch (row-major on the n_side grid) holding the centre
+    of a box given in normalized coordinates."""
+    return (min(int((y1 + y2) / 2 * n_side), n_side - 1) * n_side +
+            min(int((x1 + x2) / 2 * n_side), n_side - 1))
+
+
 def decode_box(raw, n_side):
     """raw (..., N, n_box) of AuxHead -> (..., N, 4) normalized x1 y1 x2 y2.
     n_box 4: sigmoid of absolute coordinates (the first recipes).  n_box 8:
@@ -129,7 +136,7 @@ def aux_targets(objs, n_side, dense_box=True):
         cat[inside], col[inside], best[inside] = int(o[0]) + 1, int(o[1]), area
         if dense_box:
             box[inside] = o[2:6]
-        p = min(int((y1 + y2) / 2 * n_side), n_side - 1) * n_side + min(int((x1 + x2) / 2 * n_side), n_side - 1)
+        p = centre_patch(x1, y1, x2, y2, n_side)
         if dense_box:
             ctr[p] = 1
         elif ctr[p] == 0 or area < (box[p, 2] - box[p, 0]) * (box[p, 3] - box[p, 1]):
@@ -220,8 +227,7 @@ def attention_loss(model, data, idx, target, n_side, layer, head, cover=None, ki
         r, o, L = model.where[q]
         w, h = data["sizes"][data["img"][j]].tolist()
         x1, y1, x2, y2 = data["abox"][j]
-        cx = min(int((x1 + x2) / 2 / w * n_side), n_side - 1)
-        cy = min(int((y1 + y2) / 2 / h * n_side), n_side - 1)
+        c = centre_patch(x1 / w, y1 / h, x2 / w, y2 / h, n_side)
         ans = (target[q] >= 0).nonzero().squeeze(1)        # positions predicting answer tokens
         if len(ans) == 0:
             continue
@@ -231,10 +237,10 @@ def attention_loss(model, data, idx, target, n_side, layer, head, cover=None, ki
             # the mass over all of them is what has to be high
             nb = torch.tensor([x1 / w, y1 / h, x2 / w, y2 / h], dtype=torch.float32)
             sel = (cover[data["img"][j]] - nb).abs().max(dim=1).values < 2e-3
-            sel[cy * n_side + cx] = True
+            sel[c] = True
             terms.append(a_img[:, sel].sum(dim=1))
         else:
-            terms.append(a_img[:, cy * n_side + cx])
+            terms.append(a_img[:, c])
     if not terms:
         return target.new_zeros((), dtype=torch.float32)
     return -torch.log(torch.cat(terms) + 1e-6).mean()
@@ -483,10 +489,11 @@ def main():
     # sampler, and the rest (projector + decoder). The sampler gets its own
     # when the region head trains it, so that head's gradients cannot shrink
     # the decoder's steps (as one global norm once let the auxiliary loss do).
-    own = (lambda n: n.startswith("region.")) if a.region_aux > 0 else (lambda n: False)  # noqa: E731
-    clip_vit = [p for n, p in params if is_vit(n) or n.startswith("aux.")]
-    clip_region = [p for n, p in params if own(n)]
-    clip_rest = [p for n, p in params if not (is_vit(n) or n.startswith("aux.") or own(n))]
+    def clip_group(n):   # 0 ViT + aux head, 1 the rest, 2 the sampler
+        if is_vit(n) or n.startswith("aux."):
+            return 0
+        return 2 if a.region_aux > 0 and n.startswith("region.") else 1
+    clip_vit, clip_rest, clip_region = ([p for n, p in params if clip_group(n) == g] for g in range(3))
     opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95))
     # the region head has its own optimizer, so a checkpoint made without it resumes unchanged
     # (a LayerNorm first, so the head reads the embedding's direction; its scale is then free to grow:
