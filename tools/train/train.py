@@ -119,7 +119,12 @@ def aux_targets(objs, n_side, dense_box=True):
     box (x1 y1 x2 y2 normalized).  dense_box: every patch covered by an
     object carries that object's box (so attention spread over the object
     still reads the right box); otherwise only the patch holding the box
-    centre does (the first recipe)."""
+    centre does (the first recipe).  A patch belongs to the smallest object
+    covering its centre; with claim_centre (the default since the ninth
+    session) an object also claims the patch holding its own box centre
+    when it is smaller than that patch's owner -- before, a cup on a table
+    that covered no patch centre had no patch at all: its centre patch
+    carried the table's box and category, so nothing could point at it."""
     N = n_side * n_side
     cat = torch.zeros(N, dtype=torch.long)
     col = torch.full((N,), -100, dtype=torch.long)
@@ -132,11 +137,14 @@ def aux_targets(objs, n_side, dense_box=True):
             continue
         x1, y1, x2, y2 = o[2:6].tolist()
         area = (x2 - x1) * (y2 - y1)
-        inside = (cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2) & (area < best)
+        inside = (cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2)
+        p = centre_patch(x1, y1, x2, y2, n_side)
+        if claim_centre and dense_box:
+            inside[p] = True
+        inside &= area < best
         cat[inside], col[inside], best[inside] = int(o[0]) + 1, int(o[1]), area
         if dense_box:
             box[inside] = o[2:6]
-        p = centre_patch(x1, y1, x2, y2, n_side)
         if dense_box:
             ctr[p] = 1
         elif ctr[p] == 0 or area < (box[p, 2] - box[p, 0]) * (box[p, 3] - box[p, 1]):
@@ -146,6 +154,7 @@ def aux_targets(objs, n_side, dense_box=True):
 
 
 dense_box_loss = True   # set from --dense-box in main()
+claim_centre = True     # set from --claim-centre in main()
 n_side_loss = 10        # set in main()
 
 
@@ -407,7 +416,8 @@ def main():
     ap.add_argument("--synth-seed", type=int, default=1)
     ap.add_argument("--n-images", type=int, default=8000)
     ap.add_argument("--out", default=None, help="checkpoint path (default WORK/ckpt.pt)")
-    ap.add_argument("--steps", type=int, default=1700)
+    ap.add_argument("--steps", type=int, default=3600,
+                    help="stage-2 steps (the ninth session's recipe; the sixth session's model: 1700)")
     ap.add_argument("--batch-img", type=int, default=8, help="images per batch")
     ap.add_argument("--per-img", type=int, default=8, help="questions per image in a batch")
     ap.add_argument("--lr", type=float, default=1.5e-3)
@@ -431,6 +441,8 @@ def main():
     ap.add_argument("--packed", type=int, default=1, help="pack each image's questions in one row (1) or not (0)")
     ap.add_argument("--dense-box", type=int, default=1,
                     help="box targets on every patch an object covers, attention supervised over them (1), or the centre patch only (0)")
+    ap.add_argument("--claim-centre", type=int, default=1,
+                    help="an object smaller than its centre patch's owner claims that patch (1; the shipped sixth-session model: 0)")
     ap.add_argument("--box-param", choices=("rel", "abs"), default="rel",
                     help="auxiliary box targets relative to each patch (rel, + GIoU) or absolute (abs: the first recipes)")
     ap.add_argument("--region-aux", type=float, default=0.0,
@@ -449,8 +461,9 @@ def main():
                     help="extra weight on the colour token of referring answers (0: off)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
     a = ap.parse_args()
-    global dense_box_loss, n_side_loss
+    global dense_box_loss, n_side_loss, claim_centre
     dense_box_loss = bool(a.dense_box)
+    claim_centre = bool(a.claim_centre)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     cfg = dict(DEFAULT_CONFIG)
