@@ -145,7 +145,6 @@ def aux_targets(objs, n_side, dense_box=True):
         cat[inside], col[inside], best[inside] = int(o[0]) + 1, int(o[1]), area
         if dense_box:
             box[inside] = o[2:6]
-        if dense_box:
             ctr[p] = 1
         elif ctr[p] == 0 or area < (box[p, 2] - box[p, 0]) * (box[p, 3] - box[p, 1]):
             ctr[p] = 1
