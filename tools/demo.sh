@@ -3,9 +3,9 @@
 # trained by tools/train on synthetic rooms) and a shipped example scene that
 # training never saw (models/example/, `loupe synth --seed 2055 --n 1 --split train`;
 # chosen among the 40 scenes of seeds 2031-2070 as one whose three demo
-# expressions and demo region the ninth session's model gets right: it grounds
-# 77 % of this scene's 39 expressions (cups 0 of 6), 50.2 % of a held-out
-# split; the scenes of seeds 2031-2070 range from 0 % to 100 %):
+# expressions and demo region the ninth session's model got right; the tenth
+# session's model gets them right too and grounds 82 % of this scene's 39
+# expressions (cups 0 of 6), 59.3 % of a held-out split):
 #   1. grounding: "where is <expression>?" -> an answer with a box in image
 #      pixels, printed next to the ground truth and drawn into a PNG;
 #   2. referring: a box region -> "what is this?";
@@ -60,4 +60,4 @@ echo "\$ loupe eval --data $EX/annotations.json --out $OUT/results.jsonl --galle
 echo
 echo "Annotated images: $OUT/grounded-*.png; misses: $OUT/misses/index.html"
 echo "This scene was picked for the demo; on 5,215 held-out expressions the tiny model's"
-echo "Acc@0.5 is 50.2 % (README: the shipped tiny model). It is small and far from done."
+echo "Acc@0.5 is 59.3 % (README: the shipped tiny model). It is small and far from done."

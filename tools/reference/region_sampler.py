@@ -220,7 +220,7 @@ class RegionStage(nn.Module):
         local = torch.cat([gather(fea, nb), gather(xy, nb)], -1)  # (B, S, K, C+2)
         diff = self.diff(local - anchor)                          # (B, S, K, C+2)
         g = torch.cat([diff, anchor.expand_as(diff)], dim=-1)     # (B, S, K, 2(C+2))
-        h = self.norm(F.relu(self.agg(g)))                        # (B, S, K, C)
+        h = self.norm(F.relu(self.agg(g)).to(fea.dtype))          # (B, S, K, C); bf16 -> fea.dtype under autocast
         out = h.max(dim=2).values if self.pooler == "max" else h.mean(dim=2)  # (B, S, C)
         if trace is not None:
             trace[tag + "fps"] = fps

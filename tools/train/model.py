@@ -275,24 +275,28 @@ class Model(nn.Module):
                 mask[r, t, Tp + t] = 0
         te = self.tok_embd(ids)
         if region_mask.any():
-            ri = region_mask.nonzero().squeeze(1)
-            qimg = torch.tensor([rows[where[q][0]][0] for q in ri.tolist()])
+            ri = region_mask.nonzero().squeeze(1).tolist()
+            qimg = torch.tensor([rows[where[q][0]][0] for q in ri])
             remb = self.region(feats[qimg], points[ri])                # (R', E)
-            te = te.clone()
-            for k, q in enumerate(ri.tolist()):
-                r, o, L = where[q]
-                at = flat[q].index(self.region_id)
-                te[r, o - N + at] = remb[k]
+            # one index_put, not one slice assignment per question: each slice's
+            # backward would build and add a zero tensor the size of te
+            at_r = torch.tensor([where[q][0] for q in ri])
+            at_t = torch.tensor([where[q][1] - N + flat[q].index(self.region_id) for q in ri])
+            te = te.index_put((at_r, at_t), remb.to(te.dtype))
         x = torch.cat([img_embd[torch.tensor([i for i, _ in rows])], te], 1)   # (R, T, E)
         for b in self.blocks:   # positions differ by row: a per-row RoPE table
             xp, x = b(xp, x, mask[:, None], pos + Tp)
         h = self.norm(x)
+        # gather each question block, right-padded with a zero row, in one
+        # indexing op (per-block slices cost a full-size zero + add each in backward)
         Lmax = max(L for _, _, L in where)
-        out = torch.zeros(len(where), Lmax, E)
+        gather = torch.full((len(where), Lmax), R * T, dtype=torch.long)  # (Q, Lmax) rows of h_flat
         for q, (r, o, L) in enumerate(where):
-            out[q, :L] = h[r, o:o + L]
+            gather[q, :L] = torch.arange(r * T + o, r * T + o + L)
+        out = torch.cat([h.reshape(R * T, E), h.new_zeros(1, E)])[gather]   # (Q, Lmax, E)
         self.where, self.Tp = where, Tp   # for attention supervision (train.py)
-        return self.output(out)
+        with torch.autocast("cpu", enabled=False):   # logits in f32 under train.py --bf16: neighbouring
+            return self.output(out.float())          # coordinate tokens differ by small logit steps
 
 
 
