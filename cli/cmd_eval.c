@@ -1,5 +1,6 @@
 /* cli/cmd_eval.c — `loupe eval`: grounding accuracy on a referring-expression
- * dataset (RefCOCO protocol, datasets/evaluate.h), and `loupe eval-merge`.
+ * dataset (RefCOCO protocol, datasets/evaluate.h), referring accuracy
+ * (`--task refer`: the region's object named), and `loupe eval-merge`.
  *
  * Work is never lost: every sample's record is appended to the results file
  * with one write(2) as soon as it is scored and the file is fsync'd at least
@@ -40,6 +41,13 @@ static void eval_help(FILE *out) {
             "pixels, is scored against the ground truth. Acc@0.5 uses continuous IoU with\n"
             "no +1 (lmms-eval, Ferret); an answer without a parsable box is a miss.\n"
             "Without -m the shipped tiny model (models/" CLI_DEFAULT_MODEL ".gguf) is used.\n\n"
+            "With --task refer it measures referring instead (Ferret's referring object\n"
+            "classification): for every region of a loupe synth annotations.json, given\n"
+            "once as its box and once as its mask, the model is asked the region's\n"
+            "question (\"What is in the region <region>?\"); the answer is correct when it\n"
+            "names the region's category as a whole word, exact when it is the expected\n"
+            "answer (colour and category). The report's kind axis is box / mask.\n\n"
+            "  --task ground|refer  what to measure (default ground)\n\n"
             "data (the layout is recognised from the file):\n"
             "  --data FILE          MDETR's final_<set>_<split>.json (Ferret, Kosmos-2), loupe\n"
             "                       synth's annotations.json, COCO instances.json (with\n"
@@ -60,7 +68,8 @@ static void eval_help(FILE *out) {
             "  --force              start --out afresh\n"
             "  --report FILE        also write the report as JSON\n"
             "  --gallery DIR        annotated PNGs of the misses (prediction red, truth\n"
-            "                       green, expression as caption) and DIR/index.html\n"
+            "                       green, expression as caption; referring: the region\n"
+            "                       green, the answer as caption) and DIR/index.html\n"
             "  -q, --quiet          no progress output\n\n"
             "model:\n"
             "  -m, --model FILE, --mmproj FILE, --prep MODE, --template NAME,\n"
@@ -95,6 +104,7 @@ static double now_s(void) {
 
 typedef struct progress {
     int tty, quiet;
+    const char *metric; /* "Acc@0.5" or "named" */
     long total, done, correct, skipped;
     double t0, last;
 } progress;
@@ -121,11 +131,11 @@ static void progress_show(progress *p, int final) {
         char bar[64];
         for (int i = 0; i < W; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
         bar[W] = '\0';
-        fprintf(stderr, "\r[%s] %ld/%ld  %.1f/s  ETA %s  Acc@0.5 %.1f%%   ", bar, p->done, todo, rate, eta, acc);
+        fprintf(stderr, "\r[%s] %ld/%ld  %.1f/s  ETA %s  %s %.1f%%   ", bar, p->done, todo, rate, eta, p->metric, acc);
         if (final) fputc('\n', stderr);
     } else {
-        fprintf(stderr, "eval: %ld/%ld done, %.2f samples/s, ETA %s, Acc@0.5 so far %.2f%%\n", p->done, todo, rate, eta,
-                acc);
+        fprintf(stderr, "eval: %ld/%ld done, %.2f samples/s, ETA %s, %s so far %.2f%%\n", p->done, todo, rate, eta,
+                p->metric, acc);
     }
 }
 
@@ -208,11 +218,12 @@ static loupe_status draw_miss(const lp_eval_record *r, const char *images_dir, c
     const lp_rgb green = {40, 200, 60}, red = {230, 40, 40}, black = {0, 0, 0};
     lp_draw_rect(&im, (int)lround(r->gt[0]), (int)lround(r->gt[1]), (int)lround(r->gt[2]) - 1, (int)lround(r->gt[3]) - 1,
                  green, t);
-    if (r->has_pred)
+    if (!r->refer && r->has_pred)
         lp_draw_rect(&im, (int)lround(r->pred[0]), (int)lround(r->pred[1]), (int)lround(r->pred[2]) - 1,
                      (int)lround(r->pred[3]) - 1, red, t);
     char cap[512];
-    snprintf(cap, sizeof cap, "%s  (IoU %.2f%s)", r->expr, r->iou, r->has_pred ? "" : ", no box");
+    if (r->refer) snprintf(cap, sizeof cap, "%s  (expected: %s)", r->answer, r->expected);
+    else snprintf(cap, sizeof cap, "%s  (IoU %.2f%s)", r->expr, r->iou, r->has_pred ? "" : ", no box");
     lp_draw_label(&im, 0, im.h - lp_text_height(scale) - 2, cap, black, scale);
     st = lp_image_write_png(png, &im, err);
     lp_image_free(&im);
@@ -233,7 +244,8 @@ static int write_gallery(const char *dir, const char *images_dir, const lp_resul
     fputs("<!doctype html>\n<meta charset=\"utf-8\">\n<title>loupe eval: misses</title>\n"
           "<style>body{font-family:sans-serif}figure{display:inline-block;margin:8px;vertical-align:top;"
           "max-width:420px}img{max-width:400px}figcaption{font-size:13px}</style>\n"
-          "<h1>Misses (IoU &lt; 0.5)</h1>\n<p>Green: ground truth. Red: prediction.</p>\n",
+          "<h1>Misses</h1>\n<p>Grounding (IoU &lt; 0.5): green the ground truth, red the prediction. "
+          "Referring (category not named): green the region.</p>\n",
           of.f);
     long n = 0, failed = 0;
     size_t *idx, n_idx;
@@ -243,7 +255,7 @@ static int write_gallery(const char *dir, const char *images_dir, const lp_resul
     }
     for (size_t i = 0; i < n_idx; i++) {
         const lp_eval_record *r = &res->rec[idx[i]];
-        if (r->error[0] || r->iou >= LP_EVAL_IOU_THRESHOLD) continue;
+        if (r->error[0] || (r->refer ? r->correct : r->iou >= LP_EVAL_IOU_THRESHOLD)) continue;
         if (only && !lp_id_in(r->id, only, n_only)) continue;
         char name[256], png[PATH_MAX];
         file_safe(r->id, name, sizeof name - 4);
@@ -259,7 +271,13 @@ static int write_gallery(const char *dir, const char *images_dir, const lp_resul
         }
         fprintf(of.f, "<figure><img src=\"%s\" loading=\"lazy\"><figcaption><b>", name);
         html_escape(of.f, r->expr);
-        fprintf(of.f, "</b><br>IoU %.3f · id ", r->iou);
+        if (r->refer) {
+            fputs("</b><br>expected ", of.f);
+            html_escape(of.f, r->expected);
+            fputs(" · id ", of.f);
+        } else {
+            fprintf(of.f, "</b><br>IoU %.3f · id ", r->iou);
+        }
         html_escape(of.f, r->id);
         fputs("<br>answer: <code>", of.f);
         html_escape(of.f, r->answer);
@@ -352,7 +370,36 @@ static void run_sample(loupe_context *ctx, const lp_ref *ref, const char *images
         return;
     }
     loupe_answer *a = NULL;
-    loupe_status st = loupe_ground(ctx, ic->img, ref->expr, &a);
+    loupe_status st;
+    if (r->refer) {
+        /* the region as its box, or as its mask decoded to the image's size */
+        loupe_region reg = {.kind = LOUPE_REGION_BOX, .box = {r->gt[0], r->gt[1], r->gt[2], r->gt[3]}};
+        unsigned char *mask = NULL;
+        if (ref->rle) {
+            const int W = loupe_image_width(ic->img), H = loupe_image_height(ic->img);
+            lp_error e = {0};
+            if (ref->rle_w != W || ref->rle_h != H) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "the region's mask is %dx%d but the image is %dx%d", ref->rle_w, ref->rle_h,
+                         W, H);
+                r->error = strdup(msg);
+                *st_out = LOUPE_ERR_INVALID_ARG;
+                return;
+            }
+            if (!(mask = malloc((size_t)W * (size_t)H)) ||
+                lp_rle_decode(ref->rle, ref->n_rle, H, W, mask, &e)) {
+                free(mask);
+                r->error = strdup(mask ? e.msg : "out of memory");
+                *st_out = mask ? e.status : LOUPE_ERR_NOMEM;
+                return;
+            }
+            reg = (loupe_region){.kind = LOUPE_REGION_MASK, .mask = mask, .mask_w = W, .mask_h = H};
+        }
+        st = loupe_ask_regions(ctx, ic->img, ref->expr, &reg, 1, &a);
+        free(mask);
+    } else {
+        st = loupe_ground(ctx, ic->img, ref->expr, &a);
+    }
     if (st) {
         r->error = strdup(loupe_context_last_error(ctx));
         *st_out = st;
@@ -363,7 +410,11 @@ static void run_sample(loupe_context *ctx, const lp_ref *ref, const char *images
     r->encode_ms = t->encode_ms;
     r->prefill_ms = t->prefill_ms;
     r->decode_ms = t->decode_ms;
-    if (loupe_answer_n_boxes(a) > 0) {
+    if (r->refer) {
+        r->expected = strdup(ref->answer);
+        r->correct = lp_answer_names(r->answer, ref->category);
+        r->exact = lp_answer_exact(r->answer, ref->answer);
+    } else if (loupe_answer_n_boxes(a) > 0) {
         const loupe_box *b = loupe_answer_box(a, 0);
         r->pred[0] = b->x1;
         r->pred[1] = b->y1;
@@ -386,7 +437,7 @@ int cmd_eval(int argc, char **argv) {
     const char *data = NULL, *refs = NULL, *images = NULL, *split = NULL, *out_path = "loupe-eval.jsonl";
     const char *shard_text = NULL, *report_path = NULL, *gallery = NULL;
     long limit = -1;
-    int resume = 0, force = 0, quiet = 0, shard_k = 1, shard_n = 1;
+    int resume = 0, force = 0, quiet = 0, shard_k = 1, shard_n = 1, refer = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -411,6 +462,10 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--out")) out_path = v;
         else if (!strcmp(a, "--report")) report_path = v;
         else if (!strcmp(a, "--gallery")) gallery = v;
+        else if (!strcmp(a, "--task")) {
+            if (strcmp(v, "ground") && strcmp(v, "refer")) return cli_usage("eval", "--task: '%s' is not ground or refer", v);
+            refer = !strcmp(v, "refer");
+        }
         else if (!strcmp(a, "--shard")) {
             lp_error err = {0};
             if (lp_shard_parse(v, &shard_k, &shard_n, &err)) return cli_usage("eval", "%s", err.msg);
@@ -427,6 +482,7 @@ int cmd_eval(int argc, char **argv) {
     }
     if (!data) return cli_usage("eval", "--data FILE is required");
     if (resume && force) return cli_usage("eval", "--resume and --force contradict each other");
+    if (refer && refs) return cli_usage("eval", "--task refer reads loupe synth's annotations.json; --refs does not apply");
     int rc = cli_model_resolve(&ma, "eval");
     if (rc != CLI_EXIT_OK) return rc;
     loupe_log_set(cli_log_stderr, NULL, LOUPE_LOG_WARN); /* e.g. a torn last results line being repaired */
@@ -443,7 +499,8 @@ int cmd_eval(int argc, char **argv) {
 
     lp_error err = {0};
     lp_refset set;
-    if (lp_refset_load(data, refs, &set, &err)) return cli_error(err.status, "%s", err.msg);
+    if (refer ? lp_refset_load_regions(data, &set, &err) : lp_refset_load(data, refs, &set, &err))
+        return cli_error(err.status, "%s", err.msg);
 
     /* selection: split, then limit, then shard */
     size_t *sel = NULL, n_sel = 0, n_split = 0;
@@ -473,6 +530,11 @@ int cmd_eval(int argc, char **argv) {
     /* results file: never clobber finished work */
     if (resume) {
         if (lp_results_read(out_path, 1, 1, &done, &err)) { rc = cli_error(err.status, "%s", err.msg); goto out; }
+        if (done.n && done.rec[0].refer != refer) {
+            rc = cli_error(LOUPE_ERR_INVALID_ARG, "%s holds %s results; --resume continues the same --task (or --out "
+                                                  "another file)", out_path, done.rec[0].refer ? "referring" : "grounding");
+            goto out;
+        }
     } else if (!force && access(out_path, F_OK) == 0) {
         rc = cli_error(LOUPE_ERR_INVALID_ARG, "%s exists: --resume to continue it, --force to start it afresh, or --out "
                                               "another file", out_path);
@@ -513,7 +575,8 @@ int cmd_eval(int argc, char **argv) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    progress pg = {.tty = isatty(2), .quiet = quiet, .total = (long)n_sel, .t0 = now_s()};
+    progress pg = {.tty = isatty(2), .quiet = quiet, .metric = refer ? "named" : "Acc@0.5", .total = (long)n_sel,
+                   .t0 = now_s()};
     pg.last = pg.t0 - 100;
     for (size_t k = 0; k < n_sel; k++)
         if (lp_id_in(set.refs[sel[k]].id, done_ids, n_done)) pg.skipped++;
@@ -525,7 +588,7 @@ int cmd_eval(int argc, char **argv) {
     for (size_t k = 0; k < n_sel && !g_stop && rc == CLI_EXIT_OK; k++) {
         const lp_ref *ref = &set.refs[sel[k]];
         if (lp_id_in(ref->id, done_ids, n_done)) continue;
-        lp_eval_record r = {0};
+        lp_eval_record r = {.refer = refer};
         loupe_status st;
         run_sample(ctx, ref, images, &ic, &r, &st);
         if (st == LOUPE_ERR_CANCELLED && g_stop) { /* Ctrl-C: the sample in flight is not recorded */
@@ -542,7 +605,7 @@ int cmd_eval(int argc, char **argv) {
         rc = append_record(&ro, &r);
         r.id = r.image = r.expr = r.split = r.category = r.kind = NULL;
         pg.done++;
-        pg.correct += !st && r.iou >= LP_EVAL_IOU_THRESHOLD;
+        pg.correct += !st && (refer ? r.correct : r.iou >= LP_EVAL_IOU_THRESHOLD);
         lp_eval_record_clear(&r);
         progress_show(&pg, 0);
     }

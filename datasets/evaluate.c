@@ -2,10 +2,12 @@
 #include "evaluate.h"
 
 #include <cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "../core/fileio.h"
@@ -20,6 +22,33 @@ double lp_iou(const double a[4], const double b[4]) {
     const double area_b = fmax(0.0, b[2] - b[0]) * fmax(0.0, b[3] - b[1]);
     const double uni = area_a + area_b - inter;
     return uni > 0 ? inter / uni : 0.0;
+}
+
+/* ---- the referring metric ---- */
+
+static int word_char(unsigned char c) { return isalnum(c) || c >= 0x80; }
+
+int lp_answer_names(const char *answer, const char *name) {
+    const size_t n = strlen(name);
+    if (!n) return 0;
+    for (const char *p = answer; *p; p++) {
+        if (p > answer && word_char((unsigned char)p[-1])) continue; /* starts a word */
+        if (strncasecmp(p, name, n)) continue;
+        if (!word_char((unsigned char)p[n])) return 1; /* and ends one */
+    }
+    return 0;
+}
+
+int lp_answer_exact(const char *answer, const char *expected) {
+    const char *s[2] = {answer, expected};
+    size_t len[2];
+    for (int i = 0; i < 2; i++) {
+        while (isspace((unsigned char)*s[i])) s[i]++;
+        len[i] = strlen(s[i]);
+        while (len[i] && isspace((unsigned char)s[i][len[i] - 1])) len[i]--;
+        if (len[i] && s[i][len[i] - 1] == '.') len[i]--;
+    }
+    return len[0] == len[1] && !strncasecmp(s[0], s[1], len[0]);
 }
 
 /* ---- records ---- */
@@ -42,9 +71,18 @@ char *lp_eval_record_json(const lp_eval_record *r) {
     S("split", r->split);
     S("category", r->category);
     S("kind", r->kind);
+    if (r->refer) cJSON_AddStringToObject(o, "task", "refer");
     cJSON_AddItemToObject(o, "gt", box_json(r->gt));
     if (r->error && r->error[0]) {
         S("error", r->error);
+    } else if (r->refer) {
+        S("expected", r->expected);
+        cJSON_AddBoolToObject(o, "correct", r->correct);
+        cJSON_AddBoolToObject(o, "exact", r->exact);
+        S("answer", r->answer);
+        cJSON_AddNumberToObject(o, "encode_ms", round(r->encode_ms * 100.0) / 100.0);
+        cJSON_AddNumberToObject(o, "prefill_ms", round(r->prefill_ms * 100.0) / 100.0);
+        cJSON_AddNumberToObject(o, "decode_ms", round(r->decode_ms * 100.0) / 100.0);
     } else {
         if (r->has_pred) cJSON_AddItemToObject(o, "pred", box_json(r->pred));
         else cJSON_AddNullToObject(o, "pred");
@@ -81,6 +119,7 @@ void lp_eval_record_clear(lp_eval_record *r) {
     free(r->answer);
     free(r->reason);
     free(r->error);
+    free(r->expected);
     memset(r, 0, sizeof *r);
 }
 
@@ -117,10 +156,18 @@ static const char *parse_record(const char *line, size_t len, lp_eval_record *r)
     const cJSON *pred = cJSON_GetObjectItemCaseSensitive(o, "pred");
     const cJSON *iou = cJSON_GetObjectItemCaseSensitive(o, "iou");
     const cJSON *error = cJSON_GetObjectItemCaseSensitive(o, "error");
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(o, "task");
+    const cJSON *correct = cJSON_GetObjectItemCaseSensitive(o, "correct");
+    r->refer = cJSON_IsString(task) && task->valuestring && !strcmp(task->valuestring, "refer");
     if (!cJSON_IsObject(o)) why = "not a JSON object";
     else if (!cJSON_IsString(id) || !id->valuestring || !id->valuestring[0]) why = "no \"id\" string";
+    else if (task && !r->refer) why = "\"task\" is not \"refer\" (grounding records have none)";
     else if (!box_of(o, "gt", r->gt)) why = "no \"gt\" box [x1, y1, x2, y2]";
-    else if (!cJSON_IsString(error)) {
+    else if (r->refer) {
+        if (!cJSON_IsString(error) && !cJSON_IsBool(correct)) why = "a referring record without \"correct\" (and no \"error\")";
+        r->correct = cJSON_IsTrue(correct);
+        r->exact = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "exact"));
+    } else if (!cJSON_IsString(error)) {
         if (!cJSON_IsNumber(iou) || !(iou->valuedouble >= 0 && iou->valuedouble <= 1))
             why = "no \"iou\" number in 0..1 (and no \"error\")";
         else if (!cJSON_IsNull(pred) && !(r->has_pred = box_of(o, "pred", r->pred)))
@@ -136,12 +183,13 @@ static const char *parse_record(const char *line, size_t len, lp_eval_record *r)
         r->answer = str_of(o, "answer");
         r->reason = str_of(o, "reason");
         r->error = str_of(o, "error");
+        r->expected = str_of(o, "expected");
         r->iou = num_of(o, "iou");
         r->encode_ms = num_of(o, "encode_ms");
         r->prefill_ms = num_of(o, "prefill_ms");
         r->decode_ms = num_of(o, "decode_ms");
         if (!r->id || !r->image || !r->expr || !r->split || !r->category || !r->kind || !r->answer || !r->reason ||
-            !r->error)
+            !r->error || !r->expected)
             why = "out of memory";
     }
     cJSON_Delete(o);
@@ -322,18 +370,27 @@ loupe_status lp_eval_report_build(const lp_results *res, const char *const *only
     loupe_status st = lp_results_latest(res, &idx, &n, err);
     if (st) return st;
     size_t cap = 0;
+    int seen = 0;
     for (size_t i = 0; i < n && !st; i++) {
         const lp_eval_record *r = &res->rec[idx[i]];
         if (only && !lp_id_in(r->id, only, n_only)) continue;
+        if (seen && r->refer != rep->refer) {
+            st = lp_fail(err, LOUPE_ERR_INVALID_ARG,
+                         "the results mix grounding and referring records (id %s); report them apart", r->id);
+            break;
+        }
+        rep->refer = r->refer;
+        seen = 1;
         if (r->error[0]) {
             rep->errors++;
             continue;
         }
-        const int ok = r->iou >= LP_EVAL_IOU_THRESHOLD;
+        const int ok = r->refer ? r->correct : r->iou >= LP_EVAL_IOU_THRESHOLD;
         rep->n++;
         rep->correct += ok;
+        rep->exact += r->refer && r->exact;
         rep->iou_sum += r->iou;
-        rep->no_box += !r->has_pred;
+        rep->no_box += !r->refer && !r->has_pred;
         const char *keys[3] = {r->split, r->kind, r->category};
         for (int a = 0; a < 3; a++) {
             if (!keys[a][0]) continue;
@@ -345,6 +402,7 @@ loupe_status lp_eval_report_build(const lp_results *res, const char *const *only
             g->n++;
             g->correct += ok;
             g->iou_sum += r->iou;
+            g->exact += r->refer && r->exact;
         }
     }
     free(idx);
@@ -365,31 +423,44 @@ void lp_eval_report_free(lp_eval_report *rep) {
 
 static double pct(long a, long b) { return b ? 100.0 * (double)a / (double)b : 0.0; }
 
+/* One table row: grounding "Acc@0.5  mean IoU", referring "named  exact". */
+static void row(FILE *out, const lp_eval_report *rep, const char *axis, const char *key, long n, long correct,
+                double iou_sum, long exact) {
+    if (rep->refer)
+        fprintf(out, "%-10s %-22.22s %8ld %8.2f%% %8.2f%%\n", axis, key, n, pct(correct, n), pct(exact, n));
+    else
+        fprintf(out, "%-10s %-22.22s %8ld %8.2f%% %9.4f\n", axis, key, n, pct(correct, n),
+                n ? iou_sum / (double)n : 0.0);
+}
+
 void lp_eval_report_print(const lp_eval_report *rep, FILE *out) {
-    fprintf(out, "%-10s %-22s %8s %9s %9s\n", "", "", "samples", "Acc@0.5", "mean IoU");
-    fprintf(out, "%-10s %-22s %8ld %8.2f%% %9.4f\n", "overall", "", rep->n, pct(rep->correct, rep->n),
-            rep->n ? rep->iou_sum / (double)rep->n : 0.0);
+    if (rep->refer) fprintf(out, "%-10s %-22s %8s %9s %9s\n", "", "", "samples", "named", "exact");
+    else fprintf(out, "%-10s %-22s %8s %9s %9s\n", "", "", "samples", "Acc@0.5", "mean IoU");
+    row(out, rep, "overall", "", rep->n, rep->correct, rep->iou_sum, rep->exact);
     for (size_t a = 0; a < sizeof AXES / sizeof AXES[0]; a++) {
         int first = 1;
         for (size_t i = 0; i < rep->n_groups; i++) {
             const lp_eval_group *g = &rep->groups[i];
             if (strcmp(g->axis, AXES[a])) continue;
-            fprintf(out, "%-10s %-22.22s %8ld %8.2f%% %9.4f\n", first ? AXES[a] : "", g->key, g->n, pct(g->correct, g->n),
-                    g->n ? g->iou_sum / (double)g->n : 0.0);
+            row(out, rep, first ? AXES[a] : "", g->key, g->n, g->correct, g->iou_sum, g->exact);
             first = 0;
         }
     }
+    if (rep->refer)
+        fprintf(out, "named: the answer names the region's category; exact: it is the expected answer "
+                     "(colour and category)\n");
     if (rep->no_box) fprintf(out, "%ld answers had no parsable box (counted as misses)\n", rep->no_box);
     if (rep->errors) fprintf(out, "%ld samples failed to run (not counted; `--resume` retries them)\n", rep->errors);
 }
 
-static cJSON *group_json(long n, long correct, double iou_sum) {
+static cJSON *group_json(const lp_eval_report *rep, long n, long correct, double iou_sum, long exact) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     cJSON_AddNumberToObject(o, "samples", (double)n);
     cJSON_AddNumberToObject(o, "correct", (double)correct);
     cJSON_AddNumberToObject(o, "acc", n ? round(1e6 * (double)correct / (double)n) / 1e6 : 0.0);
-    cJSON_AddNumberToObject(o, "mean_iou", n ? round(1e6 * iou_sum / (double)n) / 1e6 : 0.0);
+    if (rep->refer) cJSON_AddNumberToObject(o, "exact", n ? round(1e6 * (double)exact / (double)n) / 1e6 : 0.0);
+    else cJSON_AddNumberToObject(o, "mean_iou", n ? round(1e6 * iou_sum / (double)n) / 1e6 : 0.0);
     return o;
 }
 
@@ -399,15 +470,20 @@ char *lp_eval_report_json(const lp_eval_report *rep, const char *meta) {
         cJSON_Delete(o);
         return NULL;
     }
-    cJSON_AddNumberToObject(o, "iou_threshold", LP_EVAL_IOU_THRESHOLD);
-    cJSON_AddItemToObject(o, "overall", group_json(rep->n, rep->correct, rep->iou_sum));
-    cJSON_AddNumberToObject(o, "no_box", (double)rep->no_box);
+    if (rep->refer) {
+        cJSON_AddStringToObject(o, "task", "refer");
+    } else {
+        cJSON_AddStringToObject(o, "task", "ground");
+        cJSON_AddNumberToObject(o, "iou_threshold", LP_EVAL_IOU_THRESHOLD);
+    }
+    cJSON_AddItemToObject(o, "overall", group_json(rep, rep->n, rep->correct, rep->iou_sum, rep->exact));
+    if (!rep->refer) cJSON_AddNumberToObject(o, "no_box", (double)rep->no_box);
     cJSON_AddNumberToObject(o, "errors", (double)rep->errors);
     for (size_t a = 0; a < sizeof AXES / sizeof AXES[0]; a++) {
         cJSON *ax = cJSON_CreateObject();
         for (size_t i = 0; ax && i < rep->n_groups; i++) {
             const lp_eval_group *g = &rep->groups[i];
-            if (!strcmp(g->axis, AXES[a])) cJSON_AddItemToObject(ax, g->key, group_json(g->n, g->correct, g->iou_sum));
+            if (!strcmp(g->axis, AXES[a])) cJSON_AddItemToObject(ax, g->key, group_json(rep, g->n, g->correct, g->iou_sum, g->exact));
         }
         cJSON_AddItemToObject(o, AXES[a], ax);
     }

@@ -16,7 +16,14 @@
  *          unreadable image; such records are retried by --resume and left
  *          out of the accuracy, counted as errors)
  * When one id has several records (a retried error, merged shards), the
- * last one counts. */
+ * last one counts.
+ *
+ * Referring (`loupe eval --task refer`): a region is given and the answer
+ * must name its object. Such records carry "task": "refer", gt is the
+ * region's box, "expected" the dataset's answer ("a blue tv"), "correct"
+ * whether the answer names the category (lp_answer_names) and "exact"
+ * whether it equals the expected answer (case and surrounding blanks
+ * aside); they have no pred or iou. One report never mixes the two tasks. */
 #ifndef LOUPE_DATASETS_EVALUATE_H
 #define LOUPE_DATASETS_EVALUATE_H
 
@@ -36,7 +43,19 @@ typedef struct lp_eval_record {
     int has_pred;
     double iou;
     double encode_ms, prefill_ms, decode_ms;
+    /* referring records */
+    int refer;        /* 1: a referring record (the fields below), 0: grounding */
+    char *expected;   /* the expected answer; "" for grounding */
+    int correct;      /* the category is named */
+    int exact;        /* the answer is the expected one */
 } lp_eval_record;
+
+/* Does `answer` name `name`: the words of name appear consecutively in
+ * answer as whole words, ignoring case ("tv" in "a blue tv." yes, in "tvs"
+ * or "a tvstand" no)? The referring metric. */
+int lp_answer_names(const char *answer, const char *name);
+/* answer == expected ignoring case and leading/trailing blanks and a final '.'. */
+int lp_answer_exact(const char *answer, const char *expected);
 
 /* Continuous IoU of [x1, y1, x2, y2] boxes, no +1; 0 when the union is empty. */
 double lp_iou(const double a[4], const double b[4]);
@@ -79,16 +98,19 @@ typedef struct lp_eval_group {
     char *key;
     long n, correct;
     double iou_sum;
+    long exact;        /* referring: answers equal to the expected one */
 } lp_eval_group;
 
 typedef struct lp_eval_report {
-    long n, correct, errors, no_box;
+    int refer;         /* the records are referring ones: correct = category named */
+    long n, correct, errors, no_box, exact;
     double iou_sum;
     lp_eval_group *groups;  // (n_groups), sorted by axis then key
     size_t n_groups;
 } lp_eval_report;
 
-/* The report over res (last record per id; error records counted apart).
+/* The report over res (last record per id; error records counted apart;
+ * LOUPE_ERR_INVALID_ARG when grounding and referring records are mixed).
  * If `only` is non-NULL, records whose id is not in the sorted id list
  * only[0..n_only) are ignored (a resumed run reports its own selection). */
 loupe_status lp_eval_report_build(const lp_results *res, const char *const *only, size_t n_only, lp_eval_report *rep,

@@ -66,6 +66,8 @@ void lp_refset_free(lp_refset *s) {
         free(r->split);
         free(r->category);
         free(r->kind);
+        free(r->answer);
+        free(r->rle);
     }
     free(s->refs);
     memset(s, 0, sizeof *s);
@@ -254,25 +256,41 @@ static const char *category_name(const idmap *cats, const cJSON *o) {
     return c ? opt_string(c, "name") : "";
 }
 
+/* The id maps of a COCO-style file: images, annotations and (when present)
+ * categories. */
+typedef struct coco_maps {
+    idmap im, am, cm;
+} coco_maps;
+
+static void coco_maps_free(coco_maps *m) {
+    idmap_free(&m->im);
+    idmap_free(&m->am);
+    idmap_free(&m->cm);
+}
+
+static loupe_status coco_maps_build(const cJSON *inst, const char *path, coco_maps *m, lp_error *err) {
+    memset(m, 0, sizeof *m);
+    const cJSON *images, *anns, *cats = member(inst, "categories");
+    loupe_status st;
+    if ((st = want_array(inst, "images", path, "", &images, err))) return st;
+    if ((st = want_array(inst, "annotations", path, "", &anns, err))) return st;
+    if ((st = idmap_build(&m->im, images, path, "images", err)) ||
+        (st = idmap_build(&m->am, anns, path, "annotations", err)) ||
+        (cJSON_IsArray(cats) && (st = idmap_build(&m->cm, cats, path, "categories", err))))
+        coco_maps_free(m);
+    return st;
+}
+
 /* ---- refer toolkit (and synth: the same in one file) ---- */
 
 static loupe_status load_refer(const char *inst_path, const cJSON *inst, const char *refs_path, const cJSON *refs,
                                lp_refset *s, lp_error *err) {
-    const cJSON *images, *anns, *cats_arr = member(inst, "categories");
-    loupe_status st;
-    if ((st = want_array(inst, "images", inst_path, "", &images, err))) return st;
-    if ((st = want_array(inst, "annotations", inst_path, "", &anns, err))) return st;
-    if (!cJSON_IsArray(refs)) return lp_fail(err, LOUPE_ERR_FORMAT, "%s: refs: not a JSON array of refs", refs_path);
-    idmap im, am, cm = {0};
-    if ((st = idmap_build(&im, images, inst_path, "images", err))) return st;
-    if ((st = idmap_build(&am, anns, inst_path, "annotations", err))) {
-        idmap_free(&im);
-        return st;
-    }
-    if (cJSON_IsArray(cats_arr) && (st = idmap_build(&cm, cats_arr, inst_path, "categories", err))) {
-        idmap_free(&im);
-        idmap_free(&am);
-        return st;
+    coco_maps maps;
+    loupe_status st = coco_maps_build(inst, inst_path, &maps, err);
+    if (st) return st;
+    if (!cJSON_IsArray(refs)) {
+        coco_maps_free(&maps);
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: refs: not a JSON array of refs", refs_path);
     }
     size_t cap = 0, k = 0;
     const cJSON *r;
@@ -291,12 +309,12 @@ static loupe_status load_refer(const char *inst_path, const cJSON *inst, const c
         if ((st = want_id(r, "image_id", refs_path, where, img_id, sizeof img_id, err))) break;
         if ((st = want_string(r, "split", refs_path, where, &split, err))) break;
         if ((st = want_array(r, "sentences", refs_path, where, &sents, err))) break;
-        if (!(ann = idmap_get(&am, ann_id))) {
+        if (!(ann = idmap_get(&maps.am, ann_id))) {
             st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.ann_id: %s is not in %s's annotations", refs_path, where, ann_id,
                          inst_path);
             break;
         }
-        if (!(img = idmap_get(&im, img_id))) {
+        if (!(img = idmap_get(&maps.im, img_id))) {
             st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.image_id: %s is not in %s's images", refs_path, where, img_id,
                          inst_path);
             break;
@@ -306,7 +324,7 @@ static loupe_status load_refer(const char *inst_path, const cJSON *inst, const c
         if ((st = want_bbox(ann, "bbox", inst_path, awhere, bbox, err))) break;
         snprintf(awhere, sizeof awhere, "images[id %s]", img_id);
         if ((st = want_string(img, "file_name", inst_path, awhere, &file, err))) break;
-        const char *cat = category_name(cm.n ? &cm : NULL, member(r, "category_id") ? r : ann);
+        const char *cat = category_name(maps.cm.n ? &maps.cm : NULL, member(r, "category_id") ? r : ann);
         const char *kind = opt_string(r, "kind");
         size_t j = 0;
         const cJSON *sn;
@@ -325,9 +343,115 @@ static loupe_status load_refer(const char *inst_path, const cJSON *inst, const c
         }
         if (st) break;
     }
-    idmap_free(&im);
-    idmap_free(&am);
-    idmap_free(&cm);
+    coco_maps_free(&maps);
+    return st;
+}
+
+/* ---- referring samples: synth's "regions" ---- */
+
+loupe_status lp_rle_decode(const int *counts, int n, int h, int w, unsigned char *out, lp_error *err) {
+    const size_t total = (size_t)h * (size_t)w;
+    size_t pos = 0;
+    for (int i = 0; i < n; i++) {
+        if (counts[i] < 0 || (size_t)counts[i] > total - pos)
+            return lp_fail(err, LOUPE_ERR_FORMAT, "mask runs cover more than the %d x %d image", w, h);
+        for (size_t k = pos; k < pos + (size_t)counts[i]; k++) /* column-major run -> row-major pixels */
+            out[(k % (size_t)h) * (size_t)w + k / (size_t)h] = (unsigned char)(i & 1);
+        pos += (size_t)counts[i];
+    }
+    if (pos != total) return lp_fail(err, LOUPE_ERR_FORMAT, "mask runs cover %zu of the %zu pixels", pos, total);
+    return LOUPE_OK;
+}
+
+/* mask {"size": [h, w], "counts": [...]} -> r->rle; image_w/h: the size the image states (0: none). */
+static loupe_status want_rle(const cJSON *o, const char *path, const char *where, int image_w, int image_h, lp_ref *r,
+                             lp_error *err) {
+    const cJSON *m = member(o, "mask"), *size = member(m, "size"), *counts = member(m, "counts");
+    if (!cJSON_IsObject(m) || !cJSON_IsArray(size) || cJSON_GetArraySize(size) != 2 || !cJSON_IsArray(counts))
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.mask: not {\"size\": [h, w], \"counts\": [...]}", path, where);
+    const double h = cJSON_GetArrayItem(size, 0)->valuedouble, w = cJSON_GetArrayItem(size, 1)->valuedouble;
+    if (!(h >= 1 && h <= 16384 && w >= 1 && w <= 16384) || h != floor(h) || w != floor(w))
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.mask.size: not two integers in 1..16384", path, where);
+    if ((image_w && (int)w != image_w) || (image_h && (int)h != image_h))
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.mask.size: %gx%g, but the image is %dx%d", path, where, w, h,
+                       image_w, image_h);
+    const int n = cJSON_GetArraySize(counts);
+    r->rle = malloc((n ? (size_t)n : 1) * sizeof *r->rle);
+    if (!r->rle) return lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+    double sum = 0;
+    int i = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, counts) {
+        if (!cJSON_IsNumber(c) || !(c->valuedouble >= 0) || c->valuedouble != floor(c->valuedouble) ||
+            c->valuedouble > h * w)
+            return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.mask.counts[%d]: not a run length (an integer >= 0)", path,
+                           where, i);
+        r->rle[i++] = (int)c->valuedouble;
+        sum += c->valuedouble;
+    }
+    if (sum != h * w)
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.mask.counts: the runs cover %.0f pixels, the %gx%g mask has %.0f",
+                       path, where, sum, w, h, h * w);
+    r->n_rle = n;
+    r->rle_w = (int)w;
+    r->rle_h = (int)h;
+    return LOUPE_OK;
+}
+
+static loupe_status load_regions(const char *path, const cJSON *root, lp_refset *s, lp_error *err) {
+    if (!cJSON_IsObject(root))
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: not a JSON object (expected loupe synth's annotations.json)", path);
+    const cJSON *regions = member(root, "regions");
+    if (!cJSON_IsArray(regions))
+        return lp_fail(err, LOUPE_ERR_FORMAT, "%s: no \"regions\" array: referring samples come from loupe synth's "
+                       "annotations.json", path);
+    coco_maps maps;
+    loupe_status st = coco_maps_build(root, path, &maps, err);
+    if (st) return st;
+    size_t cap = 0, k = 0;
+    const cJSON *g;
+    cJSON_ArrayForEach(g, regions) {
+        char where[64], rid[64], ann_id[64], img_id[64], id[80];
+        snprintf(where, sizeof where, "regions[%zu]", k++);
+        const char *question = "", *answer = "", *file = "";
+        const cJSON *ann, *img;
+        double bbox[4];
+        if (!cJSON_IsObject(g)) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s: not an object", path, where);
+            break;
+        }
+        if ((st = want_id(g, "region_id", path, where, rid, sizeof rid, err))) break;
+        if ((st = want_id(g, "ann_id", path, where, ann_id, sizeof ann_id, err))) break;
+        if ((st = want_id(g, "image_id", path, where, img_id, sizeof img_id, err))) break;
+        if ((st = want_bbox(g, "bbox", path, where, bbox, err))) break;
+        if ((st = want_string(g, "question", path, where, &question, err))) break;
+        if ((st = want_string(g, "answer", path, where, &answer, err))) break;
+        if (!(ann = idmap_get(&maps.am, ann_id))) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.ann_id: %s is not in the annotations", path, where, ann_id);
+            break;
+        }
+        if (!(img = idmap_get(&maps.im, img_id))) {
+            st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: %s.image_id: %s is not in the images", path, where, img_id);
+            break;
+        }
+        char iwhere[96];
+        snprintf(iwhere, sizeof iwhere, "images[id %s]", img_id);
+        if ((st = want_string(img, "file_name", path, iwhere, &file, err))) break;
+        const char *cat = category_name(maps.cm.n ? &maps.cm : NULL, ann);
+        const int w = opt_int(img, "width"), h = opt_int(img, "height");
+        static const char *const kinds[2] = {"box", "mask"};
+        for (int as_mask = 0; as_mask <= (member(g, "mask") != NULL) && !st; as_mask++) {
+            lp_ref *out;
+            snprintf(id, sizeof id, "%s:%s", rid, kinds[as_mask]);
+            if ((st = push(s, &cap, &out, path, err))) break;
+            if ((st = fill(out, id, file, question, bbox, opt_string(g, "split"), cat, kinds[as_mask], w, h, path, err)))
+                break;
+            if (!(out->answer = strdup(answer))) st = lp_fail(err, LOUPE_ERR_NOMEM, "%s: out of memory", path);
+            else if (as_mask) st = want_rle(g, path, where, w, h, out, err);
+        }
+        if (st) break;
+    }
+    coco_maps_free(&maps);
     return st;
 }
 
@@ -604,4 +728,33 @@ loupe_status lp_refset_load(const char *path, const char *refs_path, lp_refset *
         cJSON_Delete(refs);
     }
     return finish(refs_path ? refs_path : path, out, st, err);
+}
+
+/* A parsed regions file (or its JSON syntax error) -> out. */
+static loupe_status regions_finish(const char *path, cJSON *root, loupe_status st, lp_refset *out, lp_error *err) {
+    if (!st) st = load_regions(path, root, out, err);
+    cJSON_Delete(root);
+    if (!st && out->n == 0) st = lp_fail(err, LOUPE_ERR_FORMAT, "%s: no regions in the file", path);
+    return finish(path, out, st, err);
+}
+
+loupe_status lp_refset_load_regions(const char *path, lp_refset *out, lp_error *err) {
+    if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load_regions: no output");
+    memset(out, 0, sizeof *out);
+    if (!path) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load_regions: no dataset path");
+    out->format = "synth regions";
+    cJSON *root = NULL;
+    loupe_status st = load_json(path, &root, err);
+    return regions_finish(path, root, st, out, err);
+}
+
+loupe_status lp_refset_load_regions_mem(const char *name, const char *text, size_t len, lp_refset *out,
+                                        lp_error *err) {
+    if (!out) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load_regions_mem: no output");
+    memset(out, 0, sizeof *out);
+    if (!name || !text) return lp_fail(err, LOUPE_ERR_INVALID_ARG, "lp_refset_load_regions_mem: no name or text");
+    out->format = "synth regions";
+    cJSON *root = NULL;
+    loupe_status st = len ? parse_json(name, text, len, &root, err) : lp_fail(err, LOUPE_ERR_FORMAT, "%s: empty file", name);
+    return regions_finish(name, root, st, out, err);
 }

@@ -14,6 +14,9 @@
  *   jsonl   one JSON object per line: {"image", "expression", "bbox" [x, y,
  *           w, h], optional "split", "kind", "category", "id"}.
  *
+ * Referring samples (a region given, its object to be named) come from the
+ * "regions" of synth's annotations.json: lp_refset_load_regions.
+ *
  * Every record becomes an lp_ref. Malformed records are refused with the file
  * and the line (jsonl, JSON syntax errors) or the key path
  * ("annotations[12].bbox") and the reason. Sample ids are unique (checked):
@@ -34,6 +37,10 @@ typedef struct lp_ref {
     char *category;  /* "" when unknown */
     char *kind;      /* expression kind ("color", "ordinal", ...), "" when unknown */
     int width, height; /* image size the dataset states, 0 when it states none */
+    /* referring samples only (lp_refset_load_regions); NULL / 0 otherwise: */
+    char *answer;    /* the expected answer, e.g. "a blue tv" */
+    int *rle;        // (n_rle) the region as a mask: COCO uncompressed RLE, NULL for a box region
+    int n_rle, rle_w, rle_h;
 } lp_ref;
 
 typedef struct lp_refset {
@@ -50,6 +57,24 @@ loupe_status lp_refset_load(const char *path, const char *refs_path, lp_refset *
  * messages and decides jsonl (".jsonl") or JSON; no refer layout. */
 loupe_status lp_refset_load_mem(const char *name, const char *text, size_t len, lp_refset *out, lp_error *err);
 void lp_refset_free(lp_refset *set);
+
+/* Referring samples from `loupe synth`'s annotations.json: each entry of
+ * "regions" ({region_id, ann_id, image_id, bbox, mask, question, answer,
+ * split}) gives two samples, the region as its box (id "<region_id>:box",
+ * kind "box") and as its mask ("<region_id>:mask", kind "mask"; only when
+ * it has one). expr is the question (its "<region>" stands for the region),
+ * category the annotation's category name, answer the expected answer.
+ * The mask's RLE is checked here (runs >= 0 summing to h*w, the size the
+ * image states). */
+loupe_status lp_refset_load_regions(const char *path, lp_refset *out, lp_error *err);
+/* The same from memory (fuzzing); `name` stands for the file in messages. */
+loupe_status lp_refset_load_regions_mem(const char *name, const char *text, size_t len, lp_refset *out,
+                                        lp_error *err);
+
+/* COCO uncompressed RLE (column-major runs over an h × w image, the first a
+ * run of 0s) -> out (h * w bytes, row-major, 1 inside, 0 outside).
+ * LOUPE_ERR_FORMAT when the runs do not cover exactly h * w pixels. */
+loupe_status lp_rle_decode(const int *counts, int n, int h, int w, unsigned char *out, lp_error *err);
 
 /* The samples an evaluation takes, as indices into set->refs in dataset
  * order: those of `split` (NULL: all), then the first `limit` of them

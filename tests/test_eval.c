@@ -1,7 +1,9 @@
 /* tests/test_eval.c — grounding evaluation: the IoU metric, the four dataset
  * layouts and their error messages, sample selection and shards, the results
  * file (torn lines, resume semantics), the report, and `loupe eval` itself
- * killed with SIGKILL and resumed to the same report. */
+ * killed with SIGKILL and resumed to the same report; referring evaluation:
+ * the answer metric, synth's regions and their masks, referring records and
+ * reports, and `loupe eval --task refer` against `loupe ask --region`. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +25,7 @@
 #include "../datasets/evaluate.h"
 #include "../datasets/refdata.h"
 #include "../datasets/scene.h"
+#include "../vision/image.h"
 #include "support/testutil.h"
 
 static char g_dir[64];
@@ -372,6 +375,187 @@ static void test_results_and_report(void **state) {
     assert_int_equal(lp_results_read(tmp_path("none.jsonl"), 1, 0, &res, &err), LOUPE_ERR_IO);
 }
 
+/* ---- referring ---- */
+
+static void test_answer_metric(void **state) {
+    (void)state;
+    assert_true(lp_answer_names("a blue tv", "tv"));
+    assert_true(lp_answer_names("A Blue TV.", "tv"));
+    assert_true(lp_answer_names("tv", "tv"));
+    assert_true(lp_answer_names("the tall dining table, left", "dining table"));
+    assert_false(lp_answer_names("two tvs", "tv"));
+    assert_false(lp_answer_names("a tvstand", "tv"));
+    assert_false(lp_answer_names("a flat-screen", "tv"));
+    assert_false(lp_answer_names("a blue tv", ""));
+    assert_false(lp_answer_names("", "cup"));
+    assert_true(lp_answer_exact("a blue tv", " A blue TV. "));
+    assert_true(lp_answer_exact("a blue tv\n", "a blue tv"));
+    assert_false(lp_answer_exact("a blue tv", "a red tv"));
+    assert_false(lp_answer_exact("a blue tv set", "a blue tv"));
+    assert_false(lp_answer_exact("", "a blue tv"));
+}
+
+static void test_rle_decode(void **state) {
+    (void)state;
+    /* 2 x 3 image, column-major runs 0:1 1:2 0:3 -> pixels (0,0)=0, (1,0)=1, (0,1)=1, rest 0 */
+    const int counts[] = {1, 2, 3};
+    unsigned char m[6];
+    lp_error err = {0};
+    assert_int_equal(lp_rle_decode(counts, 3, 2, 3, m, &err), LOUPE_OK);
+    const unsigned char want[6] = {0, 1, 0, 1, 0, 0}; /* row-major */
+    assert_memory_equal(m, want, 6);
+    const int short_runs[] = {1, 2};
+    assert_int_equal(lp_rle_decode(short_runs, 2, 2, 3, m, &err), LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "cover 3 of the 6 pixels"));
+    const int long_runs[] = {4, 4};
+    assert_int_equal(lp_rle_decode(long_runs, 2, 2, 3, m, &err), LOUPE_ERR_FORMAT);
+    const int negative[] = {7, -1};
+    assert_int_equal(lp_rle_decode(negative, 2, 2, 3, m, &err), LOUPE_ERR_FORMAT);
+}
+
+static void test_load_regions(void **state) {
+    (void)state;
+    const char *out = tmp_path("regions");
+    lp_synth_stats st;
+    lp_error err = {0};
+    assert_int_equal(lp_synth_write(out, 4, 3, NULL, &st, &err), LOUPE_OK);
+    char ann[300];
+    snprintf(ann, sizeof ann, "%s/annotations.json", out);
+    lp_refset s;
+    assert_int_equal(lp_refset_load_regions(ann, &s, &err), LOUPE_OK);
+    assert_true(st.regions > 0);
+    assert_int_equal((long)s.n, 2L * st.regions); /* each region as its box and as its mask */
+    for (size_t i = 0; i < s.n; i++) {
+        const lp_ref *r = &s.refs[i];
+        const int is_mask = (int)(i % 2);
+        assert_string_equal(r->kind, is_mask ? "mask" : "box");
+        assert_non_null(strstr(r->id, is_mask ? ":mask" : ":box"));
+        assert_non_null(strstr(r->expr, "<region>"));
+        assert_true(r->category[0] != '\0');
+        assert_true(lp_answer_names(r->answer, r->category)); /* "a <colour> <category>" */
+        if (!is_mask) {
+            assert_null(r->rle);
+            continue;
+        }
+        /* the mask: inside pixels exist, and all lie in the region's box */
+        assert_non_null(r->rle);
+        assert_int_equal(r->rle_w, r->width);
+        assert_int_equal(r->rle_h, r->height);
+        unsigned char *m = malloc((size_t)r->rle_w * r->rle_h);
+        assert_non_null(m);
+        assert_int_equal(lp_rle_decode(r->rle, r->n_rle, r->rle_h, r->rle_w, m, &err), LOUPE_OK);
+        long inside = 0, outside_box = 0;
+        for (int y = 0; y < r->rle_h; y++)
+            for (int x = 0; x < r->rle_w; x++) {
+                if (!m[(size_t)y * r->rle_w + x]) continue;
+                inside++;
+                outside_box += x < r->bbox[0] || x >= r->bbox[0] + r->bbox[2] || y < r->bbox[1] ||
+                               y >= r->bbox[1] + r->bbox[3];
+            }
+        free(m);
+        assert_true(inside > 0);
+        assert_int_equal(outside_box, 0);
+    }
+    lp_refset_free(&s);
+
+    /* grounding files without regions, and broken regions, are refused by name */
+    assert_int_equal(lp_refset_load_regions(write_tmp("noreg.json", "{\"images\": [], \"annotations\": [], \"refs\": []}"),
+                                            &s, &err),
+                     LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "noreg.json: no \"regions\" array"));
+    const char *head = "{\"images\": [{\"id\": 1, \"file_name\": \"a.png\", \"width\": 3, \"height\": 2}],"
+                       "\"annotations\": [{\"id\": 5, \"image_id\": 1, \"category_id\": 1, \"bbox\": [0, 0, 2, 2]}],"
+                       "\"categories\": [{\"id\": 1, \"name\": \"cup\"}], \"regions\": [{\"region_id\": 9, \"ann_id\": 5,"
+                       "\"image_id\": 1, \"bbox\": [0, 0, 2, 2], \"question\": \"q <region>\", \"answer\": \"a red cup\",";
+    const struct {
+        const char *tail, *want;
+    } bad[] = {
+        {"\"mask\": {\"size\": [2, 3], \"counts\": [1, 2]}}]}", "regions[0].mask.counts: the runs cover 3 pixels"},
+        {"\"mask\": {\"size\": [2, 4], \"counts\": [8]}}]}", "regions[0].mask.size: 4x2, but the image is 3x2"},
+        {"\"mask\": {\"size\": [2, 3], \"counts\": [1, -2, 7]}}]}", "regions[0].mask.counts[1]: not a run length"},
+        {"\"mask\": [1, 2]}]}", "regions[0].mask: not {\"size\""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[1024], name[32];
+        snprintf(text, sizeof text, "%s%s", head, bad[i].tail);
+        snprintf(name, sizeof name, "bad%zu.json", i);
+        assert_int_equal(lp_refset_load_regions(write_tmp(name, text), &s, &err), LOUPE_ERR_FORMAT);
+        if (!strstr(err.msg, bad[i].want)) fail_msg("case %zu: got \"%s\"", i, err.msg);
+        assert_non_null(strstr(err.msg, name));
+    }
+    char text[1024];
+    snprintf(text, sizeof text, "%s", head);
+    char *ann5 = strstr(text, "\"ann_id\": 5");
+    ann5[10] = '6'; /* a region pointing at no annotation */
+    strcat(text, "\"mask\": {\"size\": [2, 3], \"counts\": [6]}}]}");
+    assert_int_equal(lp_refset_load_regions(write_tmp("dangling.json", text), &s, &err), LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "dangling.json: regions[0].ann_id: 6 is not in the annotations"));
+    snprintf(text, sizeof text, "%s%s", head, "\"mask\": {\"size\": [2, 3], \"counts\": [1, 2, 3]}}]}");
+    assert_int_equal(lp_refset_load_regions(write_tmp("good.json", text), &s, &err), LOUPE_OK);
+    assert_int_equal((long)s.n, 2);
+    assert_string_equal(s.refs[1].category, "cup");
+    assert_string_equal(s.refs[1].answer, "a red cup");
+    assert_int_equal(s.refs[1].n_rle, 3);
+    lp_refset_free(&s);
+}
+
+static void test_refer_records(void **state) {
+    (void)state;
+    lp_eval_record a = rec("1:box", "box", 0, 0, ""), b = rec("1:mask", "mask", 0, 0, ""),
+                   c = rec("2:box", "box", 0, 0, "");
+    a.refer = b.refer = c.refer = 1;
+    a.expected = b.expected = c.expected = (char *)"a red cup";
+    a.answer = (char *)"a red cup", a.correct = 1, a.exact = 1;
+    b.answer = (char *)"a blue cup", b.correct = 1, b.exact = 0;
+    c.answer = (char *)"a lamp", c.correct = 0, c.exact = 0;
+    const char *p = tmp_path("refer.jsonl");
+    FILE *f = fopen(p, "wb");
+    append(f, a);
+    append(f, b);
+    append(f, c);
+    fclose(f);
+    lp_results res;
+    lp_error err = {0};
+    assert_int_equal(lp_results_read(p, 0, 0, &res, &err), LOUPE_OK);
+    assert_int_equal(res.n, 3);
+    assert_int_equal(res.rec[0].refer, 1);
+    assert_string_equal(res.rec[1].expected, "a red cup");
+    assert_int_equal(res.rec[1].correct, 1);
+    assert_int_equal(res.rec[1].exact, 0);
+    lp_eval_report rep;
+    assert_int_equal(lp_eval_report_build(&res, NULL, 0, &rep, &err), LOUPE_OK);
+    assert_int_equal(rep.refer, 1);
+    assert_int_equal(rep.n, 3);
+    assert_int_equal(rep.correct, 2);
+    assert_int_equal(rep.exact, 1);
+    char buf[4096] = {0};
+    FILE *mf = fmemopen(buf, sizeof buf - 1, "w");
+    lp_eval_report_print(&rep, mf);
+    fclose(mf);
+    assert_non_null(strstr(buf, "named"));
+    assert_non_null(strstr(buf, "66.67%    33.33%"));
+    assert_null(strstr(buf, "Acc@0.5"));
+    char *json = lp_eval_report_json(&rep, NULL);
+    assert_non_null(strstr(json, "\"task\":\t\"refer\""));
+    assert_non_null(strstr(json, "\"exact\":\t0.333333"));
+    free(json);
+    lp_eval_report_free(&rep);
+    lp_results_free(&res);
+
+    /* a grounding record among referring ones: refused, not silently averaged */
+    f = fopen(p, "ab");
+    append(f, rec("g", "color", 0.9, 1, ""));
+    fclose(f);
+    assert_int_equal(lp_results_read(p, 0, 0, &res, &err), LOUPE_OK);
+    assert_int_equal(lp_eval_report_build(&res, NULL, 0, &rep, &err), LOUPE_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.msg, "mix grounding and referring"));
+    lp_results_free(&res);
+    /* a referring record must say whether it is correct */
+    const char *q = write_tmp("nocorrect.jsonl", "{\"id\": \"a\", \"task\": \"refer\", \"gt\": [0, 0, 1, 1]}\n");
+    assert_int_equal(lp_results_read(q, 0, 0, &res, &err), LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "without \"correct\""));
+}
+
 static void test_shard_parse(void **state) {
     (void)state;
     int k, n;
@@ -557,6 +741,104 @@ static void test_cli_kill_and_resume(void **state) {
     assert_int_equal(access(bad_out, F_OK), -1);
 }
 
+/* `loupe eval --task refer` scores exactly what `loupe ask --region/--mask`
+ * answers, and refuses to mix its results with grounding ones. */
+static const cJSON *line_json(const char *path, int k, cJSON **hold) {
+    size_t n;
+    char *t = tu_read_file(path, &n);
+    assert_non_null(t);
+    char *p = t;
+    for (int i = 0; i < k; i++) p = strchr(p, '\n') + 1;
+    *strchr(p, '\n') = '\0';
+    *hold = cJSON_Parse(p);
+    free(t);
+    assert_non_null(*hold);
+    return *hold;
+}
+
+static char *ask_answer(const char *const *args) {
+    char out[300];
+    snprintf(out, sizeof out, "%s/ask_refer.json", g_dir);
+    assert_int_equal(run_loupe(args, out), 0);
+    size_t n;
+    char *t = tu_read_file(out, &n);
+    cJSON *o = cJSON_Parse(t);
+    free(t);
+    assert_non_null(o);
+    char *a = strdup(cJSON_GetObjectItem(o, "answer")->valuestring);
+    cJSON_Delete(o);
+    return a;
+}
+
+static void test_cli_refer(void **state) {
+    (void)state;
+    const char *data = tmp_path("cli_refer");
+    lp_error err = {0};
+    assert_int_equal(lp_synth_write(data, 12, 2, NULL, NULL, &err), LOUPE_OK);
+    char ann[300], res[300], rep[300];
+    snprintf(ann, sizeof ann, "%s/annotations.json", data);
+    snprintf(res, sizeof res, "%s/refer_cli.jsonl", g_dir);
+    snprintf(rep, sizeof rep, "%s/refer.txt", g_dir);
+    const char *a_ev[] = {loupe_bin, "eval", "--task", "refer", "--data", ann, "--limit", "6", "-t", "1", "-q",
+                          "--out", res, NULL};
+    assert_int_equal(run_loupe(a_ev, rep), 0);
+    assert_int_equal(count_lines(res), 6);
+    size_t n;
+    char *t = tu_read_file(rep, &n);
+    assert_non_null(strstr(t, "named"));
+    const char *kb = strstr(t, "kind       box ");
+    assert_non_null(kb);
+    assert_int_equal(strtol(kb + strlen("kind       box "), NULL, 10), 3); /* 3 regions, each as box and mask */
+    free(t);
+
+    /* record 0 is region 1 as its box, record 1 the same region as its mask */
+    cJSON *r0, *r1;
+    line_json(res, 0, &r0);
+    line_json(res, 1, &r1);
+    assert_string_equal(cJSON_GetObjectItem(r0, "kind")->valuestring, "box");
+    assert_string_equal(cJSON_GetObjectItem(r1, "kind")->valuestring, "mask");
+    char img[400], box[128];
+    snprintf(img, sizeof img, "%s/%s", data, cJSON_GetObjectItem(r0, "image")->valuestring);
+    const cJSON *gt = cJSON_GetObjectItem(r0, "gt");
+    snprintf(box, sizeof box, "%g,%g,%g,%g", cJSON_GetArrayItem(gt, 0)->valuedouble, cJSON_GetArrayItem(gt, 1)->valuedouble,
+             cJSON_GetArrayItem(gt, 2)->valuedouble, cJSON_GetArrayItem(gt, 3)->valuedouble);
+    const char *q = cJSON_GetObjectItem(r0, "expression")->valuestring;
+    const char *a_box[] = {loupe_bin, "ask", img, q, "--region", box, "--json", "-t", "1", NULL};
+    char *ans = ask_answer(a_box);
+    assert_string_equal(ans, cJSON_GetObjectItem(r0, "answer")->valuestring);
+    free(ans);
+    /* the mask, written as a PNG from the dataset's RLE */
+    lp_refset set;
+    assert_int_equal(lp_refset_load_regions(ann, &set, &err), LOUPE_OK);
+    const lp_ref *mr = &set.refs[1];
+    assert_string_equal(mr->id, cJSON_GetObjectItem(r1, "id")->valuestring);
+    unsigned char *m = malloc((size_t)mr->rle_w * mr->rle_h);
+    assert_int_equal(lp_rle_decode(mr->rle, mr->n_rle, mr->rle_h, mr->rle_w, m, &err), LOUPE_OK);
+    lp_image mi = {.w = mr->rle_w, .h = mr->rle_h, .rgb = malloc((size_t)3 * mr->rle_w * mr->rle_h)};
+    for (size_t i = 0; i < (size_t)mr->rle_w * mr->rle_h; i++) mi.rgb[3 * i] = mi.rgb[3 * i + 1] = mi.rgb[3 * i + 2] = m[i] ? 255 : 0;
+    char mpng[300];
+    snprintf(mpng, sizeof mpng, "%s/mask.png", g_dir);
+    assert_int_equal(lp_image_write_png(mpng, &mi, &err), LOUPE_OK);
+    free(mi.rgb);
+    free(m);
+    lp_refset_free(&set);
+    const char *a_mask[] = {loupe_bin, "ask", img, q, "--mask", mpng, "--json", "-t", "1", NULL};
+    ans = ask_answer(a_mask);
+    assert_string_equal(ans, cJSON_GetObjectItem(r1, "answer")->valuestring);
+    free(ans);
+    cJSON_Delete(r0);
+    cJSON_Delete(r1);
+
+    /* resuming a referring results file as grounding, --refs with refer, a bad --task: refused */
+    const char *a_ground[] = {loupe_bin, "eval", "--data", ann, "--limit", "6", "-q", "--out", res, "--resume", NULL};
+    assert_int_equal(run_loupe(a_ground, NULL), 1 + LOUPE_ERR_INVALID_ARG);
+    assert_int_equal(count_lines(res), 6);
+    const char *a_refs[] = {loupe_bin, "eval", "--task", "refer", "--data", ann, "--refs", ann, "-q", NULL};
+    assert_int_not_equal(run_loupe(a_refs, NULL), 0);
+    const char *a_task[] = {loupe_bin, "eval", "--task", "caption", "--data", ann, "-q", NULL};
+    assert_int_not_equal(run_loupe(a_task, NULL), 0);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     snprintf(loupe_bin, sizeof loupe_bin, "%s", argv[0]);
@@ -574,8 +856,13 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_load_synth),
         cmocka_unit_test(test_results_and_report),
+        cmocka_unit_test(test_answer_metric),
+        cmocka_unit_test(test_rle_decode),
+        cmocka_unit_test(test_load_regions),
+        cmocka_unit_test(test_refer_records),
         cmocka_unit_test(test_shard_parse),
         cmocka_unit_test(test_cli_kill_and_resume),
+        cmocka_unit_test(test_cli_refer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
