@@ -9,7 +9,9 @@
 #   1. grounding: "where is <expression>?" -> an answer with a box in image
 #      pixels, printed next to the ground truth and drawn into a PNG;
 #   2. referring: a box region -> "what is this?";
-#   3. a short evaluation on the scene's expressions (loupe eval).
+#   3. a short evaluation on the scene's expressions (loupe eval);
+#   4. the same for referring: every object region of the scene, given as its
+#      box and as its mask (loupe eval --task refer).
 set -eu
 LOUPE=${1:-build/loupe}
 EX=models/example
@@ -58,6 +60,11 @@ echo "== loupe eval on every expression of the scene"
 echo "\$ loupe eval --data $EX/annotations.json --out $OUT/results.jsonl --gallery $OUT/misses"
 "$LOUPE" eval --data "$EX/annotations.json" --out "$OUT/results.jsonl" --gallery "$OUT/misses" -t 2 -q
 echo
+echo "== loupe eval --task refer: what is each object's region? (as its box, then as its mask)"
+echo "\$ loupe eval --task refer --data $EX/annotations.json --out $OUT/refer.jsonl"
+"$LOUPE" eval --task refer --data "$EX/annotations.json" --out "$OUT/refer.jsonl" -t 2 -q
+echo
 echo "Annotated images: $OUT/grounded-*.png; misses: $OUT/misses/index.html"
 echo "This scene was picked for the demo; on 5,215 held-out expressions the tiny model's"
-echo "Acc@0.5 is 59.3 % (README: the shipped tiny model). It is small and far from done."
+echo "Acc@0.5 is 59.3 %, and it names the object of 80.4 % of 500 held-out regions given as"
+echo "boxes (80.0 % as masks) (README: the shipped tiny model). It is small and far from done."
