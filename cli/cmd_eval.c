@@ -255,7 +255,7 @@ static int write_gallery(const char *dir, const char *images_dir, const lp_resul
     }
     for (size_t i = 0; i < n_idx; i++) {
         const lp_eval_record *r = &res->rec[idx[i]];
-        if (r->error[0] || (r->refer ? r->correct : r->iou >= LP_EVAL_IOU_THRESHOLD)) continue;
+        if (r->error[0] || lp_eval_record_correct(r)) continue;
         if (only && !lp_id_in(r->id, only, n_only)) continue;
         char name[256], png[PATH_MAX];
         file_safe(r->id, name, sizeof name - 4);
@@ -343,6 +343,29 @@ typedef struct image_cache {
     loupe_status status;
 } image_cache;
 
+/* A referring sample's region: its box (gt), or its mask decoded to the
+ * image's size (*mask malloc'd, the caller frees it). On failure *error
+ * gets the reason (malloc'd). */
+static loupe_status refer_region(const lp_ref *ref, const double gt[4], const loupe_image *img, loupe_region *reg,
+                                 unsigned char **mask, char **error) {
+    *reg = (loupe_region){.kind = LOUPE_REGION_BOX, .box = {gt[0], gt[1], gt[2], gt[3]}};
+    if (!ref->rle) return LOUPE_OK;
+    const int W = loupe_image_width(img), H = loupe_image_height(img);
+    lp_error e = {0};
+    if (ref->rle_w != W || ref->rle_h != H)
+        lp_fail(&e, LOUPE_ERR_INVALID_ARG, "the region's mask is %dx%d but the image is %dx%d", ref->rle_w, ref->rle_h,
+                W, H);
+    else if (!(*mask = malloc((size_t)W * (size_t)H)))
+        lp_fail(&e, LOUPE_ERR_NOMEM, "out of memory");
+    else if (!lp_rle_decode(ref->rle, ref->n_rle, H, W, *mask, &e))
+        *reg = (loupe_region){.kind = LOUPE_REGION_MASK, .mask = *mask, .mask_w = W, .mask_h = H};
+    if (!e.status) return LOUPE_OK;
+    free(*mask);
+    *mask = NULL;
+    *error = strdup(e.msg);
+    return e.status;
+}
+
 static void run_sample(loupe_context *ctx, const lp_ref *ref, const char *images_dir, image_cache *ic,
                        lp_eval_record *r, loupe_status *st_out) {
     r->gt[0] = ref->bbox[0];
@@ -372,28 +395,11 @@ static void run_sample(loupe_context *ctx, const lp_ref *ref, const char *images
     loupe_answer *a = NULL;
     loupe_status st;
     if (r->refer) {
-        /* the region as its box, or as its mask decoded to the image's size */
-        loupe_region reg = {.kind = LOUPE_REGION_BOX, .box = {r->gt[0], r->gt[1], r->gt[2], r->gt[3]}};
+        loupe_region reg;
         unsigned char *mask = NULL;
-        if (ref->rle) {
-            const int W = loupe_image_width(ic->img), H = loupe_image_height(ic->img);
-            lp_error e = {0};
-            if (ref->rle_w != W || ref->rle_h != H) {
-                char msg[160];
-                snprintf(msg, sizeof msg, "the region's mask is %dx%d but the image is %dx%d", ref->rle_w, ref->rle_h,
-                         W, H);
-                r->error = strdup(msg);
-                *st_out = LOUPE_ERR_INVALID_ARG;
-                return;
-            }
-            if (!(mask = malloc((size_t)W * (size_t)H)) ||
-                lp_rle_decode(ref->rle, ref->n_rle, H, W, mask, &e)) {
-                free(mask);
-                r->error = strdup(mask ? e.msg : "out of memory");
-                *st_out = mask ? e.status : LOUPE_ERR_NOMEM;
-                return;
-            }
-            reg = (loupe_region){.kind = LOUPE_REGION_MASK, .mask = mask, .mask_w = W, .mask_h = H};
+        if ((st = refer_region(ref, r->gt, ic->img, &reg, &mask, &r->error))) {
+            *st_out = st;
+            return;
         }
         st = loupe_ask_regions(ctx, ic->img, ref->expr, &reg, 1, &a);
         free(mask);
@@ -605,7 +611,7 @@ int cmd_eval(int argc, char **argv) {
         rc = append_record(&ro, &r);
         r.id = r.image = r.expr = r.split = r.category = r.kind = NULL;
         pg.done++;
-        pg.correct += !st && (refer ? r.correct : r.iou >= LP_EVAL_IOU_THRESHOLD);
+        pg.correct += !st && lp_eval_record_correct(&r);
         lp_eval_record_clear(&r);
         progress_show(&pg, 0);
     }

@@ -53,6 +53,10 @@ int lp_answer_exact(const char *answer, const char *expected) {
 
 /* ---- records ---- */
 
+int lp_eval_record_correct(const lp_eval_record *r) {
+    return r->refer ? r->correct : r->iou >= LP_EVAL_IOU_THRESHOLD;
+}
+
 /* Boxes are written exactly (a float box prints in at most 9 significant
  * digits), so IoU recomputed from the file equals loupe's. */
 static cJSON *box_json(const double b[4]) {
@@ -75,19 +79,16 @@ char *lp_eval_record_json(const lp_eval_record *r) {
     cJSON_AddItemToObject(o, "gt", box_json(r->gt));
     if (r->error && r->error[0]) {
         S("error", r->error);
-    } else if (r->refer) {
-        S("expected", r->expected);
-        cJSON_AddBoolToObject(o, "correct", r->correct);
-        cJSON_AddBoolToObject(o, "exact", r->exact);
-        S("answer", r->answer);
-        cJSON_AddNumberToObject(o, "encode_ms", round(r->encode_ms * 100.0) / 100.0);
-        cJSON_AddNumberToObject(o, "prefill_ms", round(r->prefill_ms * 100.0) / 100.0);
-        cJSON_AddNumberToObject(o, "decode_ms", round(r->decode_ms * 100.0) / 100.0);
     } else {
-        if (r->has_pred) cJSON_AddItemToObject(o, "pred", box_json(r->pred));
-        else cJSON_AddNullToObject(o, "pred");
-        cJSON_AddNumberToObject(o, "iou", round(r->iou * 1e6) / 1e6);
-        cJSON_AddBoolToObject(o, "correct", r->iou >= LP_EVAL_IOU_THRESHOLD);
+        if (r->refer) {
+            S("expected", r->expected);
+        } else {
+            if (r->has_pred) cJSON_AddItemToObject(o, "pred", box_json(r->pred));
+            else cJSON_AddNullToObject(o, "pred");
+            cJSON_AddNumberToObject(o, "iou", round(r->iou * 1e6) / 1e6);
+        }
+        cJSON_AddBoolToObject(o, "correct", lp_eval_record_correct(r));
+        if (r->refer) cJSON_AddBoolToObject(o, "exact", r->exact);
         S("answer", r->answer);
         if (r->reason && r->reason[0]) S("reason", r->reason);
         cJSON_AddNumberToObject(o, "encode_ms", round(r->encode_ms * 100.0) / 100.0);
@@ -385,7 +386,7 @@ loupe_status lp_eval_report_build(const lp_results *res, const char *const *only
             rep->errors++;
             continue;
         }
-        const int ok = r->refer ? r->correct : r->iou >= LP_EVAL_IOU_THRESHOLD;
+        const int ok = lp_eval_record_correct(r);
         rep->n++;
         rep->correct += ok;
         rep->exact += r->refer && r->exact;

@@ -60,6 +60,8 @@ int lp_answer_exact(const char *answer, const char *expected);
 /* Continuous IoU of [x1, y1, x2, y2] boxes, no +1; 0 when the union is empty. */
 double lp_iou(const double a[4], const double b[4]);
 
+/* Does r count as correct: IoU >= 0.5 for grounding, the category named for referring. */
+int lp_eval_record_correct(const lp_eval_record *r);
 /* One line of JSON (with its '\n') for r; malloc'd, NULL when out of memory. */
 char *lp_eval_record_json(const lp_eval_record *r);
 void lp_eval_record_clear(lp_eval_record *r);
