@@ -159,12 +159,40 @@ def build_samples(ann_dir, S, tok, cache=None):
     return out
 
 
-def grouped_batches(data, idx, n_per_img, n_img, seed, chunked=False):
+def sample_kinds(ann):
+    """The kind of every sample build_samples makes from annotations ann, in
+    its order: the ref's expression kind ("category", "color", "abspos",
+    "relpos", "size", "ordinal") for each grounding sentence, then "refer"
+    for each region."""
+    kinds = [r["kind"] for r in ann["refs"] for _ in r["sentences"]]
+    return kinds + ["refer"] * len(ann["regions"])
+
+
+def parse_kind_weights(text):
+    """"ordinal=1.8,size=1.6" -> {"ordinal": 1.8, "size": 1.6} (kinds not
+    named keep weight 1)."""
+    out = {}
+    for part in filter(None, (t.strip() for t in (text or "").split(","))):
+        k, _, v = part.partition("=")
+        if not v or float(v) < 0:
+            raise ValueError("kind weight %r: want KIND=WEIGHT with WEIGHT >= 0" % part)
+        out[k.strip()] = float(v)
+    return out
+
+
+def grouped_batches(data, idx, n_per_img, n_img, seed, chunked=False, weight=None):
     """Deterministic batches: the samples idx are grouped by image, shuffled
     within an image and cut into chunks of n_per_img (the ViT then encodes
     each image once per batch); chunks are shuffled and n_img of them form a
-    batch."""
+    batch.  weight (per sample, indexed like data; None: all 1): an epoch
+    holds sample j floor(w) times and once more with probability frac(w),
+    drawn afresh each epoch -- so a kind of question can be made a larger
+    (w > 1) or smaller (w < 1) share of training than the generator wrote."""
     rng = np.random.RandomState(seed)
+    if weight is not None:
+        w = np.asarray([weight[j] for j in idx], np.float64)
+        n = np.floor(w).astype(np.int64) + (rng.random_sample(len(idx)) < w - np.floor(w))
+        idx = [j for j, c in zip(idx, n) for _ in range(c)]
     by_img = {}
     for j in idx:
         by_img.setdefault(data["img"][j], []).append(j)

@@ -32,7 +32,7 @@ import tokenizer as TK  # noqa: E402
 from model import DEFAULT_CONFIG, Model  # noqa: E402
 
 
-def prepare(work, synth_seed, n_images, S):
+def prepare(work, synth_seed, n_images, S, vocab_images=8000):
     os.makedirs(work, exist_ok=True)
     sdir = os.path.join(work, "synth")
     D.synth(sdir, synth_seed, n_images)
@@ -42,6 +42,13 @@ def prepare(work, synth_seed, n_images, S):
     else:
         with open(os.path.join(sdir, "annotations.json")) as f:
             ann = json.load(f)
+        # The vocabulary comes from the first vocab_images scenes only: scene i
+        # is the same whatever --n-images, so a corpus grown past them keeps
+        # the token ids (BPE ranks follow the counts, which any more scenes
+        # would reorder).
+        keep = {im["id"] for im in ann["images"][:vocab_images]}
+        ann = {"refs": [r for r in ann["refs"] if r["image_id"] in keep],
+               "regions": [g for g in ann["regions"] if g["image_id"] in keep]}
         tok = TK.build(D.texts_of(ann))
         tok.to_json(tpath)
     data = D.build_samples(sdir, S, tok, os.path.join(work, "data-%d.pt" % S))
@@ -427,6 +434,8 @@ def main():
     ap.add_argument("--work", default="/tmp/loupe-train")
     ap.add_argument("--synth-seed", type=int, default=1)
     ap.add_argument("--n-images", type=int, default=8000)
+    ap.add_argument("--vocab-images", type=int, default=8000,
+                    help="build the vocabulary from the first N scenes (8000: the shipped vocabulary)")
     ap.add_argument("--out", default=None, help="checkpoint path (default WORK/ckpt.pt)")
     ap.add_argument("--steps", type=int, default=4800,
                     help="stage-2 steps (the tenth session's recipe; ninth: 3600 + a 600-step second cycle)")
@@ -475,6 +484,9 @@ def main():
     ap.add_argument("--bf16", type=int, default=1,
                     help="1: matrix products in bfloat16 under torch.autocast (weights, norms, losses stay f32)")
     ap.add_argument("--p-mask", type=float, default=0.4, help="share of referring samples given as mask points")
+    ap.add_argument("--kind-weights", default="",
+                    help="sampling weight per question kind, e.g. 'ordinal=1.8,size=1.6,relpos=0.6' (kinds: category, "
+                         "color, abspos, relpos, size, ordinal, refer; unnamed: 1; default: all 1, the shipped recipe)")
     a = ap.parse_args()
     global dense_box_loss, n_side_loss, claim_centre
     dense_box_loss = bool(a.dense_box)
@@ -486,9 +498,25 @@ def main():
         cfg.update(json.loads(a.config))
     out = a.out or os.path.join(a.work, "ckpt.pt")
     t0 = time.time()
-    tok, data = prepare(a.work, a.synth_seed, a.n_images, cfg["image_size"])
+    tok, data = prepare(a.work, a.synth_seed, a.n_images, cfg["image_size"], a.vocab_images)
     cfg["n_vocab"] = len(tok)
     train_idx = [j for j, s in enumerate(data["split"]) if s == "train"]
+    weight = None
+    kind_w = D.parse_kind_weights(a.kind_weights)
+    if kind_w:
+        with open(os.path.join(a.work, "synth", "annotations.json")) as f:
+            kinds = D.sample_kinds(json.load(f))
+        assert len(kinds) == len(data["img"]), "annotations.json does not match the cached samples"
+        unknown = set(kind_w) - set(kinds)
+        if unknown:
+            sys.exit("--kind-weights: no such kind %s (have %s)" % (sorted(unknown), sorted(set(kinds))))
+        weight = [kind_w.get(k, 1.0) for k in kinds]
+        per = {}
+        for j in train_idx:
+            per[kinds[j]] = per.get(kinds[j], 0.0) + weight[j]
+        tot = sum(per.values())
+        print("kind shares per epoch: " + ", ".join("%s %.1f%%" % (k, 100 * v / tot) for k, v in sorted(per.items())),
+              flush=True)
     print("data: %d images, %d samples (%d train), vocab %d, prep %.1fs" %
           (len(data["sizes"]), len(data["img"]), len(train_idx), len(tok), time.time() - t0), flush=True)
     model = Model(cfg)
@@ -555,7 +583,7 @@ def main():
     # fixed order: epoch e uses grouped_batches(seed + e); resuming replays the order
     consumed = 0
     while consumed <= step:
-        batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed)
+        batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed, weight)
         if consumed + len(batches) > step:
             break
         consumed += len(batches)
@@ -567,7 +595,7 @@ def main():
     while step < a.steps:
         if bi >= len(batches):
             epoch += 1
-            batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed)
+            batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed, weight)
             bi = 0
         idx = batches[bi]
         bi += 1
