@@ -4,9 +4,10 @@ products in bfloat16 with f32 master weights, --bf16 0 for f32 throughout).
 
   /usr/bin/python3 tools/train/train.py --work /tmp/loupe-train --out /tmp/loupe-train/run.pt
 
-(the defaults are the shipped model's recipe). Steps: (1) `loupe synth` into
+then `--resume --steps 5400` (a 600-step low-rate tail) for the shipped
+model's recipe (the defaults are its first run). Steps: (1) `loupe synth` into
 WORK/synth (once; deterministic for --synth-seed/--n-images), (2) the
-vocabulary from that corpus (WORK/tokenizer.json), (3) samples and squeezed
+vocabulary from its first --vocab-images scenes (WORK/tokenizer.json), (3) samples and squeezed
 images cached as tensors (WORK/data-S.pt), (4) stage 1: the ViT alone on
 dense auxiliary targets (saved as OUT.vit and reused when present), (5)
 stage 2: everything, AdamW with linear warm-up + cosine decay, loss on the
@@ -433,7 +434,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/loupe-train")
     ap.add_argument("--synth-seed", type=int, default=1)
-    ap.add_argument("--n-images", type=int, default=8000)
+    ap.add_argument("--n-images", type=int, default=16000,
+                    help="scenes of `loupe synth --seed SYNTH_SEED` (twelfth session: 16000; 8000 before; a WORK that "
+                         "already holds synth/ keeps its scenes)")
     ap.add_argument("--vocab-images", type=int, default=8000,
                     help="build the vocabulary from the first N scenes (8000: the shipped vocabulary)")
     ap.add_argument("--out", default=None, help="checkpoint path (default WORK/ckpt.pt)")
