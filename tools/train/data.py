@@ -159,25 +159,34 @@ def build_samples(ann_dir, S, tok, cache=None):
     return out
 
 
-def sample_kinds(ann):
-    """The kind of every sample build_samples makes from annotations ann, in
-    its order: the ref's expression kind ("category", "color", "abspos",
-    "relpos", "size", "ordinal") for each grounding sentence, then "refer"
-    for each region."""
-    kinds = [r["kind"] for r in ann["refs"] for _ in r["sentences"]]
-    return kinds + ["refer"] * len(ann["regions"])
-
-
-def parse_kind_weights(text):
-    """"ordinal=1.8,size=1.6" -> {"ordinal": 1.8, "size": 1.6} (kinds not
-    named keep weight 1)."""
-    out = {}
-    for part in filter(None, (t.strip() for t in (text or "").split(","))):
+def kind_weights(ann_path, spec, n_samples, train_idx):
+    """spec "ordinal=1.8,size=1.6" (unnamed kinds: 1) -> (weight per sample,
+    for grouped_batches; [(kind, expected share of an epoch's training
+    samples)]).  A sample's kind is its ref's expression kind ("category",
+    "color", "abspos", "relpos", "size", "ordinal") for a grounding
+    sentence, "refer" for a region -- in build_samples' order, read from the
+    annotations it was built from (ann_path).  ValueError on a malformed
+    spec, an unknown kind, or annotations that do not match the samples."""
+    want = {}
+    for part in filter(None, (t.strip() for t in spec.split(","))):
         k, _, v = part.partition("=")
         if not v or float(v) < 0:
-            raise ValueError("kind weight %r: want KIND=WEIGHT with WEIGHT >= 0" % part)
-        out[k.strip()] = float(v)
-    return out
+            raise ValueError("%r: want KIND=WEIGHT with WEIGHT >= 0" % part)
+        want[k.strip()] = float(v)
+    with open(ann_path) as f:
+        ann = json.load(f)
+    kinds = [r["kind"] for r in ann["refs"] for _ in r["sentences"]] + ["refer"] * len(ann["regions"])
+    if len(kinds) != n_samples:
+        raise ValueError("%s has %d samples, the cache %d" % (ann_path, len(kinds), n_samples))
+    unknown = set(want) - set(kinds)
+    if unknown:
+        raise ValueError("no such kind %s (have %s)" % (sorted(unknown), sorted(set(kinds))))
+    weight = [want.get(k, 1.0) for k in kinds]
+    per = {}
+    for j in train_idx:
+        per[kinds[j]] = per.get(kinds[j], 0.0) + weight[j]
+    tot = sum(per.values())
+    return weight, [(k, v / tot) for k, v in sorted(per.items())]
 
 
 def grouped_batches(data, idx, n_per_img, n_img, seed, chunked=False, weight=None):

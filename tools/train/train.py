@@ -505,21 +505,13 @@ def main():
     cfg["n_vocab"] = len(tok)
     train_idx = [j for j, s in enumerate(data["split"]) if s == "train"]
     weight = None
-    kind_w = D.parse_kind_weights(a.kind_weights)
-    if kind_w:
-        with open(os.path.join(a.work, "synth", "annotations.json")) as f:
-            kinds = D.sample_kinds(json.load(f))
-        assert len(kinds) == len(data["img"]), "annotations.json does not match the cached samples"
-        unknown = set(kind_w) - set(kinds)
-        if unknown:
-            sys.exit("--kind-weights: no such kind %s (have %s)" % (sorted(unknown), sorted(set(kinds))))
-        weight = [kind_w.get(k, 1.0) for k in kinds]
-        per = {}
-        for j in train_idx:
-            per[kinds[j]] = per.get(kinds[j], 0.0) + weight[j]
-        tot = sum(per.values())
-        print("kind shares per epoch: " + ", ".join("%s %.1f%%" % (k, 100 * v / tot) for k, v in sorted(per.items())),
-              flush=True)
+    if a.kind_weights:
+        try:
+            weight, shares = D.kind_weights(os.path.join(a.work, "synth", "annotations.json"),
+                                            a.kind_weights, len(data["img"]), train_idx)
+        except ValueError as e:
+            sys.exit("--kind-weights: %s" % e)
+        print("kind shares per epoch: " + ", ".join("%s %.1f%%" % (k, 100 * v) for k, v in shares), flush=True)
     print("data: %d images, %d samples (%d train), vocab %d, prep %.1fs" %
           (len(data["sizes"]), len(data["img"]), len(train_idx), len(tok), time.time() - t0), flush=True)
     model = Model(cfg)
@@ -583,10 +575,12 @@ def main():
     prefix = torch.tensor(tok.encode(D.PREFIX_TEXT, add_bos=True))
     gen = torch.Generator().manual_seed(a.seed)
     epoch, batches = 0, []
-    # fixed order: epoch e uses grouped_batches(seed + e); resuming replays the order
+    # fixed order: epoch e uses grouped_batches(seed * 1000 + e); resuming replays the order
+    def epoch_batches(e):
+        return D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + e, a.packed, weight)
     consumed = 0
     while consumed <= step:
-        batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed, weight)
+        batches = epoch_batches(epoch)
         if consumed + len(batches) > step:
             break
         consumed += len(batches)
@@ -598,7 +592,7 @@ def main():
     while step < a.steps:
         if bi >= len(batches):
             epoch += 1
-            batches = D.grouped_batches(data, train_idx, a.per_img, a.batch_img, a.seed * 1000 + epoch, a.packed, weight)
+            batches = epoch_batches(epoch)
             bi = 0
         idx = batches[bi]
         bi += 1
