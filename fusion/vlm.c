@@ -56,6 +56,7 @@ struct lp_vlm_ctx {
     lp_llama_state *st; /* NULL until the first question when n_ctx is automatic */
     lp_llama_dump_fn dump;
     void *dump_user;
+    bool exact_matvec;    /* decode with f32 activations for every weight type */
     /* What the last ask leaves behind for the next one about the same image
      * (a photo app asking several questions, loupe eval's expressions):
      * the image's encoding, and the decoder's KV cache for the prompt up to
@@ -438,6 +439,10 @@ void lp_vlm_ctx_set_dump(lp_vlm_ctx *c, lp_llama_dump_fn fn, void *user) {
     c->dump_user = user;
 }
 
+void lp_vlm_ctx_set_exact_matvec(lp_vlm_ctx *c, bool on) {
+    if (c) c->exact_matvec = on;
+}
+
 /* The cache capacity this question gets, and the state to match. */
 static loupe_status ensure_state(lp_vlm_ctx *c, const lp_prompt *pr, int n_predict, lp_error *err) {
     const lp_vlm *v = c->vlm;
@@ -662,6 +667,7 @@ static loupe_status prefill(lp_vlm_ctx *c, lp_llama *llama, const float *embd, c
     lp_llama_state_set_logits_all(c->st, false);
     lp_llama_state_set_kv_f16(c->st, c->p.kv_f16);
     lp_llama_state_set_dump(c->st, c->dump, c->dump_user);
+    lp_llama_state_set_exact_matvec(c->st, c->exact_matvec);
     if (reuse) {
         if ((st = lp_llama_state_truncate(c->st, n_pfx, err))) return st;
     } else {

@@ -224,6 +224,12 @@ void lp_vlm_ctx_free(lp_vlm_ctx *ctx);
  * included; "logits"). NULL turns it off. */
 void lp_vlm_ctx_set_dump(lp_vlm_ctx *ctx, lp_llama_dump_fn fn, void *user);
 
+/* Decode steps with f32 activations for q4_0/q8_0 weights too
+ * (language/decoder.h, lp_llama_state_set_exact_matvec), so logits stay
+ * within f32 rounding of a reference that uses the dequantized weights. Off
+ * by default: x is quantized to q8_0 as llama.cpp does. */
+void lp_vlm_ctx_set_exact_matvec(lp_vlm_ctx *ctx, bool on);
+
 /* Stages reported to the progress callback, in order. */
 typedef enum lp_vlm_stage {
     LP_VLM_STAGE_ENCODE = 0,  /* done 0 of 1 before the image encode, 1 of 1 after */

@@ -56,11 +56,20 @@ def parse_box(text, w, h):
     return [v[0] * w / 1000.0, v[1] * h / 1000.0, v[2] * w / 1000.0, v[3] * h / 1000.0]
 
 
-def round_like_export(model):
-    """Round the parameters loupe reads as f16 (2-D matrices, patch kernel)."""
+LM_MATRICES = ("tok_embd.", "blocks.", "output.")   # the decoder file's matrices (export.write_lm)
+
+
+def round_like_export(model, lm_type="f16"):
+    """Give the parameters the values loupe reads back from the export: the
+    patch kernel and the mmproj's matrices f16, the decoder's matrices in
+    lm_type (f16, or q8_0 blocks: export.py --lm-type q8_0)."""
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if p.dim() >= 2 and n not in ("vit.pos",):
+            if p.dim() < 2 or n == "vit.pos":
+                continue
+            if p.dim() == 2 and n.startswith(LM_MATRICES):
+                p.copy_(torch.from_numpy(X.roundtrip(p.detach().float().numpy(), lm_type)))
+            else:
                 p.copy_(p.half().float())
 
 

@@ -7,9 +7,10 @@ loader) reads:
                       projector + Ferret region sampler (mm.region.*)
 
   /usr/bin/python3 tools/train/export.py CKPT.pt PREFIX [--type f16|q8_0|f32]
+      [--lm-type T] [--mmproj-type T]
 
-Tensor types: 2-D matrices in --type (q8_0 falls back to f16 for a row length
-that is not a multiple of 32), the 4-D patch embedding f16 (as the legacy
+Tensor types: 2-D matrices in --type (--lm-type / --mmproj-type set one
+file's; q8_0 falls back to f16 for a row length that is not a multiple of 32), the 4-D patch embedding f16 (as the legacy
 converter writes it), 1-D tensors and the class/position embeddings f32.
 Names and keys follow tools/gen_model.c (llama.cpp's legacy llava
 converter): CLIP fc1 is stored as ffn_down and fc2 as ffn_up, no post_ln,
@@ -74,6 +75,19 @@ def quantize_q8_0(x):
     out["d"] = d.astype(np.float16)
     out["qs"] = qs
     return out.tobytes()
+
+
+def roundtrip(x, ttype):
+    """x (rows, n) as loupe reads it back after export in ttype (mat_type's
+    fallback included): f16 rounding, or q8_0 quantize + dequantize (d * q)."""
+    t = mat_type(TYPES[ttype], x)
+    if t == GR.GGML_F32:
+        return x.astype(np.float32)
+    if t == GR.GGML_F16:
+        return x.astype(np.float16).astype(np.float32)
+    q = np.frombuffer(quantize_q8_0(x), dtype=[("d", "<f2"), ("qs", "i1", (32,))])
+    q = q.reshape(x.shape[0], x.shape[1] // 32)
+    return (q["d"].astype(np.float32)[..., None] * q["qs"].astype(np.float32)).reshape(x.shape)
 
 
 TYPES = {"f32": GR.GGML_F32, "f16": GR.GGML_F16, "q8_0": GR.GGML_Q8_0}
@@ -218,13 +232,15 @@ def main():
     ap.add_argument("ckpt")
     ap.add_argument("prefix", help="writes PREFIX.gguf and PREFIX-mmproj.gguf")
     ap.add_argument("--type", default="f16", choices=sorted(TYPES))
+    ap.add_argument("--lm-type", default=None, choices=sorted(TYPES), help="the decoder file's matrices (default --type)")
+    ap.add_argument("--mmproj-type", default=None, choices=sorted(TYPES), help="the mmproj's matrices (default --type)")
     ap.add_argument("--name", default="loupe-tiny-ferret")
     a = ap.parse_args()
     ck = torch.load(a.ckpt)
     tok = TK.Tokenizer.from_json(ck["tokenizer"])
     cfg = ck["config"]
-    write_lm(a.prefix + ".gguf", ck["model"], cfg, tok, a.type, a.name)
-    write_mmproj(a.prefix + "-mmproj.gguf", ck["model"], cfg, a.type, a.name)
+    write_lm(a.prefix + ".gguf", ck["model"], cfg, tok, a.lm_type or a.type, a.name)
+    write_mmproj(a.prefix + "-mmproj.gguf", ck["model"], cfg, a.mmproj_type or a.type, a.name)
     for p in (a.prefix + ".gguf", a.prefix + "-mmproj.gguf"):
         print("wrote %s (%.2f MB)" % (p, os.path.getsize(p) / 1e6))
 
