@@ -56,21 +56,22 @@ def parse_box(text, w, h):
     return [v[0] * w / 1000.0, v[1] * h / 1000.0, v[2] * w / 1000.0, v[3] * h / 1000.0]
 
 
-LM_MATRICES = ("tok_embd.", "blocks.", "output.")   # the decoder file's matrices (export.write_lm)
-
-
-def round_like_export(model, lm_type="f16"):
+def round_like_export(model, lm_type="f16", embd_type=None):
     """Give the parameters the values loupe reads back from the export: the
     patch kernel and the mmproj's matrices f16, the decoder's matrices in
-    lm_type (f16, or q8_0 blocks: export.py --lm-type q8_0)."""
+    lm_type (f16, or q8_0 blocks: export.py --lm-type q8_0), its token_embd
+    and output in embd_type (export.py --embd-type; default lm_type)."""
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.dim() < 2 or n == "vit.pos":
                 continue
-            if p.dim() == 2 and n.startswith(LM_MATRICES):
-                p.copy_(torch.from_numpy(X.roundtrip(p.detach().float().numpy(), lm_type)))
+            if p.dim() == 2 and n.startswith(("tok_embd.", "output.")):
+                t = embd_type or lm_type
+            elif p.dim() == 2 and n.startswith("blocks."):
+                t = lm_type
             else:
-                p.copy_(p.half().float())
+                t = "f16"
+            p.copy_(torch.from_numpy(X.roundtrip(p.detach().float().numpy(), t)) if p.dim() == 2 else p.half().float())
 
 
 def load(ckpt_path):

@@ -7,10 +7,11 @@ loader) reads:
                       projector + Ferret region sampler (mm.region.*)
 
   /usr/bin/python3 tools/train/export.py CKPT.pt PREFIX [--type f16|q8_0|f32]
-      [--lm-type T] [--mmproj-type T]
+      [--lm-type T] [--embd-type T] [--mmproj-type T]
 
 Tensor types: 2-D matrices in --type (--lm-type / --mmproj-type set one
-file's; q8_0 falls back to f16 for a row length that is not a multiple of 32), the 4-D patch embedding f16 (as the legacy
+file's, --embd-type the decoder's token_embd and output alone; q8_0 falls
+back to f16 for a row length that is not a multiple of 32), the 4-D patch embedding f16 (as the legacy
 converter writes it), 1-D tensors and the class/position embeddings f32.
 Names and keys follow tools/gen_model.c (llama.cpp's legacy llava
 converter): CLIP fc1 is stored as ffn_down and fc2 as ffn_up, no post_ln,
@@ -104,8 +105,13 @@ def np_(t):
     return t.detach().float().cpu().numpy()
 
 
-def write_lm(path, sd, cfg, tok, ttype, name):
+def write_lm(path, sd, cfg, tok, ttype, name, embd_type=None):
+    """embd_type: token_embd and output in another type (default ttype).
+    token_embd is only looked up by row, so a q8_0 one is read back exactly by
+    loupe and llama.cpp alike; output is a matrix product, which both engines'
+    default decode computes with q8_0-rounded activations for q8_0 weights."""
     t = TYPES[ttype]
+    te = TYPES[embd_type or ttype]
     w = Writer(32)
     w.add_str("general.architecture", "llama")
     w.add_str("general.name", name)
@@ -122,11 +128,11 @@ def write_lm(path, sd, cfg, tok, ttype, name):
     w.add_f32("llama.rope.freq_base", cfg["rope_base"])
     TK.gguf_metadata(w, tok)
 
-    def mat(n, key):
+    def mat(n, key, tt=t):
         a = np_(sd[key])
-        w.add_typed(n, a, mat_type(t, a))
+        w.add_typed(n, a, mat_type(tt, a))
 
-    mat("token_embd.weight", "tok_embd.weight")
+    mat("token_embd.weight", "tok_embd.weight", te)
     for l in range(cfg["n_layer"]):
         p, b = "blk.%d." % l, "blocks.%d." % l
         w.add_typed(p + "attn_norm.weight", np_(sd[b + "attn_norm.weight"]), GR.GGML_F32)
@@ -136,7 +142,7 @@ def write_lm(path, sd, cfg, tok, ttype, name):
         for gn, mn in (("ffn_gate", "gate"), ("ffn_up", "up"), ("ffn_down", "down")):
             mat(p + gn + ".weight", b + mn + ".weight")
     w.add_typed("output_norm.weight", np_(sd["norm.weight"]), GR.GGML_F32)
-    mat("output.weight", "output.weight")
+    mat("output.weight", "output.weight", te)
     w.write(path)
 
 
@@ -233,13 +239,16 @@ def main():
     ap.add_argument("prefix", help="writes PREFIX.gguf and PREFIX-mmproj.gguf")
     ap.add_argument("--type", default="f16", choices=sorted(TYPES))
     ap.add_argument("--lm-type", default=None, choices=sorted(TYPES), help="the decoder file's matrices (default --type)")
+    ap.add_argument("--embd-type", default=None, choices=sorted(TYPES),
+                    help="the decoder's token_embd and output (default --lm-type)")
     ap.add_argument("--mmproj-type", default=None, choices=sorted(TYPES), help="the mmproj's matrices (default --type)")
     ap.add_argument("--name", default="loupe-tiny-ferret")
     a = ap.parse_args()
     ck = torch.load(a.ckpt)
     tok = TK.Tokenizer.from_json(ck["tokenizer"])
     cfg = ck["config"]
-    write_lm(a.prefix + ".gguf", ck["model"], cfg, tok, a.lm_type or a.type, a.name)
+    write_lm(a.prefix + ".gguf", ck["model"], cfg, tok, a.lm_type or a.type, a.name,
+             a.embd_type or a.lm_type or a.type)
     write_mmproj(a.prefix + "-mmproj.gguf", ck["model"], cfg, a.mmproj_type or a.type, a.name)
     for p in (a.prefix + ".gguf", a.prefix + "-mmproj.gguf"):
         print("wrote %s (%.2f MB)" % (p, os.path.getsize(p) / 1e6))

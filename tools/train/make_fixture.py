@@ -4,12 +4,14 @@ tests/fixtures/tiny/ (parity.gguf + the two scene images), checked by
 tests/test_tiny_model.c against loupe's full path (ViT, projector, region
 sampler, decoder).
 
-  /usr/bin/python3 tools/train/make_fixture.py CKPT.pt --out tests/fixtures/tiny [--lm-type q8_0]
+  /usr/bin/python3 tools/train/make_fixture.py CKPT.pt --out tests/fixtures/tiny [--lm-type q8_0] [--embd-type q8_0]
 
 The model is the checkpoint with every matrix given the value loupe reads
-back from models/loupe-tiny*.gguf: f16-rounded, and with --lm-type q8_0
-(export.py's --lm-type) the decoder's matrices quantized to q8_0 blocks and
-dequantized (loupe's decoder dots f32 activations with exactly those values). Two scenes of `loupe synth --seed
+back from models/loupe-tiny*.gguf: f16-rounded, or, for the decoder's
+matrices exported as q8_0 (export.py's --lm-type / --embd-type, given the
+same here), quantized to q8_0 blocks and dequantized; the test decodes with
+f32 activations (lp_vlm_ctx_set_exact_matvec), so loupe dots exactly those
+values. Two scenes of `loupe synth --seed
 4242 --n 2` (a seed training never used); five questions: three grounding,
 one referring with a box region, one with a mask region (the object's
 visible pixels from the annotation RLE). For each, PyTorch's greedy answer
@@ -79,10 +81,11 @@ def main():
     ap.add_argument("ckpt")
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "tiny"))
     ap.add_argument("--lm-type", default="f16", choices=("f16", "q8_0"), help="the shipped decoder file's matrices")
+    ap.add_argument("--embd-type", default=None, choices=("f16", "q8_0"), help="its token_embd and output (export.py)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     ck, tok, model = load(a.ckpt)
-    round_like_export(model, a.lm_type)
+    round_like_export(model, a.lm_type, a.embd_type)
     S, P = ck["config"]["image_size"], ck["config"]["region_points"]
     tmp = tempfile.mkdtemp(prefix="loupe-fixture-")
     subprocess.run([os.path.join(REPO, "build", "loupe"), "synth", "--seed", "4242", "--n", "2", "--out", tmp],
