@@ -4,8 +4,8 @@ products in bfloat16 with f32 master weights, --bf16 0 for f32 throughout).
 
   /usr/bin/python3 tools/train/train.py --work /tmp/loupe-train --out /tmp/loupe-train/run.pt
 
-then `--resume --steps 5400` (a 600-step low-rate tail) for the shipped
-model's recipe (the defaults are its first run). Steps: (1) `loupe synth` into
+then `--resume --steps 6600 --threads 2` (an 1,800-step low-rate tail) for
+the shipped model's recipe (the defaults are its first run). Steps: (1) `loupe synth` into
 WORK/synth (once; deterministic for --synth-seed/--n-images), (2) the
 vocabulary from its first --vocab-images scenes (WORK/tokenizer.json), (3) samples and squeezed
 images cached as tensors (WORK/data-S.pt), (4) stage 1: the ViT alone on
@@ -449,8 +449,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 is faster than 2 on this model (eighth session: stage 1 58 vs 45 images/s, "
-                         "stage 2 54 vs 25.5 questions/s); the shipped model was trained with 2")
+                    help="torch threads. 1 for two runs side by side (with OPENBLAS_NUM_THREADS=1); a run alone on two "
+                         "cores is faster with 2 (thirteenth session, bf16: stage 1 158 vs ~100 images/s, stage 2 "
+                         "125 vs 101 questions/s; the eighth session's f32 code was slower with 2). The shipped model: "
+                         "stages 1 and 2 with 1, the tail with 2 (the count changes float rounding)")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--config", default=None, help="JSON overrides of model.DEFAULT_CONFIG")
     ap.add_argument("--resume", action="store_true")
