@@ -4,7 +4,7 @@ products in bfloat16 with f32 master weights, --bf16 0 for f32 throughout).
 
   /usr/bin/python3 tools/train/train.py --work /tmp/loupe-train --out /tmp/loupe-train/run.pt
 
-then `--resume --steps 6600 --threads 2` (an 1,800-step low-rate tail) for
+then `--resume --steps 8400 --threads 2` (a 3,600-step low-rate tail) for
 the shipped model's recipe (the defaults are its first run). Steps: (1) `loupe synth` into
 WORK/synth (once; deterministic for --synth-seed/--n-images), (2) the
 vocabulary from its first --vocab-images scenes (WORK/tokenizer.json), (3) samples and squeezed
