@@ -65,13 +65,14 @@ def round_like_export(model, lm_type="f16", embd_type=None):
         for n, p in model.named_parameters():
             if p.dim() < 2 or n == "vit.pos":
                 continue
-            if p.dim() == 2 and n.startswith(("tok_embd.", "output.")):
+            if n.startswith(("tok_embd.", "output.")):
                 t = embd_type or lm_type
-            elif p.dim() == 2 and n.startswith("blocks."):
+            elif n.startswith("blocks."):    # the decoder's 2-D matrices (its norms are 1-D)
                 t = lm_type
-            else:
-                t = "f16"
-            p.copy_(torch.from_numpy(X.roundtrip(p.detach().float().numpy(), t)) if p.dim() == 2 else p.half().float())
+            else:                            # ViT, projector, sampler: f16 in the mmproj
+                p.copy_(p.half().float())
+                continue
+            p.copy_(torch.from_numpy(X.roundtrip(p.detach().float().numpy(), t)))
 
 
 def load(ckpt_path):

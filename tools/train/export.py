@@ -62,6 +62,9 @@ class Writer(GR.GGUFWriter):
         self.tensors.append((name, ne, ttype, raw))
 
 
+Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (32,))])   # ggml's block_q8_0
+
+
 def quantize_q8_0(x):
     """ggml's quantize_row_q8_0_ref: per block of 32, d = amax / 127 (f32),
     q = roundf(x * (1/d)) (half away from zero), d stored as f16."""
@@ -72,7 +75,7 @@ def quantize_q8_0(x):
     idv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
     v = (b * idv[..., None]).astype(np.float32)
     qs = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)
-    out = np.empty((rows, n // 32), dtype=[("d", "<f2"), ("qs", "i1", (32,))])
+    out = np.empty((rows, n // 32), dtype=Q8_0_BLOCK)
     out["d"] = d.astype(np.float16)
     out["qs"] = qs
     return out.tobytes()
@@ -86,8 +89,7 @@ def roundtrip(x, ttype):
         return x.astype(np.float32)
     if t == GR.GGML_F16:
         return x.astype(np.float16).astype(np.float32)
-    q = np.frombuffer(quantize_q8_0(x), dtype=[("d", "<f2"), ("qs", "i1", (32,))])
-    q = q.reshape(x.shape[0], x.shape[1] // 32)
+    q = np.frombuffer(quantize_q8_0(x), dtype=Q8_0_BLOCK).reshape(x.shape[0], x.shape[1] // 32)
     return (q["d"].astype(np.float32)[..., None] * q["qs"].astype(np.float32)).reshape(x.shape)
 
 
@@ -247,8 +249,7 @@ def main():
     ck = torch.load(a.ckpt)
     tok = TK.Tokenizer.from_json(ck["tokenizer"])
     cfg = ck["config"]
-    write_lm(a.prefix + ".gguf", ck["model"], cfg, tok, a.lm_type or a.type, a.name,
-             a.embd_type or a.lm_type or a.type)
+    write_lm(a.prefix + ".gguf", ck["model"], cfg, tok, a.lm_type or a.type, a.name, a.embd_type)
     write_mmproj(a.prefix + "-mmproj.gguf", ck["model"], cfg, a.mmproj_type or a.type, a.name)
     for p in (a.prefix + ".gguf", a.prefix + "-mmproj.gguf"):
         print("wrote %s (%.2f MB)" % (p, os.path.getsize(p) / 1e6))
