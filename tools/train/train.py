@@ -382,10 +382,12 @@ def collate_packed(data, chunks, tok, gen, n_points, extra, p_mask, p_nobox=0.0)
     return D.normalize(data["images"][imgs]), imgs, rows, target, pts, region
 
 
-def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log, bf16=False):
+def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log, bf16=False, rank=0, world=1):
     """Stage 1: the ViT alone on the dense auxiliary task (what is where),
     with large image batches -- the ViT is cheap next to the decoder, so this
-    sees ~10x more images per second than the full model does."""
+    sees ~10x more images per second than the full model does. With
+    world > 1 processes (--ddp), each takes every world-th image of the
+    batch and the gradients are averaged (sync_grads)."""
     train_imgs = sorted({data["img"][j] for j, s in enumerate(data["split"]) if s == "train"})
     rng = np.random.RandomState(seed)
     params = list(model.vit.parameters()) + list(head.parameters())
@@ -394,7 +396,7 @@ def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log, 
     for step in range(steps):
         if k + batch > len(order):
             order, k = rng.permutation(train_imgs), 0
-        imgs = sorted(order[k:k + batch].tolist())
+        imgs = sorted(order[k:k + batch].tolist())[rank::world]
         k += batch
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
@@ -405,15 +407,59 @@ def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log, 
             loss, lb = aux_loss(head, feats, tg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        stats = sync_grads(params, [loss.item(), lb], world)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        run.append((loss.item(), lb))
+        run.append(stats)
         if (step + 1) % 25 == 0 or step + 1 == steps:
             m = np.mean(run, 0)
             log.append(("vit", step + 1, float(m[0])))
-            print("vit step %5d  aux loss %.4f  box L1 %.4f  %.1f images/s  %.0fs" % (
-                step + 1, m[0], m[1], (step + 1) * batch / (time.time() - t0), time.time() - t0), flush=True)
+            if rank == 0:
+                print("vit step %5d  aux loss %.4f  box L1 %.4f  %.1f images/s  %.0fs" % (
+                    step + 1, m[0], m[1], (step + 1) * batch / (time.time() - t0), time.time() - t0), flush=True)
             run = []
+
+
+def share(batch, data, rank, world, packed):
+    """--ddp: this process's part of a batch. Packed batches are chunks (one
+    image's questions each) of unequal size (an image's last chunk holds its
+    remainder), so they are dealt largest first to the process with the
+    fewest tokens so far: each step waits for the slowest process. A batch
+    with fewer parts than processes (an epoch's last) goes whole to every
+    process: each computes the same gradient, so the average is that one."""
+    if world == 1 or len(batch) < world:
+        return batch
+    if not packed:
+        return batch[rank::world]
+    cost = [sum(len(data["suffix"][j]) + len(data["answer"][j]) for j in c) for c in batch]
+    load, mine = [0] * world, []
+    for k in sorted(range(len(batch)), key=lambda k: (-cost[k], k)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        load[r] += cost[k]
+        if r == rank:
+            mine.append(k)
+    return [batch[k] for k in sorted(mine)]
+
+
+def sync_grads(params, stats, world):
+    """--ddp: average the gradients of params (None counts as zero) and the
+    float list stats over the world processes, in one all-reduce; returns
+    the averaged stats. Every process then clips and steps the same
+    gradients, so the weights stay identical without a broadcast. world 1:
+    nothing to do (stats returned as they are)."""
+    if world == 1:
+        return stats
+    import torch.distributed as dist
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params] +
+                     [torch.tensor(stats, dtype=torch.float32)])
+    dist.all_reduce(flat)
+    flat /= world
+    o = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[o:o + n].view_as(p)
+        o += n
+    return flat[o:].tolist()
 
 
 def autocast(on):
@@ -492,7 +538,29 @@ def main():
     ap.add_argument("--kind-weights", default="",
                     help="sampling weight per question kind, e.g. 'ordinal=1.8,size=1.6,relpos=0.6' (kinds: category, "
                          "color, abspos, relpos, size, ordinal, refer; unnamed: 1; default: all 1, the shipped recipe)")
+    ap.add_argument("--ddp", type=int, default=1,
+                    help="processes training one model together (data parallel: each takes 1/N of every batch, "
+                         "gradients averaged over gloo); 2 with --threads 1 uses two cores better than one process "
+                         "with --threads 2 (fourteenth session). Changes the float rounding, like --threads")
     a = ap.parse_args()
+    if a.ddp > 1:
+        import socket
+        import torch.multiprocessing as mp
+        with socket.socket() as sk:   # a free port for the process group
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        mp.spawn(train_process, args=(a, port), nprocs=a.ddp)
+    else:
+        train_process(0, a, None)
+
+
+def train_process(rank, a, port):
+    """One training process (rank of a.ddp; port: the process group's, None alone)."""
+    world = a.ddp
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    say = print if rank == 0 else (lambda *x, **k: None)
     global dense_box_loss, n_side_loss, claim_centre
     dense_box_loss = bool(a.dense_box)
     claim_centre = bool(a.claim_centre)
@@ -503,7 +571,12 @@ def main():
         cfg.update(json.loads(a.config))
     out = a.out or os.path.join(a.work, "ckpt.pt")
     t0 = time.time()
+    if rank > 0:          # rank 0 makes the caches (synth, tokenizer, tensors) first
+        dist.barrier()
     tok, data = prepare(a.work, a.synth_seed, a.n_images, cfg["image_size"], a.vocab_images)
+    extra = D.build_extra(os.path.join(a.work, "synth"), data, os.path.join(a.work, "extra.pt"))
+    if world > 1 and rank == 0:
+        dist.barrier()
     cfg["n_vocab"] = len(tok)
     train_idx = [j for j, s in enumerate(data["split"]) if s == "train"]
     weight = None
@@ -513,8 +586,8 @@ def main():
                                             a.kind_weights, len(data["img"]), train_idx)
         except ValueError as e:
             sys.exit("--kind-weights: %s" % e)
-        print("kind shares per epoch: " + ", ".join("%s %.1f%%" % (k, 100 * v) for k, v in shares), flush=True)
-    print("data: %d images, %d samples (%d train), vocab %d, prep %.1fs" %
+        say("kind shares per epoch: " + ", ".join("%s %.1f%%" % (k, 100 * v) for k, v in shares), flush=True)
+    say("data: %d images, %d samples (%d train), vocab %d, prep %.1fs" %
           (len(data["sizes"]), len(data["img"]), len(train_idx), len(tok), time.time() - t0), flush=True)
     model = Model(cfg)
     model.region_id = tok.region
@@ -522,14 +595,13 @@ def main():
     value_of = torch.full((len(tok),), -1, dtype=torch.long)
     value_of[num_ids] = torch.arange(1000)
     init_number_rows(model, num_ids)
-    extra = D.build_extra(os.path.join(a.work, "synth"), data, os.path.join(a.work, "extra.pt"))
     head = AuxHead(cfg["v_embd"], D.N_CAT, len(extra["colours"]), 8 if a.box_param == "rel" else 4)
     n_side = cfg["image_size"] // cfg["patch_size"]
     n_side_loss = n_side
     att_layer = cfg["n_layer"] - 1
     model.blocks[att_layer].keep_att = a.att > 0
     n_par = sum(p.numel() for p in model.parameters())
-    print("model: %.2fM parameters; config %s" % (n_par / 1e6, json.dumps(cfg)), flush=True)
+    say("model: %.2fM parameters; config %s" % (n_par / 1e6, json.dumps(cfg)), flush=True)
     params = list(model.named_parameters()) + [("aux." + n, p) for n, p in head.named_parameters()]
     is_vit = lambda n: n.startswith("vit.")  # noqa: E731
     groups = []
@@ -554,6 +626,7 @@ def main():
     rhead = torch.nn.Sequential(torch.nn.LayerNorm(cfg["n_embd"], elementwise_affine=False),
                                 torch.nn.Linear(cfg["n_embd"], D.N_CAT + len(extra["colours"])))
     ropt = torch.optim.AdamW(rhead.parameters(), lr=a.lr, betas=(0.9, 0.95))
+    sync_params = [p for _, p in params] + (list(rhead.parameters()) if a.region_aux > 0 else [])
     step, log = 0, []
     if a.resume and os.path.exists(out):
         ck = torch.load(out)
@@ -570,10 +643,13 @@ def main():
             ck = torch.load(vit_ck)
             model.vit.load_state_dict(ck["vit"])
             head.load_state_dict(ck["aux"])
-            print("stage 1: loaded %s" % vit_ck, flush=True)
+            say("stage 1: loaded %s" % vit_ck, flush=True)
         else:
-            pretrain_vit(model, head, data, extra, n_side, a.vit_steps, a.vit_batch, a.vit_lr, a.seed, log, a.bf16)
-            torch.save({"vit": model.vit.state_dict(), "aux": head.state_dict(), "config": cfg, "args": vars(a)}, vit_ck)
+            pretrain_vit(model, head, data, extra, n_side, a.vit_steps, a.vit_batch, a.vit_lr, a.seed, log, a.bf16,
+                         rank, world)
+            if rank == 0:
+                torch.save({"vit": model.vit.state_dict(), "aux": head.state_dict(), "config": cfg, "args": vars(a)},
+                           vit_ck)
     prefix = torch.tensor(tok.encode(D.PREFIX_TEXT, add_bos=True))
     gen = torch.Generator().manual_seed(a.seed)
     epoch, batches = 0, []
@@ -588,7 +664,7 @@ def main():
         consumed += len(batches)
         epoch += 1
     bi = step - consumed
-    gen.manual_seed(a.seed * 7919 + step)
+    gen.manual_seed(a.seed * 7919 + step + 1000003 * rank)   # region points: each process its own
     model.train()
     t_start, seen, run, run_box, run_att, run_reg, run_gn = time.time(), 0, [], [], [], [], []
     while step < a.steps:
@@ -596,7 +672,8 @@ def main():
             epoch += 1
             batches = epoch_batches(epoch)
             bi = 0
-        idx = batches[bi]
+        idx = share(batches[bi], data, rank, world, a.packed)   # --ddp: this process's part
+        n_batch = sum(len(c) for c in batches[bi]) if a.packed else len(batches[bi])
         bi += 1
         for g in opt.param_groups + ropt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup) * g.get("scale", 1.0)
@@ -627,9 +704,10 @@ def main():
             if len(rq):
                 lc = F.cross_entropy(logits[rq, first[rq] + 1], target[rq, first[rq] + 1])
                 total = total + a.colour_weight * lc
+        stats = [loss.item(), 0.0, 0.0, 0.0]   # answer loss, aux box L1, attention, region (logged)
         if a.packed and a.att > 0:
             total = total + a.att * att_l
-            run_att.append(att_l.item())
+            stats[2] = att_l.item()
         if a.coord > 0:
             total = total + a.coord * coord_loss(logits, target, num_ids, value_of, a.sigma)
         if a.aux > 0:
@@ -640,15 +718,16 @@ def main():
             with autocast(a.bf16):
                 la, lb = aux_loss(head, feats, tg)
             total = total + a.aux * la
-            run_box.append(lb)
+            stats[1] = lb
         if a.region_aux > 0 and a.packed:
             lr_ = region_aux_loss(model, rhead, feats, imgs, extra, cfg["region_points"], gen,  # feats row r: imgs[r]
                                   a.region_rms_cap, a.region_per_img, bool(a.region_detach))
             total = total + a.region_aux * lr_
-            run_reg.append(lr_.item())
+            stats[3] = lr_.item()
         opt.zero_grad(set_to_none=True)
         ropt.zero_grad(set_to_none=True)
         total.backward()
+        stats = sync_grads(sync_params, stats, world)
         # Clip the ViT (+ auxiliary head) and the rest apart: one global norm
         # let the auxiliary loss's large gradients (norm ~7 against ~1 for
         # the answer tokens) shrink every decoder step ~7x.
@@ -659,25 +738,33 @@ def main():
         if a.region_aux > 0:
             ropt.step()
         step += 1
-        seen += len(idx)
-        run.append(loss.item())
+        seen += n_batch
+        run.append(stats[0])
+        if a.aux > 0:
+            run_box.append(stats[1])
+        if a.packed and a.att > 0:
+            run_att.append(stats[2])
+        if a.region_aux > 0 and a.packed:
+            run_reg.append(stats[3])
         if step % 25 == 0 or step == a.steps:
             el = time.time() - t_start
             m = float(np.mean(run))
             log.append((step, m))
             gn = np.mean(run_gn, axis=0)   # gradient norms before clipping (1.0): ViT + aux head, the rest, sampler
-            print("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  region %.3f  grad norm %.2f / %.2f / %.2f  lr %.2e  "
+            say("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  region %.3f  grad norm %.2f / %.2f / %.2f  lr %.2e  "
                   "%.1f samples/s  %.0fs" % (
                       step, m, float(np.mean(run_box)) if run_box else 0.0, float(np.mean(run_att)) if run_att else 0.0,
                       float(np.mean(run_reg)) if run_reg else 0.0, gn[0], gn[1], gn[2], opt.param_groups[0]["lr"],
                       seen / el, el),
                   flush=True)
             run, run_box, run_att, run_reg, run_gn = [], [], [], [], []
-        if step % a.save_every == 0 or step == a.steps:
+        if rank == 0 and (step % a.save_every == 0 or step == a.steps):
             torch.save({"model": model.state_dict(), "aux": head.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
                         "raux": rhead.state_dict(), "ropt": ropt.state_dict(),
                         "config": cfg, "tokenizer": os.path.join(a.work, "tokenizer.json"), "args": vars(a)}, out)
-    print("done: %d steps in %.0fs" % (step, time.time() - t_start), flush=True)
+    say("done: %d steps in %.0fs" % (step, time.time() - t_start), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
