@@ -20,11 +20,14 @@ import argparse
 import json
 import math
 import os
+import socket
 import sys
 import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -449,7 +452,6 @@ def sync_grads(params, stats, world):
     nothing to do (stats returned as they are)."""
     if world == 1:
         return stats
-    import torch.distributed as dist
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params] +
                      [torch.tensor(stats, dtype=torch.float32)])
     dist.all_reduce(flat)
@@ -544,8 +546,6 @@ def main():
                          "with --threads 2 (fourteenth session). Changes the float rounding, like --threads")
     a = ap.parse_args()
     if a.ddp > 1:
-        import socket
-        import torch.multiprocessing as mp
         with socket.socket() as sk:   # a free port for the process group
             sk.bind(("127.0.0.1", 0))
             port = sk.getsockname()[1]
@@ -558,7 +558,6 @@ def train_process(rank, a, port):
     """One training process (rank of a.ddp; port: the process group's, None alone)."""
     world = a.ddp
     if world > 1:
-        import torch.distributed as dist
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
     say = print if rank == 0 else (lambda *x, **k: None)
     global dense_box_loss, n_side_loss, claim_centre
@@ -666,7 +665,7 @@ def train_process(rank, a, port):
     bi = step - consumed
     gen.manual_seed(a.seed * 7919 + step + 1000003 * rank)   # region points: each process its own
     model.train()
-    t_start, seen, run, run_box, run_att, run_reg, run_gn = time.time(), 0, [], [], [], [], []
+    t_start, seen, run, run_gn = time.time(), 0, [], []   # run: the logged stats of each step since the last log
     while step < a.steps:
         if bi >= len(batches):
             epoch += 1
@@ -739,25 +738,18 @@ def train_process(rank, a, port):
             ropt.step()
         step += 1
         seen += n_batch
-        run.append(stats[0])
-        if a.aux > 0:
-            run_box.append(stats[1])
-        if a.packed and a.att > 0:
-            run_att.append(stats[2])
-        if a.region_aux > 0 and a.packed:
-            run_reg.append(stats[3])
+        run.append(stats)
         if step % 25 == 0 or step == a.steps:
             el = time.time() - t_start
-            m = float(np.mean(run))
-            log.append((step, m))
+            m = np.mean(run, 0)     # a loss that is off stays 0.0
+            log.append((step, float(m[0])))
             gn = np.mean(run_gn, axis=0)   # gradient norms before clipping (1.0): ViT + aux head, the rest, sampler
             say("step %5d  loss %.4f  aux box L1 %.4f  attention %.3f  region %.3f  grad norm %.2f / %.2f / %.2f  lr %.2e  "
                   "%.1f samples/s  %.0fs" % (
-                      step, m, float(np.mean(run_box)) if run_box else 0.0, float(np.mean(run_att)) if run_att else 0.0,
-                      float(np.mean(run_reg)) if run_reg else 0.0, gn[0], gn[1], gn[2], opt.param_groups[0]["lr"],
+                      step, m[0], m[1], m[2], m[3], gn[0], gn[1], gn[2], opt.param_groups[0]["lr"],
                       seen / el, el),
                   flush=True)
-            run, run_box, run_att, run_reg, run_gn = [], [], [], [], []
+            run, run_gn = [], []
         if rank == 0 and (step % a.save_every == 0 or step == a.steps):
             torch.save({"model": model.state_dict(), "aux": head.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
                         "raux": rhead.state_dict(), "ropt": ropt.state_dict(),
