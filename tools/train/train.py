@@ -389,8 +389,8 @@ def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log, 
     """Stage 1: the ViT alone on the dense auxiliary task (what is where),
     with large image batches -- the ViT is cheap next to the decoder, so this
     sees ~10x more images per second than the full model does. With
-    world > 1 processes (--ddp), each takes every world-th image of the
-    batch and the gradients are averaged (sync_grads)."""
+    world > 1 processes (--ddp), each takes its share of the batch's images
+    (share) and the gradients are averaged (sync_grads)."""
     train_imgs = sorted({data["img"][j] for j, s in enumerate(data["split"]) if s == "train"})
     rng = np.random.RandomState(seed)
     params = list(model.vit.parameters()) + list(head.parameters())
@@ -399,7 +399,7 @@ def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log, 
     for step in range(steps):
         if k + batch > len(order):
             order, k = rng.permutation(train_imgs), 0
-        imgs = sorted(order[k:k + batch].tolist())[rank::world]
+        imgs = share(sorted(order[k:k + batch].tolist()), data, rank, world, packed=False)
         k += batch
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
@@ -429,7 +429,8 @@ def share(batch, data, rank, world, packed):
     remainder), so they are dealt largest first to the process with the
     fewest tokens so far: each step waits for the slowest process. A batch
     with fewer parts than processes (an epoch's last) goes whole to every
-    process: each computes the same gradient, so the average is that one."""
+    process: each computes the same gradient, so the average is that one.
+    Unpacked batches (samples, or stage 1's images) are dealt round-robin."""
     if world == 1 or len(batch) < world:
         return batch
     if not packed:
