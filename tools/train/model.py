@@ -166,9 +166,12 @@ class LlamaBlock(nn.Module):
         probs = torch.softmax(q @ kk.transpose(-1, -2) * sc + mask, -1)   # (B, H, T, Tp + T)
         if self.keep_att:    # training: attention supervision reads these
             self.att = probs
+        if self.keep_in:     # training: train.py --embd-aux reads the normed input (what keys are made of)
+            self.x_in = self.attn_norm(x)
         return self.finish(xp, ap), self.finish(x, probs @ vv)
 
     keep_att = False
+    keep_in = False
 
 
 class Model(nn.Module):
