@@ -135,6 +135,8 @@ class LlamaBlock(nn.Module):
     def qkv(self, x, pos):
         B, T, _ = x.shape
         h = self.attn_norm(x)
+        if self.keep_in:     # training: train.py --embd-aux reads the normed input (what keys are made of);
+            self.x_in = h    # forward calls this for the prefix first, then for the rest: the rest's stays
         q = self.wq(h).view(B, T, self.H, self.hd).transpose(1, 2)
         k = self.wk(h).view(B, T, self.Hkv, self.hd).transpose(1, 2)
         v = self.wv(h).view(B, T, self.Hkv, self.hd).transpose(1, 2)
@@ -166,8 +168,6 @@ class LlamaBlock(nn.Module):
         probs = torch.softmax(q @ kk.transpose(-1, -2) * sc + mask, -1)   # (B, H, T, Tp + T)
         if self.keep_att:    # training: attention supervision reads these
             self.att = probs
-        if self.keep_in:     # training: train.py --embd-aux reads the normed input (what keys are made of)
-            self.x_in = self.attn_norm(x)
         return self.finish(xp, ap), self.finish(x, probs @ vv)
 
     keep_att = False

@@ -108,8 +108,9 @@ def main():
     print("image tokens at objects' centre patches (%d training objects, %d held-out):" % (len(ct), len(cv)))
     print("%-18s %8s %9s %12s" % ("", "colour", "category", "box IoU>=0.5"))
     for k in Xt:
-        acc = lambda y, yv, n: (fit_probe(Xt[k], y, Xv[k], n)[0](  # noqa: E731
-            (Xv[k] - Xt[k].mean(0)) / (Xt[k].std(0) + 1e-5)).argmax(1) == yv).float().mean().item()
+        def acc(y, yv, n):
+            lin, _, xv = fit_probe(Xt[k], y, Xv[k], n)
+            return (lin(xv).argmax(1) == yv).float().mean().item()
         good = (box_iou(fit_box(Xt[k], bt, Xv[k]), bv) >= 0.5).float().mean().item()
         print("%-18s %7.1f%% %8.1f%% %11.1f%%" % (k, 100 * acc(ct, cv, len(extra["colours"])),
                                                   100 * acc(kt, kv, D.N_CAT), 100 * good))

@@ -164,6 +164,13 @@ def aux_targets(objs, n_side, dense_box=True):
     return cat, col, ctr, box
 
 
+def stacked_aux_targets(extra, imgs, n_side, dense_box):
+    """aux_targets of each image, stacked: (cat (B, N), colour (B, N),
+    centre (B, N), box (B, N, 4)) in the order of imgs."""
+    tg = [aux_targets(extra["objs"][i], n_side, dense_box) for i in imgs]
+    return tuple(torch.stack([t[k] for t in tg]) for k in range(4))
+
+
 dense_box_loss = True   # set from --dense-box in main()
 claim_centre = True     # set from --claim-centre in main()
 n_side_loss = 10        # set in main()
@@ -445,8 +452,7 @@ def pretrain_vit(model, head, data, extra, n_side, steps, batch, lr, seed, log, 
         k += batch
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
-        tg = [aux_targets(extra["objs"][i], n_side, dense_box_loss) for i in imgs]
-        tg = tuple(torch.stack([t[j] for t in tg]) for j in range(4))
+        tg = stacked_aux_targets(extra, imgs, n_side, dense_box_loss)
         with autocast(bf16):
             feats = model.vit(D.normalize(data["images"][imgs]))
             loss, lb = aux_loss(head, feats, tg)
@@ -773,19 +779,16 @@ def train_process(rank, a, port):
             stats[2] = att_l.item()
         if a.coord > 0:
             total = total + a.coord * coord_loss(logits, target, num_ids, value_of, a.sigma)
-        if a.aux > 0:
+        if a.aux > 0 or a.embd_aux > 0:
             if not a.packed:     # collate_packed gave the images in feats' row order already
                 imgs = sorted(set(data["img"][j] for j in idx))
-            tg = [aux_targets(extra["objs"][i], n_side, a.dense_box) for i in imgs]
-            tg = tuple(torch.stack([t[k] for t in tg]) for k in range(4))
+            tg = stacked_aux_targets(extra, imgs, n_side, a.dense_box)
+        if a.aux > 0:
             with autocast(a.bf16):
                 la, lb = aux_loss(head, feats, tg)
             total = total + a.aux * la
             stats[1] = lb
         if a.embd_aux > 0:
-            if not a.aux > 0:    # the auxiliary targets were not made above
-                tg = [aux_targets(extra["objs"][i], n_side, a.dense_box) for i in imgs]
-                tg = tuple(torch.stack([t[k] for t in tg]) for k in range(4))
             N = img.shape[1]
             # packed rows: one per chunk of questions, and an image can fill two rows
             row_img = torch.tensor([i for i, _ in rows])
